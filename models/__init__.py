@@ -1,0 +1,4 @@
+"""Model zoo: lightweight CNN families with torchvision-compatible weights layouts."""
+from models.registry import ModelSpec, UnknownModelError, get_model, get_spec, list_models
+
+__all__ = ["ModelSpec", "UnknownModelError", "get_model", "get_spec", "list_models"]
