@@ -46,6 +46,13 @@ class SqueezeNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
         )
+        for module in self.modules():  # torchvision's initialization
+            if isinstance(module, nn.Conv2d):
+                if module is self.classifier[1]:
+                    nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(module.weight)
+                nn.init.constant_(module.bias, 0)
 
     def forward(self, x):
         return torch.flatten(self.classifier(self.features(x)), 1)

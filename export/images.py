@@ -1,0 +1,122 @@
+"""Real photos for calibration and validation, and the preprocessing contract that turns them into input."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
+
+# Photographs that scikit-image's wheel bundles (no download), used only for calibration.
+_SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                   "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "brick.png", "grass.png", "gravel.png",
+                   "camera.png", "coins.png", "moon.png", "page.png"]
+
+
+class ImageDataError(ValueError):
+    """A folder or file that yields no usable images."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A real photo: where it came from, and its ImageNet class index when known."""
+
+    path: Path
+    label: int | None = None
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImageDataError(f"the photo set needs the package '{name}': run scripts/setup.sh")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _foolbox_photos(prefix: str) -> list[Photo]:
+    folder = _package_dir("foolbox") / "data"
+    return [Photo(p, int(p.stem.rsplit("_", 1)[1])) for p in sorted(folder.glob(f"{prefix}_*"))]
+
+
+def calibration_photos() -> list[Photo]:
+    """The built-in calibration set: scikit-image photographs and the CIFAR-100 photos foolbox ships."""
+    folder = _package_dir("skimage") / "data"
+    return [Photo(folder / n) for n in _SKIMAGE_PHOTOS] + [Photo(p.path) for p in _foolbox_photos("cifar100")]
+
+
+def heldout_photos() -> list[Photo]:
+    """Photos never used for calibration: 20 labelled ImageNet photos, then 20 CIFAR-10 photos."""
+    imagenet = _foolbox_photos("imagenet")
+    return imagenet + [Photo(p.path) for p in _foolbox_photos("cifar10")]
+
+
+def photos_in_dir(folder: Path) -> list[Photo]:
+    """Every readable image in `folder` (recursively); other files are skipped with a warning."""
+    if not folder.is_dir():
+        raise ImageDataError(f"calibration folder not found: {folder}")
+    photos = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            photos.append(Photo(path))
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            log.warning("skipping %s: not a readable image", path)
+    if not photos:
+        raise ImageDataError(f"no readable images in {folder}: add JPEG or PNG photos, or drop --calib-dir")
+    return photos
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def center_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to size/0.875 (bilinear), centre-crop to size x size; HWC float32 in 0..1."""
+    short = round(size / CROP_FRACTION)
+    w, h = img.size
+    scale = short / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+
+
+def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 35-100 % of the area, random aspect 3:4..4:3, random horizontal flip; HWC 0..1."""
+    w, h = img.size
+    area = w * h * rng.uniform(0.35, 1.0)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = int(min(w, round(np.sqrt(area * aspect))))
+    ch = int(min(h, round(np.sqrt(area / aspect))))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(crop, dtype=np.float32) / 255.0
+
+
+def calibration_batch(photos: list[Photo], size: int, samples: int, seed: int = 0) -> np.ndarray:
+    """`samples` NHWC 0..1 crops: one centre crop of each photo first, then seeded random crops."""
+    rng = np.random.default_rng(seed)
+    images = [load_rgb(p.path) for p in photos]
+    batch = [center_crop(img, size) for img in images[:samples]]
+    while len(batch) < samples:
+        batch.append(random_crop(images[len(batch) % len(images)], size, rng))
+    return np.stack(batch)
+
+
+def heldout_batch(photos: list[Photo], size: int) -> np.ndarray:
+    """Centre crops of `photos`, NHWC 0..1."""
+    return np.stack([center_crop(load_rgb(p.path), size) for p in photos])
+
+
+def normalize(batch: np.ndarray, mean, std) -> np.ndarray:
+    """(x - mean) / std per channel, on NHWC 0..1 data."""
+    return ((batch - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

@@ -1,0 +1,76 @@
+"""Read a .tflite flatbuffer: op histogram, input/output tensors and their quantization."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "GATHER")
+
+
+class NotTfliteError(ValueError):
+    """A file that is not a TFLite flatbuffer."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float | None
+    zero_point: int | None
+
+
+@dataclass(frozen=True)
+class TfliteSummary:
+    path: Path
+    size_bytes: int
+    ops: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @property
+    def op_count(self) -> int:
+        return sum(self.ops.values())
+
+
+def _tensor_info(tensor) -> TensorInfo:
+    q = tensor.Quantization()
+    scale = zero = None
+    if q is not None and q.ScaleLength() == 1:
+        scale, zero = float(q.Scale(0)), int(q.ZeroPoint(0))
+    return TensorInfo(tensor.Name().decode(), [int(d) for d in tensor.ShapeAsNumpy()],
+                      _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())), scale, zero)
+
+
+def inspect_tflite(path: Path) -> TfliteSummary:
+    """Summarize the main subgraph of the model at `path`."""
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise NotTfliteError(f"{path} is not a TFLite model (no 'TFL3' identifier)")
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    ops: Counter[str] = Counter()
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        ops[_OP_NAMES.get(builtin, f"CUSTOM:{(code.CustomCode() or b'?').decode()}")] += 1
+    inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
+    outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
+    return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)
+
+
+def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Float -> the tensor's integer type with its scale and zero point (round half to even, clip)."""
+    dtype = np.dtype(info.dtype)
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    return np.clip(np.rint(x / info.scale) + info.zero_point, lo, hi).astype(dtype)
+
+
+def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
+    return ((q.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)

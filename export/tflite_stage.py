@@ -1,0 +1,113 @@
+"""ONNX -> TFLite with onnx2tf (run as a subprocess, offline), one file per quantization mode."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from export.onnx_stage import OnnxModel
+
+QUANT_MODES = ("fp32", "fp16", "dynamic", "int8")
+# onnx2tf's output suffix for each mode.
+_SUFFIX = {"fp32": "float32", "fp16": "float16", "dynamic": "dynamic_range_quant", "int8": "full_integer_quant"}
+# onnx2tf fetches this sample file for any 3-channel image input, even for float conversions, unless it exists.
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+class ConversionError(RuntimeError):
+    """onnx2tf failed; the message names the node when the log does."""
+
+    def __init__(self, message: str, log_path: Path | None = None):
+        super().__init__(message)
+        self.log_path = log_path
+
+    def __str__(self) -> str:
+        return super().__str__() + (f" (log: {self.log_path})" if self.log_path else "")
+
+
+@dataclass(frozen=True)
+class TfliteConversion:
+    """The .tflite files written, the settings used and the converter's log."""
+
+    files: dict[str, Path]
+    log_path: Path
+    settings: dict
+
+
+def _onnx2tf_args(onnx_model: OnnxModel, out_dir: Path, modes: list[str], calib_npy: Path | None,
+                  mean, std) -> list[str]:
+    args = ["-i", str(onnx_model.path), "-o", str(out_dir), "-nuo", "-v", "error"]
+    if "int8" in modes:
+        args += ["-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8",
+                 "-cind", onnx_model.input_name, str(calib_npy),
+                 f"[[[[{','.join(map(str, mean))}]]]]", f"[[[[{','.join(map(str, std))}]]]]"]
+    elif "dynamic" in modes:
+        args += ["-odrqt"]
+    return args
+
+
+def _failure_message(log_text: str) -> str:
+    """Pull the failing node and the last exception line out of onnx2tf's log."""
+    node = re.findall(r"onnx_op_name: (\S+)", log_text)
+    op_type = re.findall(r"onnx_op_type: (\S+)", log_text)
+    exc = [line.strip() for line in log_text.splitlines() if re.match(r"^\s*\w+(Error|Exception)\b.*:", line)]
+    where = f" at node '{node[-1]}'" + (f" (op {op_type[-1]})" if op_type else "") if node else ""
+    return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
+
+
+def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray | None,
+                   mean, std, timeout_s: int = 1800) -> TfliteConversion:
+    """Convert `onnx_model` to the requested quantization modes inside `work_dir`."""
+    work_dir = work_dir.resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    onnx_model = replace(onnx_model, path=onnx_model.path.resolve())
+    sample = calib_nhwc01 if calib_nhwc01 is not None else np.zeros((1, 128, 128, 3), np.float32)
+    np.save(work_dir / ONNX2TF_SAMPLE_FILE, _resize_batch(sample, 128, 20))
+    calib_npy = None
+    if "int8" in modes:
+        calib_npy = work_dir / "calibration_nhwc.npy"
+        np.save(calib_npy, calib_nhwc01.astype(np.float32))
+    out_dir = work_dir / "onnx2tf"
+    args = _onnx2tf_args(onnx_model, out_dir, modes, calib_npy, mean, std)
+    log_path = work_dir / "onnx2tf.log"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    with open(log_path, "w") as log:
+        log.write("onnx2tf " + " ".join(args) + "\n")
+        log.flush()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "onnx2tf", *args], cwd=work_dir, stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"onnx2tf did not finish within {timeout_s} s (log: {log_path})") from None
+    files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
+    missing = [m for m, p in files.items() if not p.is_file()]
+    if proc.returncode != 0 or missing:
+        raise ConversionError(_failure_message(log_path.read_text(errors="replace")), log_path)
+    settings = {"tool": "onnx2tf", "args": args, "quant_type": "per-channel" if "int8" in modes else None,
+                "int8_io": "int8" if "int8" in modes else None,
+                "calibration_samples": int(len(calib_nhwc01)) if "int8" in modes else 0}
+    return TfliteConversion(files, log_path, settings)
+
+
+def _resize_batch(batch: np.ndarray, size: int, count: int) -> np.ndarray:
+    """`count` images from `batch`, nearest-resized to size x size (only to stand in for onnx2tf's sample file)."""
+    idx_h = np.arange(size) * batch.shape[1] // size
+    idx_w = np.arange(size) * batch.shape[2] // size
+    picked = batch[np.arange(count) % len(batch)]
+    return np.ascontiguousarray(picked[:, idx_h][:, :, idx_w]).astype(np.float32)
+
+
+def keep_files(conversion: TfliteConversion, dest_dir: Path, stem: str) -> dict[str, Path]:
+    """Move the requested .tflite files to `dest_dir` as `<stem>_<mode>.tflite`."""
+    kept = {}
+    for mode, path in conversion.files.items():
+        target = dest_dir / f"{stem}_{mode}.tflite"
+        shutil.move(str(path), target)
+        kept[mode] = target
+    return kept

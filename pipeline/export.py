@@ -1,0 +1,120 @@
+"""python -m pipeline.export: a PyTorch image classifier to validated TFLite files, offline."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from export.images import ImageDataError
+from export.onnx_stage import OnnxError
+from export.tflite_stage import QUANT_MODES, ConversionError
+from models import UnknownModelError, list_models
+from models.weights import WeightsError
+from pipeline.progress import StageTimer
+from pipeline.run import ExportRequest, run_export
+from pipeline.sources import SourceError, from_factory, from_onnx, from_registry
+from pipeline.staging import OutputError
+from pipeline.zoo import failed_row, summary_row, write_summary
+from validate.thresholds import thresholds_for
+
+USER_ERRORS = (UnknownModelError, WeightsError, ImageDataError, OnnxError, ConversionError, SourceError, OutputError)
+EXIT_PARITY_FAILED = 1
+EXIT_USER_ERROR = 2
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got '{text}'")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="zoo name (see --list) or path/to/file.py:factory")
+    src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xSxS input)")
+    src.add_argument("--all", action="store_true", help="export every zoo model and write one summary table")
+    src.add_argument("--list", action="store_true", help="list the zoo models and exit")
+    p.add_argument("--quant", default="int8", choices=[*QUANT_MODES, "all"], help="variant(s) to write (default int8)")
+    p.add_argument("--weights", help="state_dict checkpoint path, or 'imagenet' (mobilenet_v2, offline)")
+    p.add_argument("--input-size", type=int, help="square input size, required with --model file.py:factory")
+    p.add_argument("--mean", type=_floats3, help="per-channel mean R,G,B for custom models (default ImageNet)")
+    p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for custom models (default ImageNet)")
+    p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
+    p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
+    p.add_argument("--calib-samples", type=int, default=100, help="calibration crops (default 100)")
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)")
+    for mode in ("onnx", *QUANT_MODES):
+        p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
+        p.add_argument(f"--min-cosine-{mode}", type=float, help=f"override the {mode} mean-cosine threshold")
+        p.add_argument(f"--min-top1-{mode}", type=float, help=f"override the {mode} top-1 agreement threshold (0..1)")
+    return p
+
+
+def _request(args) -> ExportRequest:
+    if args.calib_samples < 1:
+        raise SourceError(f"--calib-samples must be at least 1, got {args.calib_samples}")
+    modes = list(QUANT_MODES) if args.quant == "all" else [args.quant]
+    thresholds = {m: thresholds_for(m, getattr(args, f"min_sqnr_{m}"), getattr(args, f"min_cosine_{m}"),
+                                    getattr(args, f"min_top1_{m}")) for m in ("onnx", *QUANT_MODES)}
+    return ExportRequest(modes, args.out, thresholds, args.calib_dir, args.calib_samples, args.labels)
+
+
+def _source(args, model: str):
+    if args.onnx:
+        return from_onnx(args.onnx, args.mean, args.std)
+    if ":" in model and model.rsplit(":", 1)[0].endswith(".py"):
+        return from_factory(model, args.input_size, args.weights, args.mean, args.std)
+    return from_registry(model, args.weights)
+
+
+def _export_one(args, request: ExportRequest, model: str | None) -> int:
+    source = _source(args, model)
+    timer = StageTimer(f"Exporting {source.name} ({', '.join(request.modes)})")
+    result = run_export(source, request, timer)
+    for row in result.rows:
+        status = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
+        timer.note(f"{row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
+                   f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}")
+    timer.note(f"artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
+    if not result.passed:
+        print(f"error: parity failed for {source.name}: see {result.out_dir / 'report.md'}", file=sys.stderr)
+        return EXIT_PARITY_FAILED
+    return 0
+
+
+def _export_all(args, request: ExportRequest) -> int:
+    rows, worst = [], 0
+    mode = request.modes[-1]
+    for name in list_models():
+        try:
+            result = run_export(from_registry(name, None), request, StageTimer(f"Exporting {name} ({mode})"))
+            rows.append(summary_row(result, mode))
+            worst = max(worst, 0 if result.passed else EXIT_PARITY_FAILED)
+        except USER_ERRORS as exc:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            rows.append(failed_row(name, str(exc)))
+            worst = EXIT_USER_ERROR
+    path = write_summary(request.out_root, rows, mode)
+    print(path.read_text())
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(list_models()))
+        return 0
+    try:
+        request = _request(args)
+        return _export_all(args, request) if args.all else _export_one(args, request, args.model)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Where the model comes from: the zoo, a user's Python factory, or an existing ONNX file."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from export.onnx_stage import describe_onnx
+from models import get_model, get_spec
+from models.complexity import count_macs, count_parameters
+from models.random_init import estimate_batchnorm_stats
+from models.registry import IMAGENET_MEAN, IMAGENET_STD
+from models.weights import load_weights, sha256_file
+
+
+class SourceError(ValueError):
+    """A model source that cannot be loaded."""
+
+
+@dataclass
+class ModelSource:
+    name: str
+    description: str
+    input_size: int
+    mean: tuple
+    std: tuple
+    module: nn.Module | None = None
+    onnx_path: Path | None = None
+    weights: str = "random initialization"
+    weights_sha256: str | None = None
+    needs_random_calibration: bool = False  # random weights: BatchNorm statistics still to be estimated
+    channel_shuffles: int | None = None
+
+    def complexity(self) -> tuple[int | None, int | None]:
+        """(parameters, MACs) of the PyTorch model, or (None, None) for an ONNX source."""
+        if self.module is None:
+            return None, None
+        return count_parameters(self.module), count_macs(self.module, self.input_size)
+
+
+def _apply_weights(source: ModelSource, weights: str | None, load) -> None:
+    if weights is None:
+        source.needs_random_calibration = True
+        return
+    path = load(weights)
+    source.weights = f"{weights} ({path})" if weights == "imagenet" else str(path)
+    source.weights_sha256 = sha256_file(path)
+
+
+def from_registry(name: str, weights: str | None) -> ModelSource:
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    source = ModelSource(name, f"model zoo: {spec.family}", spec.input_size, spec.mean, spec.std,
+                         module=get_model(name), channel_shuffles=spec.channel_shuffles)
+    _apply_weights(source, weights, lambda w: load_weights(source.module, name, w))
+    return source
+
+
+def from_factory(target: str, input_size: int | None, weights: str | None, mean, std) -> ModelSource:
+    """Load `path/to/file.py:factory`, call it, and check it returns an nn.Module."""
+    file_part, _, factory_name = target.rpartition(":")
+    path = Path(file_part)
+    if not path.is_file():
+        raise SourceError(f"model file not found: {path} (expected path/to/file.py:factory)")
+    if input_size is None:
+        raise SourceError(f"--input-size is required with a model from a file ({target})")
+    spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise SourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise SourceError(f"{path} has no callable '{factory_name}': name a function that returns an nn.Module")
+    torch.manual_seed(0)
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SourceError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+    source = ModelSource(factory_name, f"user factory {target}", input_size, tuple(mean or IMAGENET_MEAN),
+                         tuple(std or IMAGENET_STD), module=model.eval())
+    if weights == "imagenet":
+        raise SourceError("--weights imagenet only applies to zoo models; pass a checkpoint path")
+    _apply_weights(source, weights, lambda w: load_weights(model, factory_name, w))
+    return source
+
+
+def from_onnx(path: Path, mean, std) -> ModelSource:
+    if not path.is_file():
+        raise SourceError(f"ONNX file not found: {path}")
+    size = describe_onnx(path).input_size
+    return ModelSource(path.stem, f"ONNX file {path}", size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD),
+                       onnx_path=path, weights="as stored in the ONNX file", weights_sha256=sha256_file(path))
+
+
+def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> None:
+    """Give a randomly initialised model image-dependent outputs (see models.random_init)."""
+    count = estimate_batchnorm_stats(source.module, images_nchw)
+    if count:
+        source.weights = (f"random initialization (seed 0), BatchNorm statistics of {count} layers estimated on the "
+                          "calibration photos: parity is meaningful, accuracy is not")
+    else:
+        source.weights = "random initialization (seed 0): parity is meaningful, accuracy is not"
+    source.needs_random_calibration = False

@@ -1,0 +1,55 @@
+"""Numerical agreement between a reference output and a candidate output (both N x classes)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParityMetrics:
+    samples: int
+    max_abs: float
+    mean_abs: float
+    cosine_mean: float
+    cosine_min: float
+    sqnr_db: float
+    top1_agreement: float
+    top5_overlap: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio: 10 log10(sum ref^2 / sum (ref - cand)^2); inf when identical."""
+    noise = float(np.sum((reference.astype(np.float64) - candidate) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+
+
+def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    return np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 0.0)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
+    """All parity metrics of `candidate` against `reference`, over N samples of logits."""
+    if reference.shape != candidate.shape or reference.ndim != 2:
+        raise ValueError(f"outputs differ in shape: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(reference.astype(np.float64) - candidate)
+    cos = _cosines(reference, candidate)
+    top5_ref = np.argsort(-reference, axis=1)[:, :5]
+    top5_cand = np.argsort(-candidate, axis=1)[:, :5]
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_ref, top5_cand)])
+    return ParityMetrics(
+        samples=int(reference.shape[0]),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        cosine_mean=float(cos.mean()),
+        cosine_min=float(cos.min()),
+        sqnr_db=sqnr_db(reference, candidate),
+        top1_agreement=float(np.mean(top5_ref[:, 0] == top5_cand[:, 0])),
+        top5_overlap=float(overlap),
+    )

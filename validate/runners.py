@@ -1,0 +1,45 @@
+"""Run the same images through PyTorch, ONNX Runtime and the TFLite interpreter."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from ai_edge_litert.interpreter import Interpreter
+from torch import nn
+
+from export.tflite_inspect import dequantize, inspect_tflite, quantize
+
+
+def run_torch(model: nn.Module, batch_nchw: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model.eval()(torch.from_numpy(x[None])).numpy() for x in batch_nchw])
+
+
+def run_onnx(path: Path, batch_nchw: np.ndarray) -> np.ndarray:
+    """ONNX Runtime on the CPU, graph optimizations off: the float reference."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[None]})[0] for x in batch_nchw]).reshape(len(batch_nchw), -1)
+
+
+def run_tflite(path: Path, batch_nhwc: np.ndarray, threads: int = 2) -> np.ndarray:
+    """LiteRT on normalized NHWC float input; int8 input/output are quantized and dequantized here."""
+    summary = inspect_tflite(path)
+    in_info, out_info = summary.inputs[0], summary.outputs[0]
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    in_index = interpreter.get_input_details()[0]["index"]
+    out_index = interpreter.get_output_details()[0]["index"]
+    outputs = []
+    for x in batch_nhwc:
+        x = x[None].astype(np.float32)
+        interpreter.set_tensor(in_index, quantize(x, in_info) if in_info.dtype != "float32" else x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out_index)
+        outputs.append(dequantize(y, out_info) if out_info.dtype != "float32" else y.astype(np.float32))
+    return np.concatenate(outputs).reshape(len(batch_nhwc), -1)
