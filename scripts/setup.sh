@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv with the project's pinned dependencies (Python 3.11, CPU torch). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+echo "setup: ready ($(.venv/bin/python -c 'from importlib.metadata import version as v; print("onnx2tf", v("onnx2tf"), "torch", v("torch"))'))"

@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ROOT / "tests" / "data" / "tiny_model.py"
+
+
+def run_cli(module: str, *args: str, tmp_path: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m module args` with the network guard on; return the finished process."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)]),
+               NETGUARD_LOG=str(tmp_path / "network_attempts.log"))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def network_attempts(tmp_path: Path) -> str:
+    log = tmp_path / "network_attempts.log"
+    return log.read_text() if log.exists() else ""
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def tiny_model() -> Path:
+    return TINY_MODEL

@@ -1,0 +1,86 @@
+"""Bad input: a one-line error naming the problem and the fix, exit code 2, and no artifact folder."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from PIL import Image
+
+from models import get_model
+from pipeline.export import EXIT_USER_ERROR, main
+
+
+def _fails(capsys, tmp_path, *argv: str) -> str:
+    code = main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == EXIT_USER_ERROR, err
+    assert len(errors) == 1, err
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.is_dir()], "an artifact folder was left behind"
+    return errors[0]
+
+
+def test_unknown_model(capsys, tmp_path):
+    assert "did you mean shufflenet_v2_x0_5" in _fails(capsys, tmp_path, "--model", "shufflenet_v2_x05")
+
+
+def test_unreadable_weights(capsys, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    assert "cannot read weights" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--weights", str(bad))
+    assert "weights file not found" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--weights", "nope.pth")
+
+
+def test_mismatched_weights(capsys, tmp_path):
+    path = tmp_path / "sq.pth"
+    torch.save(get_model("squeezenet1_1").state_dict(), path)
+    line = _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--weights", str(path))
+    assert "missing keys ['features.0.0.weight'" in line and "unexpected keys" in line
+
+
+def test_imagenet_weights_for_a_model_without_them(capsys, tmp_path):
+    line = _fails(capsys, tmp_path, "--model", "squeezenet1_1", "--weights", "imagenet")
+    assert "squeezenet1_1-b8a52dc0.pth" in line and "nothing is downloaded" in line
+
+
+def test_calibration_folder_without_images(capsys, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.txt").write_text("text")
+    line = _fails(capsys, tmp_path, "--model", "shufflenet_v2_x0_5", "--calib-dir", str(folder))
+    assert "no readable images" in line
+
+
+def test_unsupported_op(capsys, tmp_path):
+    node = helper.make_node("FancyNorm", ["x"], ["y"], name="norm_7", domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]), path)
+    line = _fails(capsys, tmp_path, "--onnx", str(path), "--quant", "fp32")
+    assert "'FancyNorm'" in line and "'norm_7'" in line
+
+
+def test_output_folder_that_cannot_be_written(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code = main(["--model", "shufflenet_v2_x0_5", "--out", str(blocker / "artifacts")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "cannot write to output folder" in err and "--out" in err
+
+
+def test_custom_model_mistakes(capsys, tmp_path, tiny_model):
+    assert "--input-size is required" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:build")
+    assert "no callable 'missing'" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:missing", "--input-size", "64")
+    assert "not a torch.nn.Module" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:not_a_module", "--input-size", "64")
+    assert "model file not found" in _fails(capsys, tmp_path, "--model", "absent.py:build", "--input-size", "64")
+
+
+def test_onnx_with_dynamic_input(capsys, tmp_path):
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert "static size" in _fails(capsys, tmp_path, "--onnx", str(path))

@@ -1,0 +1,102 @@
+"""The command line, end to end, with real conversions and the network blocked."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from export.images import heldout_batch, heldout_photos, normalize
+from export.onnx_stage import export_onnx
+from export.tflite_inspect import inspect_tflite
+from tests.conftest import ROOT, error_lines, network_attempts, run_cli
+from tests.data.tiny_model import build
+from validate.runners import run_tflite
+
+
+def test_network_guard_catches_a_download(tmp_path):
+    code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=5)\nexcept Exception:\n    pass\n"
+    (tmp_path / "fetch.py").write_text(code)
+    run_cli("fetch", tmp_path=tmp_path)
+    assert "getaddrinfo 'example.org'" in network_attempts(tmp_path)
+
+
+def test_default_model_exports_to_validated_int8_offline(tmp_path):
+    """The README's main command: shufflenet_v2_x0_5 to int8, with no network at any stage."""
+    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "int8", "--out", "out",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert network_attempts(tmp_path) == ""
+    out = tmp_path / "out" / "shufflenet_v2_x0_5"
+    names = {p.name for p in out.iterdir()}
+    assert {"shufflenet_v2_x0_5.onnx", "shufflenet_v2_x0_5_simplified.onnx", "shufflenet_v2_x0_5_int8.tflite",
+            "labels.txt", "preprocess.json", "parity.json", "report.md", "convert.log"} <= names
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind
+
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and [r["variant"] for r in parity["parity"]] == ["onnx", "int8"]
+    assert parity["versions"]["onnx2tf"] == "1.29.24" and len(parity["inputs"]["onnx_sha256"]) == 64
+    assert parity["model"]["params"] == 1_366_792 and parity["model"]["onnx_nodes_simplified"] < parity["model"]["onnx_nodes"]
+    int8 = next(r for r in parity["parity"] if r["variant"] == "int8")
+    assert int8["metrics"]["samples"] == 40 and int8["metrics"]["sqnr_db"] > 10
+
+    # The contract in preprocess.json is enough to run the model and get the same numbers.
+    contract = json.loads((out / "preprocess.json").read_text())
+    tflite = out / contract["variants"]["int8"]["file"]
+    summary = inspect_tflite(tflite)
+    assert contract["variants"]["int8"]["input"]["scale"] == summary.inputs[0].scale
+    assert contract["variants"]["int8"]["input"]["dtype"] == "int8" and contract["layout"] == "NHWC"
+    assert len((out / "labels.txt").read_text().splitlines()) == 1000
+    report = (out / "report.md").read_text()
+    assert "PASSED" in report and "| TRANSPOSE |" in report and "onnx2tf: 1.29.24" in report
+    assert "onnx2tf -> int8" in proc.stderr  # the progress display names each stage
+
+
+def test_custom_model_file_all_variants(tmp_path, tiny_model):
+    proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "all",
+                   "--calib-samples", "16", "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "build"
+    parity = json.loads((out / "parity.json").read_text())
+    assert [r["variant"] for r in parity["parity"]] == ["onnx", "fp32", "fp16", "dynamic", "int8"]
+    assert all(r["passed"] for r in parity["parity"])
+    assert (out / "labels.txt").read_text().split() == [f"class_{i}" for i in range(10)]
+    # fp32 TFLite agrees with ONNX Runtime to float rounding, and PyTorch with both.
+    fp32 = next(r for r in parity["parity"] if r["variant"] == "fp32")
+    assert fp32["metrics"]["top1_agreement"] == 1.0 and fp32["metrics"]["max_abs"] < 1e-4
+
+
+def test_existing_onnx_file_and_custom_labels(tmp_path):
+    torch.manual_seed(0)
+    onnx_path = export_onnx(build(), 64, tmp_path / "mine.onnx").path
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"thing {i}" for i in range(10)))
+    proc = run_cli("pipeline.export", "--onnx", str(onnx_path), "--quant", "fp32", "--labels", str(labels),
+                   "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "mine"
+    parity = json.loads((out / "parity.json").read_text())
+    assert [r["variant"] for r in parity["parity"]] == ["fp32"] and parity["passed"]
+    assert (out / "labels.txt").read_text().splitlines()[3] == "thing 3"
+
+
+def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
+    proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "fp32",
+                   "--min-sqnr-fp32", "1000", "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr) == [f"error: parity failed for build: see out/build/report.md"]
+    parity = json.loads((tmp_path / "out" / "build" / "parity.json").read_text())
+    assert parity["passed"] is False
+    assert "FAILED" in (tmp_path / "out" / "build" / "report.md").read_text()
+
+
+def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
+    """Real weights: the int8 model still classifies the labelled held-out photos."""
+    proc = run_cli("pipeline.export", "--model", "mobilenet_v2", "--weights", "imagenet", "--quant", "int8",
+                   "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((tmp_path / "out" / "mobilenet_v2" / "parity.json").read_text())
+    rows = {r["variant"]: r for r in parity["parity"]}
+    assert rows["onnx"]["accuracy_top1_labelled"] >= 0.85
+    assert rows["int8"]["accuracy_top1_labelled"] >= 0.75
+    assert parity["inputs"]["weights_sha256"].startswith("b0353104")

@@ -1,0 +1,53 @@
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.images import (ImageDataError, calibration_batch, calibration_photos, center_crop, heldout_photos,
+                           load_rgb, photos_in_dir)
+
+
+def test_calibration_and_validation_photos_never_overlap():
+    calib = {p.path.resolve() for p in calibration_photos()}
+    held = {p.path.resolve() for p in heldout_photos()}
+    assert len(calib) >= 30 and len(held) == 40
+    assert not calib & held
+    assert sum(p.label is not None for p in heldout_photos()) == 20
+
+
+def test_calibration_batch_is_deterministic_and_in_range():
+    photos = calibration_photos()[:5]
+    a = calibration_batch(photos, 64, 12)
+    b = calibration_batch(photos, 64, 12)
+    assert a.shape == (12, 64, 64, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert len({x.tobytes() for x in a}) == 12  # random crops, not repeats
+
+
+def test_center_crop_keeps_aspect_then_crops():
+    img = Image.fromarray(np.tile((np.arange(400) % 256).astype(np.uint8)[None, :, None], (200, 1, 3)))
+    crop = center_crop(img, 224)
+    assert crop.shape == (224, 224, 3)
+    # 400x200 -> 512x256, centre 224 columns: the middle column is the original's column 200.
+    assert crop[:, 112, 0].mean() == pytest.approx(200 / 255, abs=0.01)
+    assert crop[:, 0, 0].mean() == pytest.approx((200 - 112 * 400 / 512) / 255, abs=0.01)
+
+
+def test_calib_dir_skips_non_images_with_a_warning(tmp_path, caplog):
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        photos = photos_in_dir(tmp_path)
+    assert [p.path.name for p in photos] == ["a.png"]
+    assert "notes.txt" in caplog.text
+    assert load_rgb(photos[0].path).size == (50, 40)
+
+
+def test_calib_dir_without_images_is_an_error(tmp_path):
+    (tmp_path / "readme.md").write_text("# nothing here")
+    with pytest.raises(ImageDataError, match="no readable images"):
+        photos_in_dir(tmp_path)
+    with pytest.raises(ImageDataError, match="not found"):
+        photos_in_dir(tmp_path / "absent")

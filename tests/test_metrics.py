@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from validate.metrics import compare, sqnr_db
+from validate.thresholds import DEFAULTS, failures, thresholds_for
+
+
+def test_identical_outputs_are_perfect():
+    x = np.random.default_rng(0).normal(size=(8, 100)).astype(np.float32)
+    m = compare(x, x.copy())
+    assert m.sqnr_db == float("inf") and m.max_abs == 0
+    assert m.cosine_mean == pytest.approx(1.0) and m.top1_agreement == 1.0 and m.top5_overlap == 1.0
+
+
+def test_sqnr_of_known_noise():
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(50, 1000))
+    noise = 0.1 * rng.normal(size=(50, 1000))  # power ratio 100 -> 20 dB
+    assert sqnr_db(signal, signal + noise) == pytest.approx(20.0, abs=0.2)
+
+
+def test_top1_and_top5():
+    ref = np.array([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    cand = np.array([[4.0, 5, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    m = compare(ref, cand)
+    assert m.top1_agreement == 0.5 and m.top5_overlap == 1.0
+    swapped = np.array([[0.0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]])
+    assert compare(ref, swapped).top5_overlap == pytest.approx((4 / 5 + 1) / 2)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        compare(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_thresholds_defaults_overrides_and_failures():
+    assert thresholds_for("int8") == DEFAULTS["int8"]
+    strict = thresholds_for("int8", min_sqnr=99.0, min_top1=0.9)
+    assert strict.min_sqnr_db == 99.0 and strict.min_top1 == 0.9 and strict.min_cosine == DEFAULTS["int8"].min_cosine
+    ref = np.random.default_rng(2).normal(size=(4, 10))
+    m = compare(ref, ref + 0.5)
+    reasons = failures(m, strict)
+    assert any("SQNR" in r for r in reasons)
+    assert failures(compare(ref, ref), strict) == []
