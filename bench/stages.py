@@ -29,7 +29,7 @@ def run_stage(stage: str, model: str, work: Path) -> float:
     from export import images as imgs
     from export.onnx_stage import describe_onnx, export_onnx, simplify_onnx
     from export.tflite_stage import convert_tflite
-    from models.registry import IMAGENET_MEAN, IMAGENET_STD
+    from models import get_spec
     from pipeline.sources import calibrate_random_weights, from_registry
     from validate.parity import check_parity
     from validate.thresholds import DEFAULTS
@@ -50,12 +50,13 @@ def run_stage(stage: str, model: str, work: Path) -> float:
         onnx_model = describe_onnx(work / "model_sim.onnx")
         calib = imgs.calibration_batch(imgs.calibration_photos(), onnx_model.input_size, 100)
         start = time.perf_counter()
-        conversion = convert_tflite(onnx_model, work / "convert", ["int8"], calib, IMAGENET_MEAN, IMAGENET_STD)
+        spec = get_spec(model)
+        conversion = convert_tflite(onnx_model, work / "convert", ["int8"], calib, spec.mean, spec.std)
         conversion.files["int8"].rename(work / "model_int8.tflite")
     elif stage == "parity_int8":
         photos = imgs.heldout_photos()
-        x = imgs.normalize(imgs.heldout_batch(photos, describe_onnx(work / "model_sim.onnx").input_size),
-                           IMAGENET_MEAN, IMAGENET_STD)
+        spec = get_spec(model)
+        x = imgs.normalize(imgs.heldout_batch(photos, spec.input_size), spec.mean, spec.std)
         check_parity(work / "model_sim.onnx", {"int8": work / "model_int8.tflite"}, x, [p.label for p in photos],
                      DEFAULTS)
     return time.perf_counter() - start
@@ -65,13 +66,15 @@ def measure(stage: str, model: str, work: Path) -> dict:
     """Run `stage` in a child process; return its stage seconds, process seconds and peak RSS."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", stage, model, str(work)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} of {model} failed (exit {proc.returncode})")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", stage, model, str(work)], env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (and its waited-for children's)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"stage {stage} of {model} failed (exit {proc.returncode}): {err.read()[-2000:]}")
     return {"stage": stage, "stage_s": round(json.loads(out.strip().splitlines()[-1])["seconds"], 2),
             "process_s": round(time.perf_counter() - start, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 

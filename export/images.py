@@ -63,10 +63,10 @@ def photos_in_dir(folder: Path) -> list[Photo]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             with Image.open(path) as img:
-                img.verify()
+                img.load()  # decode fully: a truncated file fails here, not halfway through calibration
             photos.append(Photo(path))
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            log.warning("skipping %s: not a readable image", path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            log.warning("skipping %s: not a readable image (%s)", path, type(exc).__name__)
     if not photos:
         raise ImageDataError(f"no readable images in {folder}: add JPEG or PNG photos, or drop --calib-dir")
     return photos
@@ -103,12 +103,13 @@ def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.nda
 
 
 def calibration_batch(photos: list[Photo], size: int, samples: int, seed: int = 0) -> np.ndarray:
-    """`samples` NHWC 0..1 crops: one centre crop of each photo first, then seeded random crops."""
+    """`samples` NHWC 0..1 crops: a centre crop of each photo (an evenly spread subset if there are more photos
+    than samples), then seeded random crops cycling through all photos. Photos are loaded one at a time."""
     rng = np.random.default_rng(seed)
-    images = [load_rgb(p.path) for p in photos]
-    batch = [center_crop(img, size) for img in images[:samples]]
+    chosen = np.linspace(0, len(photos) - 1, num=min(samples, len(photos))).round().astype(int)
+    batch = [center_crop(load_rgb(photos[i].path), size) for i in chosen]
     while len(batch) < samples:
-        batch.append(random_crop(images[len(batch) % len(images)], size, rng))
+        batch.append(random_crop(load_rgb(photos[len(batch) % len(photos)].path), size, rng))
     return np.stack(batch)
 
 

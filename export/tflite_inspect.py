@@ -59,7 +59,10 @@ def inspect_tflite(path: Path) -> TfliteSummary:
     for i in range(graph.OperatorsLength()):
         code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        ops[_OP_NAMES.get(builtin, f"CUSTOM:{(code.CustomCode() or b'?').decode()}")] += 1
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            ops[f"CUSTOM:{(code.CustomCode() or b'?').decode()}"] += 1
+        else:
+            ops[_OP_NAMES.get(builtin, f"BUILTIN_{builtin}")] += 1
     inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
     outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
     return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)

@@ -1,6 +1,7 @@
 """ONNX -> TFLite with onnx2tf (run as a subprocess, offline), one file per quantization mode."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -10,8 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from export.onnx_stage import OnnxModel
+from export.onnx_stage import OnnxError, OnnxModel
 
 QUANT_MODES = ("fp32", "fp16", "dynamic", "int8")
 # onnx2tf's output suffix for each mode.
@@ -40,9 +42,25 @@ class TfliteConversion:
     settings: dict
 
 
+def check_converter_supports(path: Path) -> None:
+    """Fail early, naming the op and node, when onnx2tf has no converter for an op in the graph."""
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConversionError("onnx2tf is not installed: run scripts/setup.sh")
+    supported = {p.stem for p in (Path(spec.submodule_search_locations[0]) / "ops").glob("*.py")}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
+            domain = f" (domain '{node.domain}')" if node.domain else ""
+            raise OnnxError(f"the converter cannot handle op '{node.op_type}'{domain} at node '{node.name}': "
+                            "replace it in the model or export it with standard ONNX ops")
+
+
 def _onnx2tf_args(onnx_model: OnnxModel, out_dir: Path, modes: list[str], calib_npy: Path | None,
                   mean, std) -> list[str]:
     args = ["-i", str(onnx_model.path), "-o", str(out_dir), "-nuo", "-v", "error"]
+    batch = onnx.load(str(onnx_model.path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch.HasField("dim_value"):  # a dynamic batch dimension: fix it to 1
+        args += ["-b", "1"]
     if "int8" in modes:
         args += ["-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8",
                  "-cind", onnx_model.input_name, str(calib_npy),
@@ -61,14 +79,13 @@ def _failure_message(log_text: str) -> str:
     return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
 
 
-def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray | None,
+def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray,
                    mean, std, timeout_s: int = 1800) -> TfliteConversion:
-    """Convert `onnx_model` to the requested quantization modes inside `work_dir`."""
+    """Convert `onnx_model` to the requested modes inside `work_dir`; `calib_nhwc01` are 0..1 NHWC photos."""
     work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     onnx_model = replace(onnx_model, path=onnx_model.path.resolve())
-    sample = calib_nhwc01 if calib_nhwc01 is not None else np.zeros((1, 128, 128, 3), np.float32)
-    np.save(work_dir / ONNX2TF_SAMPLE_FILE, _resize_batch(sample, 128, 20))
+    np.save(work_dir / ONNX2TF_SAMPLE_FILE, _resize_batch(calib_nhwc01, 128, 20))
     calib_npy = None
     if "int8" in modes:
         calib_npy = work_dir / "calibration_nhwc.npy"
@@ -84,7 +101,7 @@ def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], cali
             proc = subprocess.run([sys.executable, "-m", "onnx2tf", *args], cwd=work_dir, stdout=log,
                                   stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise ConversionError(f"onnx2tf did not finish within {timeout_s} s (log: {log_path})") from None
+            raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
     missing = [m for m, p in files.items() if not p.is_file()]
     if proc.returncode != 0 or missing:

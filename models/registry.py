@@ -8,6 +8,7 @@ from typing import Callable
 
 from torch import nn
 
+from models.complexity import count_macs, count_parameters
 from models.mobilenet_v1 import mobilenet_v1
 from models.mobilenet_v2 import mobilenet_v2
 from models.shufflenet_v1 import shufflenet_v1
@@ -31,9 +32,13 @@ class ModelSpec:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    num_classes: int = 1000
     channel_shuffles: int = 0
     weights_source: str = field(default="no public checkpoint is bundled with any installable package")
+
+    def complexity(self) -> tuple[int, int]:
+        """(parameters, MACs per image), measured on a freshly built model."""
+        model = self.builder()
+        return count_parameters(model), count_macs(model, self.input_size)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

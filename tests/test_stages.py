@@ -6,10 +6,16 @@ import torch
 from onnx import TensorProto, helper
 
 from export.images import calibration_batch, calibration_photos, normalize
-from export.onnx_stage import OnnxError, check_supported_ops, describe_onnx, export_onnx, simplify_onnx
+from export.onnx_stage import OnnxError, describe_onnx, export_onnx, simplify_onnx
 from export.tflite_inspect import NotTfliteError, dequantize, inspect_tflite, quantize
-from export.tflite_stage import ONNX2TF_SAMPLE_FILE, _failure_message, convert_tflite
+from export.tflite_stage import (
+    ONNX2TF_SAMPLE_FILE,
+    _failure_message,
+    check_converter_supports,
+    convert_tflite,
+)
 from models import get_model
+from tests.conftest import ROOT, network_attempts
 from tests.data.tiny_model import build
 from validate.metrics import compare
 from validate.runners import run_onnx, run_tflite, run_torch
@@ -54,23 +60,36 @@ def test_unsupported_op_is_named_with_its_node(tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save(_graph_with("FancyNorm", "com.example"), path)
     with pytest.raises(OnnxError, match="cannot handle op 'FancyNorm' \\(domain 'com.example'\\) at node 'the_node'"):
-        check_supported_ops(path)
+        check_converter_supports(path)
     onnx.save(_graph_with("Relu"), path)
-    check_supported_ops(path)  # a supported op passes
+    check_converter_supports(path)  # a supported op passes
 
 
 def test_describe_onnx_rejects_what_the_pipeline_cannot_take(tmp_path):
     model = _graph_with("Relu")
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
     onnx.save(model, tmp_path / "dynamic.onnx")
-    with pytest.raises(OnnxError, match="static size"):
+    with pytest.raises(OnnxError, match="static square size"):
         describe_onnx(tmp_path / "dynamic.onnx")
+    model = _graph_with("Relu")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, tmp_path / "batch4.onnx")
+    with pytest.raises(OnnxError, match=r"expected \[1, 3, S, S\]"):
+        describe_onnx(tmp_path / "batch4.onnx")
+    model = _graph_with("Relu")
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.save(model, tmp_path / "uint8.onnx")
+    with pytest.raises(OnnxError, match="is UINT8, not FLOAT"):
+        describe_onnx(tmp_path / "uint8.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x00\x01junk")
     with pytest.raises(OnnxError, match="cannot read ONNX"):
         describe_onnx(tmp_path / "junk.onnx")
 
 
-def test_onnx2tf_writes_every_variant_offline(tmp_path):
+def test_onnx2tf_writes_every_variant_offline(tmp_path, monkeypatch):
+    # onnx2tf runs as a child process: the network guard is loaded into it through PYTHONPATH.
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests" / "netguard"))
+    monkeypatch.setenv("NETGUARD_LOG", str(tmp_path / "network_attempts.log"))
     torch.manual_seed(0)
     raw = export_onnx(build(), 64, tmp_path / "tiny.onnx")
     calib = calibration_batch(calibration_photos(), 64, 16)
@@ -86,6 +105,7 @@ def test_onnx2tf_writes_every_variant_offline(tmp_path):
     ref = run_onnx(raw.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     assert compare(ref, run_tflite(conversion.files["fp32"], x)).sqnr_db > 60
     assert compare(ref, run_tflite(conversion.files["int8"], x)).cosine_mean > 0.9
+    assert network_attempts(tmp_path) == ""
 
 
 def test_failure_message_names_the_node():

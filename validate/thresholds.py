@@ -36,12 +36,12 @@ def thresholds_for(variant: str, min_sqnr: float | None = None, min_cosine: floa
 
 
 def failures(metrics: ParityMetrics, t: Thresholds) -> list[str]:
-    """Human-readable reasons `metrics` misses `t`; empty when it passes."""
+    """Human-readable reasons `metrics` misses `t`; empty when it passes (NaN never passes)."""
     out = []
-    if metrics.sqnr_db < t.min_sqnr_db:
+    if not metrics.sqnr_db >= t.min_sqnr_db:
         out.append(f"SQNR {metrics.sqnr_db:.1f} dB < {t.min_sqnr_db:g} dB")
-    if metrics.cosine_mean < t.min_cosine:
+    if not metrics.cosine_mean >= t.min_cosine:
         out.append(f"cosine {metrics.cosine_mean:.6f} < {t.min_cosine:g}")
-    if metrics.top1_agreement < t.min_top1:
+    if not metrics.top1_agreement >= t.min_top1:
         out.append(f"top-1 agreement {metrics.top1_agreement:.1%} < {t.min_top1:.0%}")
     return out
