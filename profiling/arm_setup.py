@@ -1,0 +1,167 @@
+"""python -m profiling.arm_setup: install what ARM emulation needs into a cache folder (reused when present).
+
+qemu-user (Debian package), an arm64 Python 3.11 sysroot (Debian arm64 packages unpacked, not installed),
+aarch64 wheels of LiteRT and numpy, and the project's instruction-counting qemu plugin, built from
+profiling/qemu_plugin/insn_window.c against qemu-plugin.h taken from Debian's qemu source package.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from importlib.metadata import version
+from pathlib import Path
+
+from profiling.cores import CORES
+
+PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_window.c"
+ARM_PACKAGES = ["python3.11:arm64", "libstdc++6:arm64"]
+_SKIP_PACKAGES = ("dpkg:", "install-info:", "tar:", "perl:", "perl-base:")
+
+
+class ArmSetupError(RuntimeError):
+    """A set-up step failed; the message names it."""
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("MVE_ARM_CACHE", Path.home() / ".cache" / "mobile-vision-export" / "arm"))
+
+
+def _run(cmd: list[str], what: str, **kwargs) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise ArmSetupError(f"{what} failed ({' '.join(cmd[:4])} ...): {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return proc.stdout
+
+
+def _log(text: str) -> None:
+    print(f"arm-setup: {text}", file=sys.stderr)
+
+
+def ensure_qemu() -> Path:
+    """The dynamic qemu-aarch64 (the static one cannot load plugins), installed with apt if missing."""
+    if not shutil.which("qemu-aarch64"):
+        _log("installing qemu-user with apt-get")
+        _run(["apt-get", "update"], "apt-get update")
+        _run(["apt-get", "install", "-y", "qemu-user"], "apt-get install qemu-user")
+    return Path(shutil.which("qemu-aarch64"))
+
+
+def ensure_sysroot(cache: Path) -> Path:
+    """Debian's arm64 python3.11 and its shared-library closure, unpacked with dpkg -x."""
+    sysroot = cache / "sysroot"
+    if (sysroot / "usr" / "bin" / "python3.11").is_file():
+        return sysroot
+    if "arm64" not in _run(["dpkg", "--print-foreign-architectures"], "dpkg").split():
+        _run(["dpkg", "--add-architecture", "arm64"], "dpkg --add-architecture arm64")
+        _run(["apt-get", "update"], "apt-get update")
+    tree = _run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                 "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends", *ARM_PACKAGES], "apt-cache depends")
+    packages = sorted({line for line in tree.splitlines() if line.endswith(":arm64") and not line.startswith((" ", "<"))
+                       and not line.startswith(_SKIP_PACKAGES)})
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    _log(f"downloading {len(packages)} arm64 packages")
+    _run(["apt-get", "download", *packages], "apt-get download", cwd=debs)
+    staging = cache / "sysroot.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
+    staging.rename(sysroot)
+    return sysroot
+
+
+def ensure_wheels(cache: Path) -> Path:
+    """aarch64 LiteRT (the host's version, so kernels match) and numpy, installed with pip --target."""
+    target = cache / "site-aarch64"
+    wanted = f"ai-edge-litert=={version('ai-edge-litert')}"
+    marker = target / ".installed"
+    if marker.is_file() and marker.read_text() == wanted:
+        return target
+    _log(f"installing {wanted} and numpy for aarch64")
+    shutil.rmtree(target, ignore_errors=True)
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--python-version", "3.11",
+          "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64", "--only-binary=:all:",
+          wanted, f"numpy=={version('numpy')}"], "pip install aarch64 wheels")
+    marker.write_text(wanted)
+    return target
+
+
+def _plugin_header(cache: Path) -> Path:
+    """qemu-plugin.h from Debian's qemu source package, fetched with a private deb-src apt configuration."""
+    header = cache / "qemu-include" / "qemu-plugin.h"
+    if header.is_file():
+        return header
+    apt_dir = cache / "apt-src"
+    (apt_dir / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (apt_dir / "sources").mkdir(exist_ok=True)
+    system = Path("/etc/apt/sources.list.d/debian.sources")
+    if not system.is_file():
+        raise ArmSetupError(f"{system} not found: the qemu plugin header comes from Debian's qemu source package")
+    (apt_dir / "sources" / "debian-src.sources").write_text(system.read_text().replace("Types: deb\n", "Types: deb-src\n"))
+    opts = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={apt_dir / 'sources'}",
+            "-o", f"Dir::State::Lists={apt_dir / 'lists'}"]
+    _run(["apt-get", *opts, "update"], "apt-get update (deb-src)")
+    src = cache / "qemu-src"
+    src.mkdir(exist_ok=True)
+    _log("fetching Debian's qemu source package for qemu-plugin.h")
+    _run(["apt-get", *opts, "source", "--download-only", "qemu"], "apt-get source qemu", cwd=src)
+    tarball = next(src.glob("qemu_*.orig.tar.*"))
+    with tarfile.open(tarball) as tar:
+        member = next(m for m in tar if m.name.endswith("include/qemu/qemu-plugin.h"))
+        header.parent.mkdir(parents=True, exist_ok=True)
+        header.write_bytes(tar.extractfile(member).read())
+    return header
+
+
+def ensure_plugin(cache: Path) -> Path:
+    plugin = cache / "libinsn_window.so"
+    if plugin.is_file() and plugin.stat().st_mtime >= PLUGIN_SOURCE.stat().st_mtime:
+        return plugin
+    header = _plugin_header(cache)
+    _run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-I", str(header.parent), "-o", str(plugin), str(PLUGIN_SOURCE)],
+         "building the qemu plugin")
+    return plugin
+
+
+def ensure_core_roots(cache: Path, sysroot: Path) -> dict[str, Path]:
+    """One qemu -L prefix per core: the shared sysroot plus that core's /proc/cpuinfo."""
+    roots = {}
+    for name, core in CORES.items():
+        root = cache / "cores" / name
+        (root / "proc").mkdir(parents=True, exist_ok=True)
+        for entry in sysroot.iterdir():
+            link = root / entry.name
+            if not link.exists():
+                link.symlink_to(entry.resolve())
+        (root / "proc" / "cpuinfo").write_text(core.cpuinfo())
+        roots[name] = root
+    return roots
+
+
+def setup(cache: Path) -> None:
+    qemu = ensure_qemu()
+    sysroot = ensure_sysroot(cache)
+    ensure_wheels(cache)
+    ensure_plugin(cache)
+    ensure_core_roots(cache, sysroot)
+    _log(f"ready in {cache} ({qemu})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m profiling.arm_setup", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=default_cache(), help="cache folder (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        setup(args.cache)
+    except ArmSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
