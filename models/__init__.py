@@ -1,4 +1,10 @@
 """Model zoo: lightweight CNN families with torchvision-compatible weights layouts."""
-from models.registry import ModelSpec, UnknownModelError, get_model, get_spec, list_models
+from models.registry import (
+    ModelSpec,
+    UnknownModelError,
+    get_model,
+    get_spec,
+    list_models,
+)
 
 __all__ = ["ModelSpec", "UnknownModelError", "get_model", "get_spec", "list_models"]

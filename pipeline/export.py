@@ -14,15 +14,20 @@ from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
 from models import UnknownModelError, get_spec, list_models
 from models.weights import WeightsError
+from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
+from pipeline.profile import run as profile_run
 from pipeline.progress import StageTimer
 from pipeline.run import ExportRequest, run_export
 from pipeline.sources import SourceError, from_factory, from_onnx, from_registry
 from pipeline.staging import OutputError
 from pipeline.zoo import failed_row, summary_row, write_summary
+from profiling.arm_setup import default_cache
+from profiling.cores import parse_cores
+from profiling.run import ProfileRequest
 from validate.thresholds import thresholds_for
 
 USER_ERRORS = (UnknownModelError, WeightsError, ImageDataError, OnnxError, ConversionError, SourceError, OutputError,
-               LabelsError)
+               LabelsError, *PROFILE_ERRORS)
 EXIT_PARITY_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
     p.add_argument("--calib-samples", type=_positive_int, default=100, help="calibration crops (default 100)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)")
+    p.add_argument("--profile", action="store_true", help="profile every variant written (host latency; see --profile-arm)")
+    p.add_argument("--profile-arm", help="with --profile: also emulated ARM cores, e.g. a53,a76")
     for mode in ("onnx", *QUANT_MODES):
         p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
         p.add_argument(f"--min-cosine-{mode}", type=float, help=f"override the {mode} mean-cosine threshold")
@@ -84,6 +91,10 @@ def _check_flags(args) -> None:
         raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
     if args.all and (args.weights or args.labels):
         raise SourceError("--weights and --labels apply to one model, not to --all")
+    if args.profile_arm and not args.profile:
+        raise SourceError("--profile-arm goes with --profile")
+    if args.profile_arm:
+        parse_cores(args.profile_arm)  # an unknown core fails before the export, not after
     if args.std and any(s <= 0 for s in args.std):
         raise SourceError(f"--std must be positive, got {','.join(map(str, args.std))}")
 
@@ -114,6 +125,12 @@ def _export_one(args, request: ExportRequest) -> int:
         timer.note(f"{row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
                    f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}")
     timer.note(f"artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
+    if args.profile:
+        with timer.stage("profile"):
+            request_profile = ProfileRequest(host=True, cores=parse_cores(args.profile_arm) if args.profile_arm else [],
+                                             arm_cache=default_cache())
+            profile_run([result.out_dir / f"{result.name}_{m}.tflite" for m in result.summaries], request_profile,
+                        result.out_dir)
     if not result.passed:
         print(f"error: parity failed for {source.name}: see {result.out_dir / 'report.md'}", file=sys.stderr)
         return EXIT_PARITY_FAILED

@@ -12,10 +12,22 @@ import torch
 
 from export import images as imgs
 from export.bundle import labels_for, preprocess_contract
-from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
+from export.onnx_stage import (
+    OnnxError,
+    OnnxModel,
+    describe_onnx,
+    export_onnx,
+    load_onnx,
+    simplify_onnx,
+)
 from export.tflite_inspect import TfliteSummary, inspect_tflite
-from export.tflite_stage import (ConversionError, TfliteConversion, check_converter_supports, convert_tflite,
-                                 keep_files)
+from export.tflite_stage import (
+    ConversionError,
+    TfliteConversion,
+    check_converter_supports,
+    convert_tflite,
+    keep_files,
+)
 from models.weights import sha256_file
 from pipeline.progress import StageTimer
 from pipeline.sources import ModelSource, calibrate_random_weights

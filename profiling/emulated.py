@@ -14,7 +14,7 @@ from profiling.cores import Core
 from profiling.symbols import FAMILIES, attribute, family_of
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
-SETUP_HINT = "run 'python -m profiling.arm_setup' (or 'bash scripts/setup_arm.sh')"
+SETUP_HINT = "run 'python -m profiling.arm_setup' to set it up"
 
 
 class EmulationError(RuntimeError):

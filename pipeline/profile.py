@@ -1,0 +1,80 @@
+"""python -m pipeline.profile: latency on the host, emulated ARM instruction counts, real devices over adb."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export.tflite_inspect import NotTfliteError
+from pipeline.staging import write_text_atomic
+from profiling.arm_setup import default_cache
+from profiling.cores import UnknownCoreError, parse_cores
+from profiling.device import DeviceError
+from profiling.emulated import EmulationError
+from profiling.report import merge_into_report, render_profile
+from profiling.run import ProfileRequest, profile_models
+
+USER_ERRORS = (NotTfliteError, UnknownCoreError, DeviceError, EmulationError)
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2, got '{text}'")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.profile", description=__doc__)
+    p.add_argument("models", nargs="+", type=Path, help=".tflite files")
+    p.add_argument("--host", action="store_true", help="host latency (the default when nothing else is chosen)")
+    p.add_argument("--arm", help="emulated cores, e.g. a53,a55,a76 (needs 'python -m profiling.arm_setup')")
+    p.add_argument("--threads", type=_threads, default=[1, 2], help="host and device thread counts (default 1,2)")
+    p.add_argument("--warmups", type=int, default=10, help="warm-up inferences before timing (default 10)")
+    p.add_argument("--runs", type=int, default=50, help="timed inferences (default 50)")
+    p.add_argument("--arm-runs", type=int, default=3, help="counted emulated inferences per core (default 3)")
+    p.add_argument("--arm-cache", type=Path, default=default_cache(), help="ARM set-up folder (default %(default)s)")
+    p.add_argument("--adb", action="store_true", help="also run on an attached Android device")
+    p.add_argument("--serial", help="adb serial of the device to use")
+    p.add_argument("--benchmark-binary", type=Path, help="TFLite benchmark_model built for the device")
+    p.add_argument("--out", type=Path, help="folder for profile.json (default: beside the first model)")
+    return p
+
+
+def run(models: list[Path], request: ProfileRequest, out_dir: Path) -> dict:
+    """Profile `models`, write profile.json in `out_dir` and the profile section of its report.md."""
+    for model in models:
+        if not model.is_file():
+            raise NotTfliteError(f"model not found: {model}")
+    data = profile_models(models, request)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "profile.json", json.dumps(data, indent=2) + "\n")
+    merge_into_report(out_dir / "report.md", render_profile(data))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cores = parse_cores(args.arm) if args.arm else []
+        request = ProfileRequest(host=args.host or not (cores or args.adb), cores=cores, threads=args.threads,
+                                 warmups=args.warmups, runs=args.runs, arm_runs=args.arm_runs, adb=args.adb,
+                                 serial=args.serial, benchmark_binary=args.benchmark_binary, arm_cache=args.arm_cache)
+        data = run(args.models, request, args.out or args.models[0].parent)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_profile(data))
+    failed = [f"{m['model']} on {a['core']}" for m in data["models"] for a in m["arm"] if not a["output_check"]["match"]]
+    if failed:
+        print(f"error: emulated ARM output differs from x86 for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Profile .tflite files: host latency, emulated ARM instruction counts, and real-device latency over adb."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from export.images import heldout_batch, heldout_photos, normalize
+from export.tflite_inspect import inspect_tflite, quantize
+from models.registry import IMAGENET_MEAN, IMAGENET_STD
+from models.weights import sha256_file
+from profiling import device
+from profiling.cores import Core
+from profiling.emulated import find_environment, run_emulated
+from profiling.host import measure_host
+from validate.report import tool_versions
+
+FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    host: bool = True
+    cores: list[Core] = field(default_factory=list)
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    warmups: int = 10
+    runs: int = 50
+    arm_runs: int = 3
+    adb: bool = False
+    serial: str | None = None
+    benchmark_binary: Path | None = None
+    arm_cache: Path | None = None
+
+
+def model_input(model: Path) -> tuple[np.ndarray, str]:
+    """A real held-out photo prepared as the model expects (preprocess.json beside it, else ImageNet mean/std)."""
+    info = inspect_tflite(model).inputs[0]
+    contract_path = model.parent / "preprocess.json"
+    contract = json.loads(contract_path.read_text()) if contract_path.is_file() else {}
+    mean, std = contract.get("mean", IMAGENET_MEAN), contract.get("std", IMAGENET_STD)
+    photo = heldout_photos()[0]
+    x = normalize(heldout_batch([photo], info.shape[1]), mean, std)
+    source = "preprocess.json" if contract else "ImageNet mean/std (no preprocess.json beside the model)"
+    if info.dtype != "float32":
+        x = quantize(x, info)
+    return x, f"held-out photo {photo.path.name}, normalized with {source}, {info.dtype}"
+
+
+def host_output(model: Path, x: np.ndarray) -> np.ndarray:
+    interpreter = Interpreter(model_path=str(model), num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def compare_outputs(arm: np.ndarray, x86: np.ndarray) -> dict:
+    """Integer outputs must be bit-identical; float outputs equal within FP32_RTOL of the output range."""
+    if arm.dtype != x86.dtype or arm.shape != x86.shape:
+        return {"match": False, "rule": "same dtype and shape", "detail": f"{arm.dtype}{arm.shape} vs {x86.dtype}{x86.shape}"}
+    if np.issubdtype(x86.dtype, np.integer):
+        differing = int(np.count_nonzero(arm != x86))
+        return {"match": differing == 0, "rule": "bit-exact", "differing_elements": differing}
+    max_diff = float(np.max(np.abs(arm.astype(np.float64) - x86)))
+    limit = FP32_RTOL * max(1.0, float(np.max(np.abs(x86))))
+    return {"match": max_diff <= limit, "rule": f"max |arm - x86| <= {limit:.3g}", "max_abs_diff": max_diff}
+
+
+def _qemu_version() -> str:
+    try:
+        return subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "not installed"
+
+
+def profile_model(model: Path, request: ProfileRequest) -> dict:
+    """Every requested measurement of one model, as a JSON-ready dict."""
+    summary = inspect_tflite(model)
+    x, input_desc = model_input(model)
+    result = {"model": model.name, "sha256": sha256_file(model), "size_bytes": summary.size_bytes,
+              "input": input_desc, "host": [], "arm": [], "device": None}
+    if request.host:
+        result["host"] = [measure_host(model, x, t, request.warmups, request.runs).as_dict() for t in request.threads]
+    if request.cores:
+        env = find_environment(request.arm_cache)
+        reference = host_output(model, x)
+        for core in request.cores:
+            run = run_emulated(model, x, core, env, runs=request.arm_runs)
+            check = compare_outputs(run.output, reference)
+            result["arm"].append({"core": core.name, "qemu_cpu": core.qemu_cpu, "cpuinfo_part": core.part,
+                                  "instructions_per_inference": run.instructions[0], "counted_runs": run.instructions,
+                                  "spread": run.spread, "families": run.families,
+                                  "top_symbols": [[name, count] for name, count in run.top_symbols],
+                                  "output_check": check})
+    if request.adb:
+        result["device"] = _device_result(model, request)
+    return result
+
+
+def _device_result(model: Path, request: ProfileRequest) -> dict:
+    serials = device.attached_devices()
+    if request.serial:
+        serials = [s for s in serials if s == request.serial]
+    if not serials:
+        which = f"device {request.serial}" if request.serial else "Android device"
+        return {"status": f"not measured: no {which} attached"}
+    if request.benchmark_binary is None:
+        raise device.DeviceError("--adb needs --benchmark-binary PATH (TFLite's benchmark_model built for the device)")
+    return {"status": "measured", "runs": [device.run_on_device(model, request.benchmark_binary, serials[0], t,
+                                                               request.warmups, request.runs) for t in request.threads]}
+
+
+def profile_models(models: list[Path], request: ProfileRequest) -> dict:
+    """Profile every model; the summary gives the int8/fp32 instruction ratio per core when both are present."""
+    results = [profile_model(m, request) for m in models]
+    ratios = {}
+    by_variant = {r["model"].rsplit("_", 1)[-1].removesuffix(".tflite"): r for r in results}
+    if "int8" in by_variant and "fp32" in by_variant:
+        for a, b in zip(by_variant["int8"]["arm"], by_variant["fp32"]["arm"]):
+            ratios[a["core"]] = a["instructions_per_inference"] / b["instructions_per_inference"]
+    return {"versions": {**tool_versions(), "qemu": _qemu_version()},
+            "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "
+                    "host figures are wall time on this machine's CPU; device figures come from benchmark_model",
+            "int8_over_fp32_instructions": ratios, "models": results}

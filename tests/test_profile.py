@@ -1,0 +1,106 @@
+"""Profiling: host latency, emulated ARM instruction counts (real qemu, real aarch64 LiteRT), device output parsing."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.profile import main as profile_main
+from profiling.cores import UnknownCoreError, parse_cores
+from profiling.device import DeviceError, parse_benchmark_output
+from profiling.symbols import executable_mappings, family_of
+from tests.conftest import ROOT, error_lines, run_cli
+
+
+def test_benchmark_model_output_is_parsed():
+    text = (ROOT / "tests" / "data" / "benchmark_model_output.txt").read_text()
+    parsed = parse_benchmark_output(text)
+    assert parsed["init_us"] == 21734 and parsed["first_inference_us"] == 9871
+    assert parsed["inference_avg_us"] == 4736.46 and parsed["warmup_avg_us"] == 4853.22
+    assert parsed["runs"] == 211 and parsed["inference_std_us"] == 96  # the timed block, not the warm-up block
+    assert parsed["memory_overall_mb"] == 9.51562
+    with pytest.raises(DeviceError, match="no 'Inference timings in us' line"):
+        parse_benchmark_output("ERROR: Could not open model\n")
+
+
+def test_core_names_and_kernel_families():
+    assert [c.qemu_cpu for c in parse_cores("a53,A76")] == ["cortex-a53", "cortex-a76"]
+    with pytest.raises(UnknownCoreError, match="unknown ARM core 'a57': choose from a53, a55, a76"):
+        parse_cores("a53,a57")
+    assert family_of("xnn_qs8_qc8w_igemm_minmax_fp32_ukernel_4x16c4__asm_aarch64_neondot_ld128") == "convolution/GEMM"
+    assert family_of("xnn_qs8_qc8w_dwconv_minmax_fp32_ukernel_9p16c__neonv8_mla8_ld64") == "depthwise"
+    assert family_of("xnn_x8_transposec_ukernel__16x16_reuse_dec_zip_neon") == "transpose/reshape/copy"
+    assert family_of("xnn_s8_maxpool_minmax_ukernel_9p8x__neon_c16") == "pooling"
+    assert family_of("PyEval_EvalFrameDefault") == "other"
+    maps = ("5500000000-5500001000 r-xp 00001000 fe:00 1 /lib/libfoo.so\n"
+            "5500001000-5500002000 rw-p 00000000 00:00 0 [heap]\n")
+    assert [(m.start, m.path) for m in executable_mappings(maps)] == [(0x5500000000, "/lib/libfoo.so")]
+
+
+def test_profile_bad_input(tmp_path, capsys):
+    not_model = tmp_path / "model.tflite"
+    not_model.write_text("not a flatbuffer")
+    assert profile_main([str(not_model)]) == 2
+    assert "not a TFLite model" in error_lines(capsys.readouterr().err)[0]
+    assert profile_main([str(tmp_path / "absent.tflite")]) == 2
+    assert "model not found" in error_lines(capsys.readouterr().err)[0]
+
+
+@pytest.fixture(scope="module")
+def arm_cache(tmp_path_factory):
+    """The ARM set-up, made (or reused) by its own one command."""
+    cache = Path.home() / ".cache" / "mobile-vision-export" / "arm"
+    proc = subprocess.run([sys.executable, "-m", "profiling.arm_setup", "--cache", str(cache)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return cache
+
+
+@pytest.fixture(scope="module")
+def shufflenet_variants(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shufflenet")
+    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--out", "out", tmp_path=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "out" / "shufflenet_v2_x0_5"
+
+
+def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
+    model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    assert profile_main([str(model), "--arm", "a53", "--arm-cache", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    line = error_lines(capsys.readouterr().err)[0]
+    assert "ARM emulation is not set up" in line and "python -m profiling.arm_setup" in line
+
+
+def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shufflenet_variants):
+    models = [shufflenet_variants / f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "int8")]
+    code = profile_main([*map(str, models), "--host", "--arm", "a53,a76", "--runs", "5", "--warmups", "2",
+                         "--arm-cache", str(arm_cache), "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "profile.json").read_text())
+    fp32, int8 = data["models"]
+    for model in (fp32, int8):
+        assert [h["threads"] for h in model["host"]] == [1, 2] and model["host"][0]["median_ms"] > 0
+        for arm in model["arm"]:
+            assert arm["output_check"]["match"], arm["output_check"]
+            assert arm["spread"] < 0.001  # repeatable to within 0.1 %
+            assert sum(arm["families"].values()) == arm["instructions_per_inference"]
+    assert all(a["output_check"]["rule"] == "bit-exact" for a in int8["arm"])
+    a53, a76 = int8["arm"]
+    assert a53["instructions_per_inference"] > a76["instructions_per_inference"]  # no dot-product kernels on A53
+    assert any("neondot" in name for name, _ in a76["top_symbols"])
+    assert not any("neondot" in name for name, _ in a53["top_symbols"])
+    assert set(data["int8_over_fp32_instructions"]) == {"a53", "a76"}
+    assert "### ARM, emulated (instructions per inference, not milliseconds)" in (tmp_path / "report.md").read_text()
+
+
+def test_adb_without_a_device_measures_nothing(tmp_path, capsys, shufflenet_variants):
+    model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    code = profile_main([str(model), "--adb", "--out", str(tmp_path)])
+    if shutil.which("adb") is None:
+        assert code == 2 and "adb not found: install it with 'apt-get install adb'" in capsys.readouterr().err
+        return
+    assert code == 0
+    device = json.loads((tmp_path / "profile.json").read_text())["models"][0]["device"]
+    assert device == {"status": "not measured: no Android device attached"}
