@@ -37,7 +37,7 @@ def run_stage(stage: str, model: str, work: Path) -> float:
     start = time.perf_counter()
     if stage in ("load_model", "onnx_export"):
         source = from_registry(model, WEIGHTS.get(model))
-        if source.needs_random_calibration:
+        if source.random_weights:
             calib = imgs.normalize(imgs.calibration_batch(imgs.calibration_photos(), source.input_size, 100),
                                    source.mean, source.std)
             calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(calib.transpose(0, 3, 1, 2))))
