@@ -102,6 +102,9 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
 
 
 def _device_result(model: Path, request: ProfileRequest) -> dict:
+    if request.benchmark_binary is not None and not request.benchmark_binary.is_file():
+        raise device.DeviceError(f"benchmark binary not found: {request.benchmark_binary} "
+                                 "(build TFLite's benchmark_model for the device and pass its path)")
     serials = device.attached_devices()
     if request.serial:
         serials = [s for s in serials if s == request.serial]

@@ -61,9 +61,18 @@ def arm_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shufflenet_variants(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shufflenet")
-    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--out", "out", tmp_path=tmp)
+    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--profile", "--out", "out",
+                   tmp_path=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp / "out" / "shufflenet_v2_x0_5"
+
+
+def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
+    data = json.loads((shufflenet_variants / "profile.json").read_text())
+    assert [m["model"] for m in data["models"]] == [f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "fp16", "dynamic", "int8")]
+    assert all(len(m["host"]) == 2 and m["arm"] == [] for m in data["models"])
+    report = (shufflenet_variants / "report.md").read_text()
+    assert "## Parity" in report and "### Host (wall time, this machine's x86 CPU)" in report
 
 
 def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
@@ -97,6 +106,9 @@ def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shuff
 
 def test_adb_without_a_device_measures_nothing(tmp_path, capsys, shufflenet_variants):
     model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    missing = tmp_path / "benchmark_model"
+    assert profile_main([str(model), "--adb", "--benchmark-binary", str(missing), "--out", str(tmp_path)]) == 2
+    assert f"benchmark binary not found: {missing}" in error_lines(capsys.readouterr().err)[0]
     code = profile_main([str(model), "--adb", "--out", str(tmp_path)])
     if shutil.which("adb") is None:
         assert code == 2 and "adb not found: install it with 'apt-get install adb'" in capsys.readouterr().err
