@@ -57,7 +57,7 @@ def measure_host(model: Path, input_array: np.ndarray, threads: int, warmups: in
     with tempfile.TemporaryDirectory(prefix="mve-host-") as tmp:
         input_path = Path(tmp) / "input.npy"
         np.save(input_path, input_array)
-        proc = subprocess.run([sys.executable, "-m", "profiling.host", str(model), str(input_path), str(threads),
+        proc = subprocess.run([sys.executable, "-m", "profiling.host", str(model.resolve()), str(input_path), str(threads),
                                str(warmups), str(runs)], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
