@@ -4,6 +4,7 @@ Each stage runs in its own Python process so its peak resident memory (max RSS, 
 libraries it imports and, for onnx2tf, the converter's own process) can be read with wait4().
 Usage: python bench/stages.py [--models a,b] [--out bench/results/stages.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def run_stage(stage: str, model: str, work: Path) -> float:
     if stage in ("load_model", "onnx_export"):
         source = from_registry(model, WEIGHTS.get(model))
         if source.random_weights:
-            calib = imgs.normalize(imgs.calibration_batch(imgs.calibration_photos(), source.input_size, 100),
-                                   source.mean, source.std)
+            calib = imgs.normalize(
+                imgs.calibration_batch(imgs.calibration_photos(), source.input_size, 100), source.mean, source.std
+            )
             calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(calib.transpose(0, 3, 1, 2))))
         if stage == "onnx_export":
             start = time.perf_counter()
@@ -57,8 +59,9 @@ def run_stage(stage: str, model: str, work: Path) -> float:
         photos = imgs.heldout_photos()
         spec = get_spec(model)
         x = imgs.normalize(imgs.heldout_batch(photos, spec.input_size), spec.mean, spec.std)
-        check_parity(work / "model_sim.onnx", {"int8": work / "model_int8.tflite"}, x, [p.label for p in photos],
-                     DEFAULTS)
+        check_parity(
+            work / "model_sim.onnx", {"int8": work / "model_int8.tflite"}, x, [p.label for p in photos], DEFAULTS
+        )
     return time.perf_counter() - start
 
 
@@ -67,16 +70,25 @@ def measure(stage: str, model: str, work: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", stage, model, str(work)], env=env,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", stage, model, str(work)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (and its waited-for children's)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"stage {stage} of {model} failed (exit {proc.returncode}): {err.read()[-2000:]}")
-    return {"stage": stage, "stage_s": round(json.loads(out.strip().splitlines()[-1])["seconds"], 2),
-            "process_s": round(time.perf_counter() - start, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "stage": stage,
+        "stage_s": round(json.loads(out.strip().splitlines()[-1])["seconds"], 2),
+        "process_s": round(time.perf_counter() - start, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """What an app bundles next to the .tflite: labels and the preprocessing contract."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,9 @@ def read_labels(path: Path) -> list[str]:
     try:
         labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"cannot read labels file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        raise LabelsError(
+            f"cannot read labels file {path}: {exc.strerror if isinstance(exc, OSError) else exc}"
+        ) from None
     if not labels:
         raise LabelsError(f"labels file {path} is empty: give one class name per line")
     return labels
@@ -36,8 +39,10 @@ def labels_for(num_classes: int, user_labels: list[str] | None = None) -> list[s
     """User labels if given, ImageNet names for 1000 classes, otherwise class_0..class_N-1."""
     if user_labels is not None:
         if len(user_labels) != num_classes:
-            raise LabelsError(f"the labels file has {len(user_labels)} names but the model has {num_classes} outputs: "
-                              "give one name per line, in class-index order")
+            raise LabelsError(
+                f"the labels file has {len(user_labels)} names but the model has {num_classes} outputs: "
+                "give one name per line, in class-index order"
+            )
         return user_labels
     if num_classes == 1000:
         return imagenet_labels()
@@ -50,6 +55,7 @@ def _io(summary: TfliteSummary) -> dict:
         if t.scale is not None and t.dtype != "float32":
             entry.update(scale=t.scale, zero_point=t.zero_point)
         return entry
+
     return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0])}
 
 
@@ -59,8 +65,11 @@ def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteS
         "input_size": input_size,
         "layout": "NHWC",
         "color_order": "RGB",
-        "resize": {"shorter_side": round(input_size / CROP_FRACTION), "interpolation": "bilinear",
-                   "center_crop": input_size},
+        "resize": {
+            "shorter_side": round(input_size / CROP_FRACTION),
+            "interpolation": "bilinear",
+            "center_crop": input_size,
+        },
         "pixel_scale": "divide 0..255 by 255 to get 0..1",
         "mean": list(mean),
         "std": list(std),

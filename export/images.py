@@ -1,4 +1,5 @@
 """Real photos for calibration and validation, and the preprocessing contract that turns them into input."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,9 +15,23 @@ log = logging.getLogger(__name__)
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
 
 # Photographs that scikit-image's wheel bundles (no download), used only for calibration.
-_SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                   "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "brick.png", "grass.png", "gravel.png",
-                   "camera.png", "coins.png", "moon.png", "page.png"]
+_SKIMAGE_PHOTOS = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "page.png",
+]
 
 
 class ImageDataError(ValueError):

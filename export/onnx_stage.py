@@ -1,4 +1,5 @@
 """PyTorch -> ONNX, checks on user-supplied ONNX, and onnxsim simplification."""
+
 from __future__ import annotations
 
 import warnings
@@ -44,11 +45,21 @@ def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
-            torch.onnx.export(model.eval(), dummy, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=OPSET, dynamo=False, do_constant_folding=True)
+            torch.onnx.export(
+                model.eval(),
+                dummy,
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
     except Exception as exc:  # the exporter raises many types for unsupported modules
-        raise OnnxError(f"torch.onnx.export failed: {_first_line(exc)}; make the model traceable with "
-                        f"opset {OPSET} ops, or export it yourself and pass --onnx") from None
+        raise OnnxError(
+            f"torch.onnx.export failed: {_first_line(exc)}; make the model traceable with "
+            f"opset {OPSET} ops, or export it yourself and pass --onnx"
+        ) from None
     return describe_onnx(path, exporter=f"torch.onnx.export (TorchScript, torch {torch.__version__})")
 
 
@@ -67,16 +78,22 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
-        raise OnnxError(f"{path} has {len(inputs)} inputs and {len(graph.output)} outputs: "
-                        "one image in, one tensor out is supported")
+        raise OnnxError(
+            f"{path} has {len(inputs)} inputs and {len(graph.output)} outputs: "
+            "one image in, one tensor out is supported"
+        )
     tensor_type = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
-        raise OnnxError(f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, S, S] "
-                        "(NCHW RGB, static square size); re-export with a fixed input size")
+        raise OnnxError(
+            f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, S, S] "
+            "(NCHW RGB, static square size); re-export with a fixed input size"
+        )
     if tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise OnnxError(f"{path} input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, "
-                        "not FLOAT: export the model with a float32 input")
+        raise OnnxError(
+            f"{path} input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, "
+            "not FLOAT: export the model with a float32 input"
+        )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     out_dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.output[0].type.tensor_type.shape.dim]
     classes = int(np.prod(out_dims[1:])) if out_dims and None not in out_dims[1:] else None

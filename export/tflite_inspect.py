@@ -1,4 +1,5 @@
 """Read a .tflite flatbuffer: op histogram, input/output tensors and their quantization."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -44,8 +45,13 @@ def _tensor_info(tensor) -> TensorInfo:
     scale = zero = None
     if q is not None and q.ScaleLength() == 1:
         scale, zero = float(q.Scale(0)), int(q.ZeroPoint(0))
-    return TensorInfo(tensor.Name().decode(), [int(d) for d in tensor.ShapeAsNumpy()],
-                      _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())), scale, zero)
+    return TensorInfo(
+        tensor.Name().decode(),
+        [int(d) for d in tensor.ShapeAsNumpy()],
+        _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())),
+        scale,
+        zero,
+    )
 
 
 def inspect_tflite(path: Path) -> TfliteSummary:

@@ -1,4 +1,5 @@
 """ONNX -> TFLite with onnx2tf (run as a subprocess, offline), one file per quantization mode."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,20 +52,34 @@ def check_converter_supports(path: Path) -> None:
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
             domain = f" (domain '{node.domain}')" if node.domain else ""
-            raise OnnxError(f"the converter cannot handle op '{node.op_type}'{domain} at node '{node.name}': "
-                            "replace it in the model or export it with standard ONNX ops")
+            raise OnnxError(
+                f"the converter cannot handle op '{node.op_type}'{domain} at node '{node.name}': "
+                "replace it in the model or export it with standard ONNX ops"
+            )
 
 
-def _onnx2tf_args(onnx_model: OnnxModel, out_dir: Path, modes: list[str], calib_npy: Path | None,
-                  mean, std) -> list[str]:
+def _onnx2tf_args(
+    onnx_model: OnnxModel, out_dir: Path, modes: list[str], calib_npy: Path | None, mean, std
+) -> list[str]:
     args = ["-i", str(onnx_model.path), "-o", str(out_dir), "-nuo", "-v", "error"]
     batch = onnx.load(str(onnx_model.path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
     if not batch.HasField("dim_value"):  # a dynamic batch dimension: fix it to 1
         args += ["-b", "1"]
     if "int8" in modes:
-        args += ["-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8",
-                 "-cind", onnx_model.input_name, str(calib_npy),
-                 f"[[[[{','.join(map(str, mean))}]]]]", f"[[[[{','.join(map(str, std))}]]]]"]
+        args += [
+            "-oiqt",
+            "-qt",
+            "per-channel",
+            "-iqd",
+            "int8",
+            "-oqd",
+            "int8",
+            "-cind",
+            onnx_model.input_name,
+            str(calib_npy),
+            f"[[[[{','.join(map(str, mean))}]]]]",
+            f"[[[[{','.join(map(str, std))}]]]]",
+        ]
     elif "dynamic" in modes:
         args += ["-odrqt"]
     return args
@@ -79,8 +94,9 @@ def _failure_message(log_text: str) -> str:
     return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
 
 
-def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray,
-                   mean, std, timeout_s: int = 1800) -> TfliteConversion:
+def convert_tflite(
+    onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray, mean, std, timeout_s: int = 1800
+) -> TfliteConversion:
     """Convert `onnx_model` to the requested modes inside `work_dir`; `calib_nhwc01` are 0..1 NHWC photos."""
     work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -98,17 +114,27 @@ def convert_tflite(onnx_model: OnnxModel, work_dir: Path, modes: list[str], cali
         log.write("onnx2tf " + " ".join(args) + "\n")
         log.flush()
         try:
-            proc = subprocess.run([sys.executable, "-m", "onnx2tf", *args], cwd=work_dir, stdout=log,
-                                  stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
+            proc = subprocess.run(
+                [sys.executable, "-m", "onnx2tf", *args],
+                cwd=work_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired:
             raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
     missing = [m for m, p in files.items() if not p.is_file()]
     if proc.returncode != 0 or missing:
         raise ConversionError(_failure_message(log_path.read_text(errors="replace")), log_path)
-    settings = {"tool": "onnx2tf", "args": args, "quant_type": "per-channel" if "int8" in modes else None,
-                "int8_io": "int8" if "int8" in modes else None,
-                "calibration_samples": int(len(calib_nhwc01)) if "int8" in modes else 0}
+    settings = {
+        "tool": "onnx2tf",
+        "args": args,
+        "quant_type": "per-channel" if "int8" in modes else None,
+        "int8_io": "int8" if "int8" in modes else None,
+        "calibration_samples": int(len(calib_nhwc01)) if "int8" in modes else 0,
+    }
     return TfliteConversion(files, log_path, settings)
 
 

@@ -1,4 +1,5 @@
 """Model zoo: lightweight CNN families with torchvision-compatible weights layouts."""
+
 from models.registry import (
     ModelSpec,
     UnknownModelError,

@@ -1,4 +1,5 @@
 """Parameter and multiply-accumulate counts, measured by running the model once."""
+
 from __future__ import annotations
 
 import torch

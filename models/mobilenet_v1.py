@@ -1,4 +1,5 @@
 """MobileNet V1 (Howard et al., 2017) at width 1.0."""
+
 from torch import nn
 
 
@@ -9,8 +10,12 @@ def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
 def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
     """Depthwise 3x3 then pointwise 1x1, each with BatchNorm and ReLU."""
     return nn.Sequential(
-        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp), nn.ReLU(inplace=True),
-        nn.Conv2d(inp, oup, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True),
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+        nn.BatchNorm2d(inp),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(inp, oup, 1, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.ReLU(inplace=True),
     )
 
 

@@ -1,4 +1,5 @@
 """MobileNet V2 (Sandler et al., 2018), state_dict-compatible with torchvision."""
+
 from torch import nn
 
 
@@ -12,7 +13,8 @@ class ConvBNReLU6(nn.Sequential):
     def __init__(self, inp: int, oup: int, kernel: int = 3, stride: int = 1, groups: int = 1):
         super().__init__(
             nn.Conv2d(inp, oup, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(oup), nn.ReLU6(inplace=True),
+            nn.BatchNorm2d(oup),
+            nn.ReLU6(inplace=True),
         )
 
 
@@ -24,7 +26,8 @@ class InvertedResidual(nn.Module):
         layers = [ConvBNReLU6(inp, hidden, kernel=1)] if expand_ratio != 1 else []
         layers += [
             ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
-            nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup),
         ]
         self.conv = nn.Sequential(*layers)
 

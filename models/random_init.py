@@ -1,4 +1,5 @@
 """Make randomly initialised models numerically meaningful for parity checks."""
+
 from __future__ import annotations
 
 import torch
@@ -19,6 +20,6 @@ def estimate_batchnorm_stats(model: nn.Module, images_nchw: torch.Tensor, batch_
     model.train()
     with torch.no_grad():
         for start in range(0, len(images_nchw), batch_size):
-            model(images_nchw[start:start + batch_size])
+            model(images_nchw[start : start + batch_size])
     model.eval()
     return len(norms)

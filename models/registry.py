@@ -1,4 +1,5 @@
 """The model zoo: a small registry of named builders with their input contracts."""
+
 from __future__ import annotations
 
 import difflib
@@ -51,27 +52,75 @@ def _register(spec: ModelSpec) -> None:
 _TORCHVISION_HUB = "torchvision's official checkpoint ({file}); place it on disk and pass --weights PATH"
 
 for _g in (1, 2, 3, 4, 8):
-    _register(ModelSpec(
-        f"shufflenet_v1_g{_g}", "shufflenet_v1", functools.partial(shufflenet_v1, _g),
-        channel_shuffles=0 if _g == 1 else 15,
-        weights_source="the ShuffleNet V1 authors' release (a different key layout); train or convert your own",
-    ))
-for _w, _file in (("x0_5", "shufflenetv2_x0.5-f707e7126e.pth"), ("x1_0", "shufflenetv2_x1-5666bf0f80.pth"),
-                  ("x1_5", "shufflenetv2_x1_5-3c479a10.pth"), ("x2_0", "shufflenetv2_x2_0-8be3c8ee.pth")):
-    _register(ModelSpec(f"shufflenet_v2_{_w}", "shufflenet_v2", functools.partial(shufflenet_v2, _w),
-                        channel_shuffles=16, weights_source=_TORCHVISION_HUB.format(file=_file)))
-_register(ModelSpec("mobilenet_v1", "mobilenet_v1", mobilenet_v1,
-                    weights_source="no torchvision checkpoint exists; train or convert your own"))
-_register(ModelSpec("mobilenet_v2", "mobilenet_v2", mobilenet_v2,
-                    weights_source="'--weights imagenet' (torchvision mobilenet_v2-b0353104.pth, installed offline)"))
+    _register(
+        ModelSpec(
+            f"shufflenet_v1_g{_g}",
+            "shufflenet_v1",
+            functools.partial(shufflenet_v1, _g),
+            channel_shuffles=0 if _g == 1 else 15,
+            weights_source="the ShuffleNet V1 authors' release (a different key layout); train or convert your own",
+        )
+    )
+for _w, _file in (
+    ("x0_5", "shufflenetv2_x0.5-f707e7126e.pth"),
+    ("x1_0", "shufflenetv2_x1-5666bf0f80.pth"),
+    ("x1_5", "shufflenetv2_x1_5-3c479a10.pth"),
+    ("x2_0", "shufflenetv2_x2_0-8be3c8ee.pth"),
+):
+    _register(
+        ModelSpec(
+            f"shufflenet_v2_{_w}",
+            "shufflenet_v2",
+            functools.partial(shufflenet_v2, _w),
+            channel_shuffles=16,
+            weights_source=_TORCHVISION_HUB.format(file=_file),
+        )
+    )
+_register(
+    ModelSpec(
+        "mobilenet_v1",
+        "mobilenet_v1",
+        mobilenet_v1,
+        weights_source="no torchvision checkpoint exists; train or convert your own",
+    )
+)
+_register(
+    ModelSpec(
+        "mobilenet_v2",
+        "mobilenet_v2",
+        mobilenet_v2,
+        weights_source="'--weights imagenet' (torchvision mobilenet_v2-b0353104.pth, installed offline)",
+    )
+)
 for _w in (0.5, 0.75, 1.4):
-    _register(ModelSpec(f"mobilenet_v2_x{str(_w).replace('.', '_')}", "mobilenet_v2", functools.partial(mobilenet_v2, _w),
-                        weights_source="no torchvision checkpoint at this width; train or convert your own"))
+    _register(
+        ModelSpec(
+            f"mobilenet_v2_x{str(_w).replace('.', '_')}",
+            "mobilenet_v2",
+            functools.partial(mobilenet_v2, _w),
+            weights_source="no torchvision checkpoint at this width; train or convert your own",
+        )
+    )
 for _v, _file in (("1_0", "squeezenet1_0-b66bff10.pth"), ("1_1", "squeezenet1_1-b8a52dc0.pth")):
-    _register(ModelSpec(f"squeezenet{_v}", "squeezenet", functools.partial(squeezenet, _v),
-                        weights_source=_TORCHVISION_HUB.format(file=_file)))
-_register(ModelSpec("xception", "xception", xception, input_size=299, mean=INCEPTION_MEAN, std=INCEPTION_STD,
-                    weights_source="the Cadene pretrainedmodels port (xception-43020ad28.pth); place it on disk and pass --weights PATH"))
+    _register(
+        ModelSpec(
+            f"squeezenet{_v}",
+            "squeezenet",
+            functools.partial(squeezenet, _v),
+            weights_source=_TORCHVISION_HUB.format(file=_file),
+        )
+    )
+_register(
+    ModelSpec(
+        "xception",
+        "xception",
+        xception,
+        input_size=299,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        weights_source="the Cadene pretrainedmodels port (xception-43020ad28.pth); place it on disk and pass --weights PATH",  # noqa: E501
+    )
+)
 
 
 class UnknownModelError(ValueError):

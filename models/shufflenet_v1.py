@@ -1,4 +1,5 @@
 """ShuffleNet V1 (Zhang et al., 2017) at 1.0x with the ImageNet stem."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F

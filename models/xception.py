@@ -1,4 +1,5 @@
 """Xception (Chollet, 2017) for 299x299 classification, with the widely used PyTorch port's keys."""
+
 from torch import nn
 
 
@@ -17,7 +18,9 @@ class SeparableConv2d(nn.Module):
 class Block(nn.Module):
     """`reps` (ReLU, separable conv, BN) triples, an optional stride-2 max pool, and a residual shortcut."""
 
-    def __init__(self, inp: int, oup: int, reps: int, stride: int = 1, start_with_relu: bool = True, grow_first: bool = True):
+    def __init__(
+        self, inp: int, oup: int, reps: int, stride: int = 1, start_with_relu: bool = True, grow_first: bool = True
+    ):
         super().__init__()
         if oup != inp or stride != 1:
             self.skip = nn.Conv2d(inp, oup, 1, stride=stride, bias=False)

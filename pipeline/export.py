@@ -1,4 +1,5 @@
 """python -m pipeline.export: a PyTorch image classifier to validated TFLite files, offline."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,17 @@ from profiling.cores import parse_cores
 from profiling.run import ProfileRequest
 from validate.thresholds import thresholds_for
 
-USER_ERRORS = (UnknownModelError, WeightsError, ImageDataError, OnnxError, ConversionError, SourceError, OutputError,
-               LabelsError, *PROFILE_ERRORS)
+USER_ERRORS = (
+    UnknownModelError,
+    WeightsError,
+    ImageDataError,
+    OnnxError,
+    ConversionError,
+    SourceError,
+    OutputError,
+    LabelsError,
+    *PROFILE_ERRORS,
+)
 EXIT_PARITY_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -68,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
     p.add_argument("--calib-samples", type=_positive_int, default=100, help="calibration crops (default 100)")
-    p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)")
-    p.add_argument("--profile", action="store_true", help="profile every variant written (host latency; see --profile-arm)")
+    p.add_argument(
+        "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="profile every variant written (host latency; see --profile-arm)"
+    )
     p.add_argument("--profile-arm", help="with --profile: also emulated ARM cores, e.g. a53,a76")
     for mode in ("onnx", *QUANT_MODES):
         p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
@@ -101,8 +115,12 @@ def _check_flags(args) -> None:
 
 def _request(args, argv: list[str]) -> ExportRequest:
     modes = list(QUANT_MODES) if args.quant == "all" else [args.quant]
-    thresholds = {m: thresholds_for(m, getattr(args, f"min_sqnr_{m}"), getattr(args, f"min_cosine_{m}"),
-                                    getattr(args, f"min_top1_{m}")) for m in ("onnx", *QUANT_MODES)}
+    thresholds = {
+        m: thresholds_for(
+            m, getattr(args, f"min_sqnr_{m}"), getattr(args, f"min_cosine_{m}"), getattr(args, f"min_top1_{m}")
+        )
+        for m in ("onnx", *QUANT_MODES)
+    }
     labels = read_labels(args.labels) if args.labels else None
     command = "python -m pipeline.export " + shlex.join(argv)
     return ExportRequest(modes, args.out, thresholds, command, args.calib_dir, args.calib_samples, labels)
@@ -122,15 +140,21 @@ def _export_one(args, request: ExportRequest) -> int:
     result = run_export(source, request, timer)
     for row in result.rows:
         status = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
-        timer.note(f"{row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
-                   f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}")
+        timer.note(
+            f"{row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
+            f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}"
+        )
     timer.note(f"artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
     if args.profile:
         with timer.stage("profile"):
-            request_profile = ProfileRequest(host=True, cores=parse_cores(args.profile_arm) if args.profile_arm else [],
-                                             arm_cache=default_cache())
-            profile_run([result.out_dir / f"{result.name}_{m}.tflite" for m in result.summaries], request_profile,
-                        result.out_dir)
+            request_profile = ProfileRequest(
+                host=True, cores=parse_cores(args.profile_arm) if args.profile_arm else [], arm_cache=default_cache()
+            )
+            profile_run(
+                [result.out_dir / f"{result.name}_{m}.tflite" for m in result.summaries],
+                request_profile,
+                result.out_dir,
+            )
     if not result.passed:
         print(f"error: parity failed for {source.name}: see {result.out_dir / 'report.md'}", file=sys.stderr)
         return EXIT_PARITY_FAILED
@@ -179,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("MVE_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with MVE_DEBUG=1 for the traceback "
-              "and report it)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with MVE_DEBUG=1 for the traceback "
+            "and report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 

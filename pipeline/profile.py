@@ -1,4 +1,5 @@
 """python -m pipeline.profile: latency on the host, emulated ARM instruction counts, real devices over adb."""
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cores = parse_cores(args.arm) if args.arm else []
-        request = ProfileRequest(host=args.host or not (cores or args.adb), cores=cores, threads=args.threads,
-                                 warmups=args.warmups, runs=args.runs, arm_runs=args.arm_runs, adb=args.adb,
-                                 serial=args.serial, benchmark_binary=args.benchmark_binary, arm_cache=args.arm_cache)
+        request = ProfileRequest(
+            host=args.host or not (cores or args.adb),
+            cores=cores,
+            threads=args.threads,
+            warmups=args.warmups,
+            runs=args.runs,
+            arm_runs=args.arm_runs,
+            adb=args.adb,
+            serial=args.serial,
+            benchmark_binary=args.benchmark_binary,
+            arm_cache=args.arm_cache,
+        )
         data = run(args.models, request, args.out or args.models[0].parent)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render_profile(data))
-    failed = [f"{m['model']} on {a['core']}" for m in data["models"] for a in m["arm"] if not a["output_check"]["match"]]
+    failed = [
+        f"{m['model']} on {a['core']}" for m in data["models"] for a in m["arm"] if not a["output_check"]["match"]
+    ]
     if failed:
         print(f"error: emulated ARM output differs from x86 for {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
 """A console display of pipeline stages: a spinner while each runs, then its wall time."""
+
 from __future__ import annotations
 
 import time

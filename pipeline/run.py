@@ -1,4 +1,5 @@
 """One export: source -> ONNX -> simplified ONNX -> TFLite variants -> parity -> reports, in a staged folder."""
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,9 @@ def _onnx_stages(source: ModelSource, stage_dir: Path, timer: StageTimer) -> tup
     return raw, simplified
 
 
-def _convert(simplified: OnnxModel, stage_dir: Path, request: ExportRequest, calib: np.ndarray,
-             source: ModelSource) -> TfliteConversion:
+def _convert(
+    simplified: OnnxModel, stage_dir: Path, request: ExportRequest, calib: np.ndarray, source: ModelSource
+) -> TfliteConversion:
     """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
     try:
         return convert_tflite(simplified, stage_dir / "work", request.modes, calib, source.mean, source.std)
@@ -127,29 +129,65 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             shutil.rmtree(stage_dir / "work")
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}
         with timer.stage("parity"):
-            rows = check_parity(simplified.path, files, heldout, [p.label for p in heldout_photos],
-                                {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
-                                torch_model=source.module,
-                                with_accuracy=num_classes == IMAGENET_CLASSES and not source.random_weights)
+            rows = check_parity(
+                simplified.path,
+                files,
+                heldout,
+                [p.label for p in heldout_photos],
+                {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
+                torch_model=source.module,
+                with_accuracy=num_classes == IMAGENET_CLASSES and not source.random_weights,
+            )
         params, macs = source.complexity()
         write_text_atomic(stage_dir / "labels.txt", "\n".join(labels) + "\n")
         contract = preprocess_contract(size, source.mean, source.std, summaries, num_classes)
         write_text_atomic(stage_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
-        model_info = {"name": source.name, "source": source.description, "weights": source.weights,
-                      "input_size": size, "mean": list(source.mean), "std": list(source.std), "params": params,
-                      "macs": macs, "onnx_exporter": raw.exporter, "opset": raw.opset, "onnx_nodes": raw.nodes,
-                      "onnx_nodes_simplified": simplified.nodes, "converter_settings": conversion.settings}
-        inputs = {"weights_sha256": source.weights_sha256,
-                  "onnx_sha256": sha256_file(raw.path),
-                  "calibration": {"description": calib_desc, "sha256": sha256_array(calib)},
-                  "validation": {"description": f"{len(heldout_photos)} held-out photos "
-                                 f"({sum(p.label is not None for p in heldout_photos)} with ImageNet labels)",
-                                 "files": [p.path.name for p in heldout_photos], "sha256": sha256_array(heldout)}}
-        artifacts = {p.name: sha256_file(p) for p in sorted(stage_dir.iterdir())
-                     if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")}
-        write_text_atomic(stage_dir / "parity.json", json.dumps(
-            parity_json(model_info, inputs, rows, artifacts, request.command), indent=2, allow_nan=False) + "\n")
+        model_info = {
+            "name": source.name,
+            "source": source.description,
+            "weights": source.weights,
+            "input_size": size,
+            "mean": list(source.mean),
+            "std": list(source.std),
+            "params": params,
+            "macs": macs,
+            "onnx_exporter": raw.exporter,
+            "opset": raw.opset,
+            "onnx_nodes": raw.nodes,
+            "onnx_nodes_simplified": simplified.nodes,
+            "converter_settings": conversion.settings,
+        }
+        inputs = {
+            "weights_sha256": source.weights_sha256,
+            "onnx_sha256": sha256_file(raw.path),
+            "calibration": {"description": calib_desc, "sha256": sha256_array(calib)},
+            "validation": {
+                "description": f"{len(heldout_photos)} held-out photos "
+                f"({sum(p.label is not None for p in heldout_photos)} with ImageNet labels)",
+                "files": [p.path.name for p in heldout_photos],
+                "sha256": sha256_array(heldout),
+            },
+        }
+        artifacts = {
+            p.name: sha256_file(p)
+            for p in sorted(stage_dir.iterdir())
+            if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")
+        }
+        write_text_atomic(
+            stage_dir / "parity.json",
+            json.dumps(parity_json(model_info, inputs, rows, artifacts, request.command), indent=2, allow_nan=False)
+            + "\n",
+        )
         write_text_atomic(stage_dir / "report.md", render_report(model_info, inputs, rows, summaries, timer.timings))
     (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure
-    return ExportResult(source.name, out_dir, all(r.passed for r in rows), rows, summaries, dict(timer.timings),
-                        params, macs, source.channel_shuffles)
+    return ExportResult(
+        source.name,
+        out_dir,
+        all(r.passed for r in rows),
+        rows,
+        summaries,
+        dict(timer.timings),
+        params,
+        macs,
+        source.channel_shuffles,
+    )

@@ -1,4 +1,5 @@
 """Where the model comes from: the zoo, a user's Python factory, or an existing ONNX file."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,8 +47,15 @@ def from_registry(name: str, weights: str | None) -> ModelSource:
     spec = get_spec(name)
     torch.manual_seed(0)
     model = get_model(name)
-    source = ModelSource(name, f"model zoo: {spec.family}", spec.input_size, spec.mean, spec.std,
-                         module=model, channel_shuffles=spec.channel_shuffles)
+    source = ModelSource(
+        name,
+        f"model zoo: {spec.family}",
+        spec.input_size,
+        spec.mean,
+        spec.std,
+        module=model,
+        channel_shuffles=spec.channel_shuffles,
+    )
     if weights is None:
         source.weights, source.random_weights = "random initialization (seed 0)", True
     else:
@@ -94,8 +102,15 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
     if not isinstance(model, nn.Module):
         raise SourceError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
     name = f"{path.stem}_{factory_name}"
-    source = ModelSource(name, f"user factory {target}", input_size, tuple(mean or IMAGENET_MEAN),
-                         tuple(std or IMAGENET_STD), module=model.eval(), weights=f"as returned by {factory_name}()")
+    source = ModelSource(
+        name,
+        f"user factory {target}",
+        input_size,
+        tuple(mean or IMAGENET_MEAN),
+        tuple(std or IMAGENET_STD),
+        module=model.eval(),
+        weights=f"as returned by {factory_name}()",
+    )
     if weights is not None:
         loaded = load_weights(model, name, weights)
         source.weights, source.weights_sha256 = str(loaded), sha256_file(loaded)
@@ -106,8 +121,16 @@ def from_onnx(path: Path, mean, std) -> ModelSource:
     if not path.is_file():
         raise SourceError(f"ONNX file not found: {path}")
     size = describe_onnx(path).input_size
-    return ModelSource(path.stem, f"ONNX file {path}", size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD),
-                       onnx_path=path, weights="as stored in the ONNX file", weights_sha256=sha256_file(path))
+    return ModelSource(
+        path.stem,
+        f"ONNX file {path}",
+        size,
+        tuple(mean or IMAGENET_MEAN),
+        tuple(std or IMAGENET_STD),
+        onnx_path=path,
+        weights="as stored in the ONNX file",
+        weights_sha256=sha256_file(path),
+    )
 
 
 def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
 """Write a folder of artifacts so that it appears complete or not at all."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ def staged_dir(final: Path):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     except OSError as exc:
-        raise OutputError(f"cannot write to output folder {final.parent}: {exc.strerror or exc}; "
-                          "choose a writable folder with --out") from None
+        raise OutputError(
+            f"cannot write to output folder {final.parent}: {exc.strerror or exc}; choose a writable folder with --out"
+        ) from None
     try:
         yield tmp
     except BaseException:

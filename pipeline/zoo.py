@@ -1,4 +1,5 @@
 """One summary table for a batch of exports (python -m pipeline.export --all)."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ def summary_row(result: ExportResult, mode: str) -> dict:
     summary = result.summaries.get(mode)
     row = next((r for r in result.rows if r.variant == mode), None)
     return {
-        "model": result.name, "params": result.params, "macs": result.macs,
+        "model": result.name,
+        "params": result.params,
+        "macs": result.macs,
         "size_kib": round(summary.size_bytes / 1024) if summary else None,
         "ops": summary.op_count if summary else None,
         "transpose": summary.ops.get("TRANSPOSE", 0) if summary else None,
@@ -30,16 +33,21 @@ def failed_row(name: str, error: str) -> dict:
 
 
 def render_summary(rows: list[dict], mode: str) -> str:
-    lines = [f"# Zoo export summary ({mode})", "",
-             "| model | params | MACs (M) | size (KiB) | ops | TRANSPOSE | shuffles | SQNR dB | cosine | top-1 agree | parity | time (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        f"# Zoo export summary ({mode})",
+        "",
+        "| model | params | MACs (M) | size (KiB) | ops | TRANSPOSE | shuffles | SQNR dB | cosine | top-1 agree | parity | time (s) |",  # noqa: E501
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
         if r["parity"] == "ERROR":
             lines.append(f"| {r['model']} | | | | | | | | | | ERROR: {r['error']} | |")
             continue
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.0f} | {r['size_kib']} | {r['ops']} | "
-                     f"{r['transpose']} | {r['channel_shuffles']} | {r['sqnr_db']:.1f} | {r['cosine']:.4f} | "
-                     f"{r['top1_agreement']:.0%} | {r['parity']} | {r['seconds']} |")
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.0f} | {r['size_kib']} | {r['ops']} | "
+            f"{r['transpose']} | {r['channel_shuffles']} | {r['sqnr_db']:.1f} | {r['cosine']:.4f} | "
+            f"{r['top1_agreement']:.0%} | {r['parity']} | {r['seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

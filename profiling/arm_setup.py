@@ -4,6 +4,7 @@ qemu-user (Debian package), an arm64 Python 3.11 sysroot (Debian arm64 packages 
 aarch64 wheels of LiteRT and numpy, and the project's instruction-counting qemu plugin, built from
 profiling/qemu_plugin/insn_window.c against qemu-plugin.h taken from Debian's qemu source package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,29 @@ def ensure_sysroot(cache: Path) -> Path:
     if "arm64" not in _run(["dpkg", "--print-foreign-architectures"], "dpkg").split():
         _run(["dpkg", "--add-architecture", "arm64"], "dpkg --add-architecture arm64")
         _run(["apt-get", "update"], "apt-get update")
-    tree = _run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-                 "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends", *ARM_PACKAGES], "apt-cache depends")
-    packages = sorted({line for line in tree.splitlines() if line.endswith(":arm64") and not line.startswith((" ", "<"))
-                       and not line.startswith(_SKIP_PACKAGES)})
+    tree = _run(
+        [
+            "apt-cache",
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            "--no-pre-depends",
+            *ARM_PACKAGES,
+        ],
+        "apt-cache depends",
+    )
+    packages = sorted(
+        {
+            line
+            for line in tree.splitlines()
+            if line.endswith(":arm64") and not line.startswith((" ", "<")) and not line.startswith(_SKIP_PACKAGES)
+        }
+    )
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     _log(f"downloading {len(packages)} arm64 packages")
@@ -83,9 +103,27 @@ def ensure_wheels(cache: Path) -> Path:
         return target
     _log(f"installing {wanted} and numpy for aarch64")
     shutil.rmtree(target, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--python-version", "3.11",
-          "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64", "--only-binary=:all:",
-          wanted, f"numpy=={version('numpy')}"], "pip install aarch64 wheels")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_27_aarch64",
+            "--platform",
+            "manylinux2014_aarch64",
+            "--only-binary=:all:",
+            wanted,
+            f"numpy=={version('numpy')}",
+        ],
+        "pip install aarch64 wheels",
+    )
     marker.write_text(wanted)
     return target
 
@@ -101,9 +139,17 @@ def _plugin_header(cache: Path) -> Path:
     system = Path("/etc/apt/sources.list.d/debian.sources")
     if not system.is_file():
         raise ArmSetupError(f"{system} not found: the qemu plugin header comes from Debian's qemu source package")
-    (apt_dir / "sources" / "debian-src.sources").write_text(system.read_text().replace("Types: deb\n", "Types: deb-src\n"))
-    opts = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={apt_dir / 'sources'}",
-            "-o", f"Dir::State::Lists={apt_dir / 'lists'}"]
+    (apt_dir / "sources" / "debian-src.sources").write_text(
+        system.read_text().replace("Types: deb\n", "Types: deb-src\n")
+    )
+    opts = [
+        "-o",
+        "Dir::Etc::SourceList=/dev/null",
+        "-o",
+        f"Dir::Etc::SourceParts={apt_dir / 'sources'}",
+        "-o",
+        f"Dir::State::Lists={apt_dir / 'lists'}",
+    ]
     _run(["apt-get", *opts, "update"], "apt-get update (deb-src)")
     src = cache / "qemu-src"
     src.mkdir(exist_ok=True)
@@ -122,8 +168,10 @@ def ensure_plugin(cache: Path) -> Path:
     if plugin.is_file() and plugin.stat().st_mtime >= PLUGIN_SOURCE.stat().st_mtime:
         return plugin
     header = _plugin_header(cache)
-    _run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-I", str(header.parent), "-o", str(plugin), str(PLUGIN_SOURCE)],
-         "building the qemu plugin")
+    _run(
+        ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-I", str(header.parent), "-o", str(plugin), str(PLUGIN_SOURCE)],
+        "building the qemu plugin",
+    )
     return plugin
 
 

@@ -1,4 +1,5 @@
 """The ARM cores we emulate: which qemu CPU model to run and which /proc/cpuinfo LiteRT should read."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ class Core:
     revision: str = "4"
 
     def cpuinfo(self) -> str:
-        return (f"processor\t: 0\nBogoMIPS\t: 38.40\nFeatures\t: {self.features}\nCPU implementer\t: 0x41\n"
-                f"CPU architecture: 8\nCPU variant\t: {self.variant}\nCPU part\t: {self.part}\n"
-                f"CPU revision\t: {self.revision}\n\n")
+        return (
+            f"processor\t: 0\nBogoMIPS\t: 38.40\nFeatures\t: {self.features}\nCPU implementer\t: 0x41\n"
+            f"CPU architecture: 8\nCPU variant\t: {self.variant}\nCPU part\t: {self.part}\n"
+            f"CPU revision\t: {self.revision}\n\n"
+        )
 
 
 # qemu 7.2 has no cortex-a55 model; cortex-a76 offers the same ARMv8.2 dot-product and fp16 instructions.

@@ -1,4 +1,5 @@
 """Run a .tflite under qemu user-mode emulation of an ARM core and count instructions per inference."""
+
 from __future__ import annotations
 
 import os
@@ -35,13 +36,17 @@ class ArmEnvironment:
 def find_environment(cache: Path) -> ArmEnvironment:
     """The set-up made by profiling.arm_setup, or an error naming what is missing and how to fix it."""
     qemu = shutil.which("qemu-aarch64")
-    missing = [what for what, ok in (
-        ("qemu-aarch64", qemu is not None),
-        ("the arm64 sysroot", (cache / "sysroot" / "usr" / "bin" / "python3.11").is_file()),
-        ("the aarch64 LiteRT wheels", (cache / "site-aarch64" / "ai_edge_litert").is_dir()),
-        ("the qemu plugin", (cache / "libinsn_window.so").is_file()),
-        ("the per-core roots", (cache / "cores" / "a76" / "proc" / "cpuinfo").is_file()),
-    ) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("qemu-aarch64", qemu is not None),
+            ("the arm64 sysroot", (cache / "sysroot" / "usr" / "bin" / "python3.11").is_file()),
+            ("the aarch64 LiteRT wheels", (cache / "site-aarch64" / "ai_edge_litert").is_dir()),
+            ("the qemu plugin", (cache / "libinsn_window.so").is_file()),
+            ("the per-core roots", (cache / "cores" / "a76" / "proc" / "cpuinfo").is_file()),
+        )
+        if not ok
+    ]
     if missing:
         raise EmulationError(f"ARM emulation is not set up ({', '.join(missing)} missing in {cache}): {SETUP_HINT}")
     return ArmEnvironment(Path(qemu), cache, cache / "libinsn_window.so", cache / "site-aarch64")
@@ -77,26 +82,53 @@ def _windows(counts_text: str) -> list[dict[int, int]]:
     return windows
 
 
-def run_emulated(model: Path, input_array: np.ndarray, core: Core, env: ArmEnvironment, warmups: int = 1,
-                 runs: int = 3, threads: int = 1, timeout_s: int = 1800) -> EmulatedRun:
+def run_emulated(
+    model: Path,
+    input_array: np.ndarray,
+    core: Core,
+    env: ArmEnvironment,
+    warmups: int = 1,
+    runs: int = 3,
+    threads: int = 1,
+    timeout_s: int = 1800,
+) -> EmulatedRun:
     """Invoke `model` on `input_array` under qemu for `core`, counting instructions inside invoke() only."""
     with tempfile.TemporaryDirectory(prefix="mve-arm-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "input.npy", input_array)
         counts = tmp_path / "counts.txt"
-        cmd = [str(env.qemu), "-L", str(env.root(core)), "-cpu", core.qemu_cpu,
-               "-plugin", f"{env.plugin},out={counts}", str(env.root(core) / "usr" / "bin" / "python3.11"),
-               str(GUEST_SCRIPT), str(Path(model).resolve()), str(tmp_path / "input.npy"), str(tmp_path),
-               str(warmups), str(runs), str(threads)]
-        guest_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(env.site_packages),
-                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "LC_ALL": "C"}
+        cmd = [
+            str(env.qemu),
+            "-L",
+            str(env.root(core)),
+            "-cpu",
+            core.qemu_cpu,
+            "-plugin",
+            f"{env.plugin},out={counts}",
+            str(env.root(core) / "usr" / "bin" / "python3.11"),
+            str(GUEST_SCRIPT),
+            str(Path(model).resolve()),
+            str(tmp_path / "input.npy"),
+            str(tmp_path),
+            str(warmups),
+            str(runs),
+            str(threads),
+        ]
+        guest_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(env.site_packages),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONNOUSERSITE": "1",
+            "LC_ALL": "C",
+        }
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=guest_env, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise EmulationError(f"emulated run on {core.name} did not finish within {timeout_s} s") from None
         if proc.returncode != 0 or not (tmp_path / "output.npy").is_file():
-            raise EmulationError(f"emulated run on {core.name} failed (exit {proc.returncode}): "
-                                 f"{proc.stderr.strip()[-400:]}")
+            raise EmulationError(
+                f"emulated run on {core.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
+            )
         windows = _windows(counts.read_text())
         if len(windows) != runs:
             raise EmulationError(f"expected {runs} counted runs on {core.name}, the plugin recorded {len(windows)}")

@@ -3,6 +3,7 @@
 Only the standard library, numpy and ai_edge_litert are available here (see profiling.arm_setup).
 Usage: guest.py MODEL INPUT.npy OUT_DIR WARMUPS RUNS THREADS
 """
+
 import ctypes
 import sys
 

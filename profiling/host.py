@@ -1,4 +1,5 @@
 """Host latency and memory of one inference, each measurement in a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -57,15 +58,35 @@ def measure_host(model: Path, input_array: np.ndarray, threads: int, warmups: in
     with tempfile.TemporaryDirectory(prefix="mve-host-") as tmp:
         input_path = Path(tmp) / "input.npy"
         np.save(input_path, input_array)
-        proc = subprocess.run([sys.executable, "-m", "profiling.host", str(model.resolve()), str(input_path), str(threads),
-                               str(warmups), str(runs)], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "profiling.host",
+                str(model.resolve()),
+                str(input_path),
+                str(threads),
+                str(warmups),
+                str(runs),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"host measurement of {model} failed: {proc.stderr.strip()[-400:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     times = np.array(data["times_ms"])
-    return HostLatency(threads, warmups, runs, float(np.median(times)), float(np.percentile(times, 90)),
-                       float(times.min()), round(data["rss_growth_mib"], 1), round(data["peak_rss_mib"], 1))
+    return HostLatency(
+        threads,
+        warmups,
+        runs,
+        float(np.median(times)),
+        float(np.percentile(times, 90)),
+        float(times.min()),
+        round(data["rss_growth_mib"], 1),
+        round(data["peak_rss_mib"], 1),
+    )
 
 
 if __name__ == "__main__":

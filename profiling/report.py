@@ -1,4 +1,5 @@
 """The '## Profile' section of report.md, from profile.json data."""
+
 from __future__ import annotations
 
 import re
@@ -13,23 +14,35 @@ def render_profile(data: dict) -> str:
     lines = [SECTION, "", f"_{data['note']}._", ""]
     hosts = [(m["model"], h) for m in data["models"] for h in m["host"]]
     if hosts:
-        lines += ["### Host (wall time, this machine's x86 CPU)", "",
-                  "| model | threads | median ms | p90 ms | min ms | RSS growth MiB | peak RSS MiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {h['threads']} | {h['median_ms']:.2f} | {h['p90_ms']:.2f} | {h['min_ms']:.2f} | "
-                  f"{h['rss_growth_mib']:.1f} | {h['peak_rss_mib']:.1f} |" for name, h in hosts]
+        lines += [
+            "### Host (wall time, this machine's x86 CPU)",
+            "",
+            "| model | threads | median ms | p90 ms | min ms | RSS growth MiB | peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {h['threads']} | {h['median_ms']:.2f} | {h['p90_ms']:.2f} | {h['min_ms']:.2f} | "
+            f"{h['rss_growth_mib']:.1f} | {h['peak_rss_mib']:.1f} |"
+            for name, h in hosts
+        ]
         lines.append("")
     arms = [(m["model"], a) for m in data["models"] for a in m["arm"]]
     if arms:
-        lines += ["### ARM, emulated (instructions per inference, not milliseconds)", "",
-                  "| model | core | emulated instructions | repeat spread | " + " | ".join(FAMILIES) + " | output vs x86 |",
-                  "|---|---|---:|---:|" + "---:|" * len(FAMILIES) + "---|"]
+        lines += [
+            "### ARM, emulated (instructions per inference, not milliseconds)",
+            "",
+            "| model | core | emulated instructions | repeat spread | " + " | ".join(FAMILIES) + " | output vs x86 |",
+            "|---|---|---:|---:|" + "---:|" * len(FAMILIES) + "---|",
+        ]
         for name, a in arms:
             total = a["instructions_per_inference"]
             shares = " | ".join(f"{a['families'][f] / total:.1%}" for f in FAMILIES)
             check = a["output_check"]
-            verdict = ("bit-exact" if check["rule"] == "bit-exact" else "within tolerance") if check["match"] else \
-                f"MISMATCH ({check['rule']})"
+            verdict = (
+                ("bit-exact" if check["rule"] == "bit-exact" else "within tolerance")
+                if check["match"]
+                else f"MISMATCH ({check['rule']})"
+            )
             lines.append(f"| {name} | {a['core']} | {total / 1e6:.2f} M | {a['spread']:.4%} | {shares} | {verdict} |")
         if data["int8_over_fp32_instructions"]:
             ratios = ", ".join(f"{core} {r:.2f}" for core, r in data["int8_over_fp32_instructions"].items())
@@ -43,9 +56,11 @@ def render_profile(data: dict) -> str:
                 lines.append(f"- {name}: {d['status']}")
                 continue
             for r in d["runs"]:
-                lines.append(f"- {name} on {r['serial']}, {r['threads']} threads: {r['inference_avg_us'] / 1000:.2f} ms "
-                             f"average (std {r.get('inference_std_us', float('nan')) / 1000:.2f} ms), init "
-                             f"{r['init_us'] / 1000:.1f} ms, memory {r.get('memory_overall_mb', float('nan')):.1f} MB")
+                lines.append(
+                    f"- {name} on {r['serial']}, {r['threads']} threads: {r['inference_avg_us'] / 1000:.2f} ms "
+                    f"average (std {r.get('inference_std_us', float('nan')) / 1000:.2f} ms), init "
+                    f"{r['init_us'] / 1000:.1f} ms, memory {r.get('memory_overall_mb', float('nan')):.1f} MB"
+                )
         lines.append("")
     lines.append(f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.")
     return "\n".join(lines) + "\n"

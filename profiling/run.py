@@ -1,4 +1,5 @@
 """Profile .tflite files: host latency, emulated ARM instruction counts, and real-device latency over adb."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,11 @@ def host_output(model: Path, x: np.ndarray) -> np.ndarray:
 def compare_outputs(arm: np.ndarray, x86: np.ndarray) -> dict:
     """Integer outputs must be bit-identical; float outputs equal within FP32_RTOL of the output range."""
     if arm.dtype != x86.dtype or arm.shape != x86.shape:
-        return {"match": False, "rule": "same dtype and shape", "detail": f"{arm.dtype}{arm.shape} vs {x86.dtype}{x86.shape}"}
+        return {
+            "match": False,
+            "rule": "same dtype and shape",
+            "detail": f"{arm.dtype}{arm.shape} vs {x86.dtype}{x86.shape}",
+        }
     if np.issubdtype(x86.dtype, np.integer):
         differing = int(np.count_nonzero(arm != x86))
         return {"match": differing == 0, "rule": "bit-exact", "differing_elements": differing}
@@ -81,8 +86,15 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
     """Every requested measurement of one model, as a JSON-ready dict."""
     summary = inspect_tflite(model)
     x, input_desc = model_input(model)
-    result = {"model": model.name, "sha256": sha256_file(model), "size_bytes": summary.size_bytes,
-              "input": input_desc, "host": [], "arm": [], "device": None}
+    result = {
+        "model": model.name,
+        "sha256": sha256_file(model),
+        "size_bytes": summary.size_bytes,
+        "input": input_desc,
+        "host": [],
+        "arm": [],
+        "device": None,
+    }
     if request.host:
         result["host"] = [measure_host(model, x, t, request.warmups, request.runs).as_dict() for t in request.threads]
     if request.cores:
@@ -91,11 +103,19 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
         for core in request.cores:
             run = run_emulated(model, x, core, env, runs=request.arm_runs)
             check = compare_outputs(run.output, reference)
-            result["arm"].append({"core": core.name, "qemu_cpu": core.qemu_cpu, "cpuinfo_part": core.part,
-                                  "instructions_per_inference": run.instructions[0], "counted_runs": run.instructions,
-                                  "spread": run.spread, "families": run.families,
-                                  "top_symbols": [[name, count] for name, count in run.top_symbols],
-                                  "output_check": check})
+            result["arm"].append(
+                {
+                    "core": core.name,
+                    "qemu_cpu": core.qemu_cpu,
+                    "cpuinfo_part": core.part,
+                    "instructions_per_inference": run.instructions[0],
+                    "counted_runs": run.instructions,
+                    "spread": run.spread,
+                    "families": run.families,
+                    "top_symbols": [[name, count] for name, count in run.top_symbols],
+                    "output_check": check,
+                }
+            )
     if request.adb:
         result["device"] = _device_result(model, request)
     return result
@@ -103,8 +123,10 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
 
 def _device_result(model: Path, request: ProfileRequest) -> dict:
     if request.benchmark_binary is not None and not request.benchmark_binary.is_file():
-        raise device.DeviceError(f"benchmark binary not found: {request.benchmark_binary} "
-                                 "(build TFLite's benchmark_model for the device and pass its path)")
+        raise device.DeviceError(
+            f"benchmark binary not found: {request.benchmark_binary} "
+            "(build TFLite's benchmark_model for the device and pass its path)"
+        )
     serials = device.attached_devices()
     if request.serial:
         serials = [s for s in serials if s == request.serial]
@@ -113,8 +135,13 @@ def _device_result(model: Path, request: ProfileRequest) -> dict:
         return {"status": f"not measured: no {which} attached"}
     if request.benchmark_binary is None:
         raise device.DeviceError("--adb needs --benchmark-binary PATH (TFLite's benchmark_model built for the device)")
-    return {"status": "measured", "runs": [device.run_on_device(model, request.benchmark_binary, serials[0], t,
-                                                               request.warmups, request.runs) for t in request.threads]}
+    return {
+        "status": "measured",
+        "runs": [
+            device.run_on_device(model, request.benchmark_binary, serials[0], t, request.warmups, request.runs)
+            for t in request.threads
+        ],
+    }
 
 
 def profile_models(models: list[Path], request: ProfileRequest) -> dict:
@@ -125,7 +152,10 @@ def profile_models(models: list[Path], request: ProfileRequest) -> dict:
     if "int8" in by_variant and "fp32" in by_variant:
         for a, b in zip(by_variant["int8"]["arm"], by_variant["fp32"]["arm"]):
             ratios[a["core"]] = a["instructions_per_inference"] / b["instructions_per_inference"]
-    return {"versions": {**tool_versions(), "qemu": _qemu_version()},
-            "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "
-                    "host figures are wall time on this machine's CPU; device figures come from benchmark_model",
-            "int8_over_fp32_instructions": ratios, "models": results}
+    return {
+        "versions": {**tool_versions(), "qemu": _qemu_version()},
+        "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "
+        "host figures are wall time on this machine's CPU; device figures come from benchmark_model",
+        "int8_over_fp32_instructions": ratios,
+        "models": results,
+    }

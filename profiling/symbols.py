@@ -1,4 +1,5 @@
 """Map guest code addresses to ELF function symbols, and symbols to kernel families."""
+
 from __future__ import annotations
 
 import bisect
@@ -14,7 +15,10 @@ FAMILIES = ("convolution/GEMM", "depthwise", "transpose/reshape/copy", "pooling"
 _FAMILY_PATTERNS = [
     ("depthwise", re.compile(r"dwconv|DepthwiseConv", re.I)),
     ("convolution/GEMM", re.compile(r"gemm|conv|FullyConnected|fully_connected|packw", re.I)),
-    ("transpose/reshape/copy", re.compile(r"transpose|copy|memmove|memset|reshape|concat|slice|pad|split|gather", re.I)),
+    (
+        "transpose/reshape/copy",
+        re.compile(r"transpose|copy|memmove|memset|reshape|concat|slice|pad|split|gather", re.I),
+    ),
     ("pooling", re.compile(r"pool|rsum|rdsum|reduce|Mean", re.I)),
 ]
 
@@ -51,8 +55,9 @@ class ElfSymbols:
     def __init__(self, path: Path):
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            self._segments = [(s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments()
-                              if s["p_type"] == "PT_LOAD"]
+            self._segments = [
+                (s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"
+            ]
             symbols = {}
             for name in (".symtab", ".dynsym"):
                 section = elf.get_section_by_name(name)
@@ -63,8 +68,15 @@ class ElfSymbols:
         self._entries = [symbols[s] for s in self._starts]
 
     def name_at(self, file_offset: int) -> str | None:
-        vaddr = next((off - p_off + p_vaddr for p_off, size, p_vaddr in self._segments
-                      for off in (file_offset,) if p_off <= off < p_off + size), None)
+        vaddr = next(
+            (
+                off - p_off + p_vaddr
+                for p_off, size, p_vaddr in self._segments
+                for off in (file_offset,)
+                if p_off <= off < p_off + size
+            ),
+            None,
+        )
         if vaddr is None:
             return None
         i = bisect.bisect_right(self._starts, vaddr) - 1

@@ -11,10 +11,14 @@ TINY_MODEL = ROOT / "tests" / "data" / "tiny_model.py"
 
 def run_cli(module: str, *args: str, tmp_path: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run `python -m module args` with the network guard on; return the finished process."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)]),
-               NETGUARD_LOG=str(tmp_path / "network_attempts.log"))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)]),
+        NETGUARD_LOG=str(tmp_path / "network_attempts.log"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def network_attempts(tmp_path: Path) -> str:

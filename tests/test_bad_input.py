@@ -1,4 +1,5 @@
 """Bad input: a one-line error naming the problem and the fix, exit code 2, and no artifact folder."""
+
 import numpy as np
 import onnx
 import pytest
@@ -54,10 +55,17 @@ def test_calibration_folder_without_images(capsys, tmp_path):
 
 def test_unsupported_op(capsys, tmp_path):
     node = helper.make_node("FancyNorm", ["x"], ["y"], name="norm_7", domain="com.example")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
     path = tmp_path / "custom.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]), path)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+        path,
+    )
     line = _fails(capsys, tmp_path, "--onnx", str(path), "--quant", "fp32")
     assert "'FancyNorm'" in line and "'norm_7'" in line
 
@@ -72,14 +80,20 @@ def test_output_folder_that_cannot_be_written(capsys, tmp_path):
 def test_custom_model_mistakes(capsys, tmp_path, tiny_model):
     assert "--input-size is required" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:build")
     assert "no callable 'missing'" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:missing", "--input-size", "64")
-    assert "not a torch.nn.Module" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:not_a_module", "--input-size", "64")
+    assert "not a torch.nn.Module" in _fails(
+        capsys, tmp_path, "--model", f"{tiny_model}:not_a_module", "--input-size", "64"
+    )
     assert "model file not found" in _fails(capsys, tmp_path, "--model", "absent.py:build", "--input-size", "64")
 
 
 def test_onnx_with_dynamic_input(capsys, tmp_path):
     node = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])],
+    )
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert "static square size" in _fails(capsys, tmp_path, "--onnx", str(path))
@@ -99,6 +113,7 @@ def test_truncated_photos_are_skipped_then_refused(capsys, tmp_path, caplog):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "whole.jpg")
     (folder / "cut.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
     from export.images import photos_in_dir
+
     assert [p.path.name for p in photos_in_dir(folder)] == ["whole.jpg"]
     assert "cut.jpg" in caplog.text
     (folder / "whole.jpg").unlink()
@@ -110,18 +125,21 @@ def test_factory_that_raises_or_cannot_export(capsys, tmp_path):
     source.write_text(
         "import torch\n"
         "def broken():\n    raise RuntimeError('no such layer')\n"
-        "class Inv(torch.nn.Module):\n    def forward(self, x):\n        return torch.linalg.inv(x[0, 0, :8, :8])[None]\n"
-        "def inverse():\n    return Inv()\n")
+        "class Inv(torch.nn.Module):\n    def forward(self, x):\n        return torch.linalg.inv(x[0, 0, :8, :8])[None]\n"  # noqa: E501
+        "def inverse():\n    return Inv()\n"
+    )
     assert "broken() raised RuntimeError: no such layer" in _fails(
-        capsys, tmp_path, "--model", f"{source}:broken", "--input-size", "32")
+        capsys, tmp_path, "--model", f"{source}:broken", "--input-size", "32"
+    )
     line = _fails(capsys, tmp_path, "--model", f"{source}:inverse", "--input-size", "32")
     assert "torch.onnx.export failed" in line and "--onnx" in line
 
 
 def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
     assert "zoo models fix their own" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--input-size", "160")
-    assert "--std must be positive" in _fails(capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size",
-                                              "32", "--std", "0,1,1")
+    assert "--std must be positive" in _fails(
+        capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size", "32", "--std", "0,1,1"
+    )
     assert "do not apply to --onnx" in _fails(capsys, tmp_path, "--onnx", "x.onnx", "--weights", "w.pth")
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "mobilenet_v2", "--calib-samples", "0"])

@@ -1,4 +1,5 @@
 """The command line, end to end, with real conversions and the network blocked."""
+
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from validate.runners import run_onnx
 
 
 def test_network_guard_catches_a_download(tmp_path):
-    code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=5)\nexcept Exception:\n    pass\n"
+    code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=5)\nexcept Exception:\n    pass\n"  # noqa: E501
     (tmp_path / "fetch.py").write_text(code)
     run_cli("fetch", tmp_path=tmp_path)
     assert "getaddrinfo 'example.org'" in network_attempts(tmp_path)
@@ -23,20 +24,32 @@ def test_network_guard_catches_a_download(tmp_path):
 
 def test_default_model_exports_to_validated_int8_offline(tmp_path):
     """The README's main command: shufflenet_v2_x0_5 to int8, with no network at any stage."""
-    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "int8", "--out", "out",
-                   tmp_path=tmp_path)
+    proc = run_cli(
+        "pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "int8", "--out", "out", tmp_path=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert network_attempts(tmp_path) == ""
     out = tmp_path / "out" / "shufflenet_v2_x0_5"
     names = {p.name for p in out.iterdir()}
-    assert {"shufflenet_v2_x0_5.onnx", "shufflenet_v2_x0_5_simplified.onnx", "shufflenet_v2_x0_5_int8.tflite",
-            "labels.txt", "preprocess.json", "parity.json", "report.md", "convert.log"} <= names
+    assert {
+        "shufflenet_v2_x0_5.onnx",
+        "shufflenet_v2_x0_5_simplified.onnx",
+        "shufflenet_v2_x0_5_int8.tflite",
+        "labels.txt",
+        "preprocess.json",
+        "parity.json",
+        "report.md",
+        "convert.log",
+    } <= names
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind
 
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and [r["variant"] for r in parity["parity"]] == ["onnx", "int8"]
     assert parity["versions"]["onnx2tf"] == "1.29.24" and len(parity["inputs"]["onnx_sha256"]) == 64
-    assert parity["model"]["params"] == 1_366_792 and parity["model"]["onnx_nodes_simplified"] < parity["model"]["onnx_nodes"]
+    assert (
+        parity["model"]["params"] == 1_366_792
+        and parity["model"]["onnx_nodes_simplified"] < parity["model"]["onnx_nodes"]
+    )
     int8 = next(r for r in parity["parity"] if r["variant"] == "int8")
     assert int8["metrics"]["samples"] == 40 and int8["metrics"]["sqnr_db"] > 10
 
@@ -66,8 +79,20 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
 
 
 def test_custom_model_file_all_variants(tmp_path, tiny_model):
-    proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "all",
-                   "--calib-samples", "16", "--out", "out", tmp_path=tmp_path)
+    proc = run_cli(
+        "pipeline.export",
+        "--model",
+        f"{tiny_model}:build",
+        "--input-size",
+        "64",
+        "--quant",
+        "all",
+        "--calib-samples",
+        "16",
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert network_attempts(tmp_path) == ""
     out = tmp_path / "out" / "tiny_model_build"
@@ -85,8 +110,18 @@ def test_existing_onnx_file_and_custom_labels(tmp_path):
     onnx_path = export_onnx(build(), 64, tmp_path / "mine.onnx").path
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"thing {i}" for i in range(10)))
-    proc = run_cli("pipeline.export", "--onnx", str(onnx_path), "--quant", "fp32", "--labels", str(labels),
-                   "--out", "out", tmp_path=tmp_path)
+    proc = run_cli(
+        "pipeline.export",
+        "--onnx",
+        str(onnx_path),
+        "--quant",
+        "fp32",
+        "--labels",
+        str(labels),
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert network_attempts(tmp_path) == ""
     out = tmp_path / "out" / "mine"
@@ -96,8 +131,20 @@ def test_existing_onnx_file_and_custom_labels(tmp_path):
 
 
 def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
-    proc = run_cli("pipeline.export", "--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "fp32",
-                   "--min-sqnr-fp32", "1000", "--out", "out", tmp_path=tmp_path)
+    proc = run_cli(
+        "pipeline.export",
+        "--model",
+        f"{tiny_model}:build",
+        "--input-size",
+        "64",
+        "--quant",
+        "fp32",
+        "--min-sqnr-fp32",
+        "1000",
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 1
     assert error_lines(proc.stderr) == ["error: parity failed for tiny_model_build: see out/tiny_model_build/report.md"]
     parity = json.loads((tmp_path / "out" / "tiny_model_build" / "parity.json").read_text())
@@ -107,8 +154,18 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
 
 def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     """Real weights: the int8 model still classifies the labelled held-out photos."""
-    proc = run_cli("pipeline.export", "--model", "mobilenet_v2", "--weights", "imagenet", "--quant", "int8",
-                   "--out", "out", tmp_path=tmp_path)
+    proc = run_cli(
+        "pipeline.export",
+        "--model",
+        "mobilenet_v2",
+        "--weights",
+        "imagenet",
+        "--quant",
+        "int8",
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert network_attempts(tmp_path) == ""
     parity = json.loads((tmp_path / "out" / "mobilenet_v2" / "parity.json").read_text())

@@ -1,4 +1,5 @@
 """Profiling: host latency, emulated ARM instruction counts (real qemu, real aarch64 LiteRT), device output parsing."""
+
 import json
 import shutil
 import subprocess
@@ -34,8 +35,10 @@ def test_core_names_and_kernel_families():
     assert family_of("xnn_x8_transposec_ukernel__16x16_reuse_dec_zip_neon") == "transpose/reshape/copy"
     assert family_of("xnn_s8_maxpool_minmax_ukernel_9p8x__neon_c16") == "pooling"
     assert family_of("PyEval_EvalFrameDefault") == "other"
-    maps = ("5500000000-5500001000 r-xp 00001000 fe:00 1 /lib/libfoo.so\n"
-            "5500001000-5500002000 rw-p 00000000 00:00 0 [heap]\n")
+    maps = (
+        "5500000000-5500001000 r-xp 00001000 fe:00 1 /lib/libfoo.so\n"
+        "5500001000-5500002000 rw-p 00000000 00:00 0 [heap]\n"
+    )
     assert [(m.start, m.path) for m in executable_mappings(maps)] == [(0x5500000000, "/lib/libfoo.so")]
 
 
@@ -52,8 +55,13 @@ def test_profile_bad_input(tmp_path, capsys):
 def arm_cache(tmp_path_factory):
     """The ARM set-up, made (or reused) by its own one command."""
     cache = Path.home() / ".cache" / "mobile-vision-export" / "arm"
-    proc = subprocess.run([sys.executable, "-m", "profiling.arm_setup", "--cache", str(cache)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "profiling.arm_setup", "--cache", str(cache)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return cache
 
@@ -61,15 +69,18 @@ def arm_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shufflenet_variants(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shufflenet")
-    proc = run_cli("pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--profile", "--out", "out",
-                   tmp_path=tmp)
+    proc = run_cli(
+        "pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--profile", "--out", "out", tmp_path=tmp
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp / "out" / "shufflenet_v2_x0_5"
 
 
 def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
     data = json.loads((shufflenet_variants / "profile.json").read_text())
-    assert [m["model"] for m in data["models"]] == [f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "fp16", "dynamic", "int8")]
+    assert [m["model"] for m in data["models"]] == [
+        f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "fp16", "dynamic", "int8")
+    ]
     assert all(len(m["host"]) == 2 and m["arm"] == [] for m in data["models"])
     report = (shufflenet_variants / "report.md").read_text()
     assert "## Parity" in report and "### Host (wall time, this machine's x86 CPU)" in report
@@ -77,15 +88,31 @@ def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
 
 def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
     model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
-    assert profile_main([str(model), "--arm", "a53", "--arm-cache", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    assert (
+        profile_main([str(model), "--arm", "a53", "--arm-cache", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    )
     line = error_lines(capsys.readouterr().err)[0]
     assert "ARM emulation is not set up" in line and "python -m profiling.arm_setup" in line
 
 
 def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shufflenet_variants):
     models = [shufflenet_variants / f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "int8")]
-    code = profile_main([*map(str, models), "--host", "--arm", "a53,a76", "--runs", "5", "--warmups", "2",
-                         "--arm-cache", str(arm_cache), "--out", str(tmp_path)])
+    code = profile_main(
+        [
+            *map(str, models),
+            "--host",
+            "--arm",
+            "a53,a76",
+            "--runs",
+            "5",
+            "--warmups",
+            "2",
+            "--arm-cache",
+            str(arm_cache),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "profile.json").read_text())
     fp32, int8 = data["models"]

@@ -6,33 +6,66 @@ from models.complexity import count_macs, count_parameters
 
 # Parameter counts of torchvision's implementations of the same models.
 TORCHVISION_PARAMS = {
-    "shufflenet_v2_x0_5": 1_366_792, "shufflenet_v2_x1_0": 2_278_604, "shufflenet_v2_x1_5": 3_503_624,
-    "shufflenet_v2_x2_0": 7_393_996, "mobilenet_v2": 3_504_872, "squeezenet1_0": 1_248_424,
+    "shufflenet_v2_x0_5": 1_366_792,
+    "shufflenet_v2_x1_0": 2_278_604,
+    "shufflenet_v2_x1_5": 3_503_624,
+    "shufflenet_v2_x2_0": 7_393_996,
+    "mobilenet_v2": 3_504_872,
+    "squeezenet1_0": 1_248_424,
     "squeezenet1_1": 1_235_496,
 }
 
 # A sample of torchvision state_dict keys and shapes, so official checkpoints load unchanged.
 TORCHVISION_KEYS = {
-    "shufflenet_v2_x0_5": {"conv1.0.weight": (24, 3, 3, 3), "stage2.0.branch1.0.weight": (24, 1, 3, 3),
-                           "stage2.0.branch1.2.weight": (24, 24, 1, 1), "stage2.1.branch2.0.weight": (24, 24, 1, 1),
-                           "stage4.3.branch2.6.running_var": (96,), "conv5.0.weight": (1024, 192, 1, 1),
-                           "fc.weight": (1000, 1024)},
-    "mobilenet_v2": {"features.0.0.weight": (32, 3, 3, 3), "features.1.conv.0.0.weight": (32, 1, 3, 3),
-                     "features.1.conv.1.weight": (16, 32, 1, 1), "features.2.conv.0.0.weight": (96, 16, 1, 1),
-                     "features.2.conv.3.num_batches_tracked": (), "features.18.0.weight": (1280, 320, 1, 1),
-                     "classifier.1.weight": (1000, 1280)},
-    "squeezenet1_0": {"features.0.weight": (96, 3, 7, 7), "features.3.squeeze.weight": (16, 96, 1, 1),
-                      "features.12.expand3x3.weight": (256, 64, 3, 3), "classifier.1.weight": (1000, 512, 1, 1)},
-    "squeezenet1_1": {"features.0.weight": (64, 3, 3, 3), "features.12.expand1x1.bias": (256,),
-                      "classifier.1.bias": (1000,)},
+    "shufflenet_v2_x0_5": {
+        "conv1.0.weight": (24, 3, 3, 3),
+        "stage2.0.branch1.0.weight": (24, 1, 3, 3),
+        "stage2.0.branch1.2.weight": (24, 24, 1, 1),
+        "stage2.1.branch2.0.weight": (24, 24, 1, 1),
+        "stage4.3.branch2.6.running_var": (96,),
+        "conv5.0.weight": (1024, 192, 1, 1),
+        "fc.weight": (1000, 1024),
+    },
+    "mobilenet_v2": {
+        "features.0.0.weight": (32, 3, 3, 3),
+        "features.1.conv.0.0.weight": (32, 1, 3, 3),
+        "features.1.conv.1.weight": (16, 32, 1, 1),
+        "features.2.conv.0.0.weight": (96, 16, 1, 1),
+        "features.2.conv.3.num_batches_tracked": (),
+        "features.18.0.weight": (1280, 320, 1, 1),
+        "classifier.1.weight": (1000, 1280),
+    },
+    "squeezenet1_0": {
+        "features.0.weight": (96, 3, 7, 7),
+        "features.3.squeeze.weight": (16, 96, 1, 1),
+        "features.12.expand3x3.weight": (256, 64, 3, 3),
+        "classifier.1.weight": (1000, 512, 1, 1),
+    },
+    "squeezenet1_1": {
+        "features.0.weight": (64, 3, 3, 3),
+        "features.12.expand1x1.bias": (256,),
+        "classifier.1.bias": (1000,),
+    },
 }
 
 
 def test_every_family_is_registered():
     names = list_models()
-    for family in ("shufflenet_v1_g1", "shufflenet_v1_g2", "shufflenet_v1_g3", "shufflenet_v1_g4", "shufflenet_v1_g8",
-                   "shufflenet_v2_x0_5", "shufflenet_v2_x2_0", "mobilenet_v1", "mobilenet_v2", "mobilenet_v2_x0_5",
-                   "squeezenet1_0", "squeezenet1_1", "xception"):
+    for family in (
+        "shufflenet_v1_g1",
+        "shufflenet_v1_g2",
+        "shufflenet_v1_g3",
+        "shufflenet_v1_g4",
+        "shufflenet_v1_g8",
+        "shufflenet_v2_x0_5",
+        "shufflenet_v2_x2_0",
+        "mobilenet_v1",
+        "mobilenet_v2",
+        "mobilenet_v2_x0_5",
+        "squeezenet1_0",
+        "squeezenet1_1",
+        "xception",
+    ):
         assert family in names
 
 

@@ -1,4 +1,5 @@
 """Each export stage on its own, with the real exporters, simplifier, converter and runtimes."""
+
 import numpy as np
 import onnx
 import pytest
@@ -50,8 +51,12 @@ def test_onnxsim_shrinks_the_graph_and_keeps_outputs(shufflenet_onnx):
 
 def _graph_with(op_type: str, domain: str = "") -> onnx.ModelProto:
     node = helper.make_node(op_type, ["x"], ["y"], name="the_node", domain=domain)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     return helper.make_model(graph, opset_imports=opsets)
 
@@ -109,9 +114,13 @@ def test_onnx2tf_writes_every_variant_offline(tmp_path, monkeypatch):
 
 
 def test_failure_message_names_the_node():
-    log = ("INFO: onnx_op_type: Resize onnx_op_name: /up/Resize\nTraceback ...\n"
-           "ValueError: Dimensions must be equal\nERROR: onnx_op_name: /up/Resize\n")
-    assert _failure_message(log) == "onnx2tf failed at node '/up/Resize' (op Resize): ValueError: Dimensions must be equal"
+    log = (
+        "INFO: onnx_op_type: Resize onnx_op_name: /up/Resize\nTraceback ...\n"
+        "ValueError: Dimensions must be equal\nERROR: onnx_op_name: /up/Resize\n"
+    )
+    assert (
+        _failure_message(log) == "onnx2tf failed at node '/up/Resize' (op Resize): ValueError: Dimensions must be equal"
+    )
 
 
 def test_inspect_rejects_non_tflite_and_quantization_round_trips(tmp_path):
@@ -119,6 +128,7 @@ def test_inspect_rejects_non_tflite_and_quantization_round_trips(tmp_path):
     with pytest.raises(NotTfliteError, match="not a TFLite model"):
         inspect_tflite(tmp_path / "x.tflite")
     from export.tflite_inspect import TensorInfo
+
     info = TensorInfo("t", [4], "int8", 0.5, -3)
     q = quantize(np.array([0.0, 0.25, 0.75, 100.0], np.float32), info)
     assert q.tolist() == [-3, -3, -1, 127]  # round half to even, clipped

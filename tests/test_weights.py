@@ -49,7 +49,9 @@ def test_mismatched_checkpoint_names_the_first_keys(tmp_path):
 def test_shape_mismatch_is_named(tmp_path):
     path = tmp_path / "x1.pth"
     torch.save(get_model("shufflenet_v2_x1_0").state_dict(), path)
-    with pytest.raises(WeightsError, match=r"'stage2.0.branch1.2.weight' has shape \(58, 24, 1, 1\), the model needs \(24, 24, 1, 1\)"):
+    with pytest.raises(
+        WeightsError, match=r"'stage2.0.branch1.2.weight' has shape \(58, 24, 1, 1\), the model needs \(24, 24, 1, 1\)"
+    ):
         load_weights(get_model("shufflenet_v2_x0_5"), "shufflenet_v2_x0_5", str(path))
 
 

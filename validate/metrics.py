@@ -1,4 +1,5 @@
 """Numerical agreement between a reference output and a candidate output (both N x classes)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

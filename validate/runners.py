@@ -1,4 +1,5 @@
 """Run the same images through PyTorch, ONNX Runtime and the TFLite interpreter."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Default parity thresholds per variant, chosen from measurements (see README, "Parity thresholds")."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -26,12 +27,16 @@ DEFAULTS = {
 }
 
 
-def thresholds_for(variant: str, min_sqnr: float | None = None, min_cosine: float | None = None,
-                   min_top1: float | None = None) -> Thresholds:
+def thresholds_for(
+    variant: str, min_sqnr: float | None = None, min_cosine: float | None = None, min_top1: float | None = None
+) -> Thresholds:
     """The default thresholds for `variant`, with any given overrides applied."""
     t = DEFAULTS[variant]
-    overrides = {k: v for k, v in (("min_sqnr_db", min_sqnr), ("min_cosine", min_cosine), ("min_top1", min_top1))
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("min_sqnr_db", min_sqnr), ("min_cosine", min_cosine), ("min_top1", min_top1))
+        if v is not None
+    }
     return replace(t, **overrides)
 
 

@@ -1,4 +1,5 @@
 """Loaded by every Python process started with this folder on PYTHONPATH: refuse and record network use."""
+
 import os
 import socket
 
