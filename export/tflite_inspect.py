@@ -74,6 +74,20 @@ def inspect_tflite(path: Path) -> TfliteSummary:
     return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)
 
 
+def op_outputs(path: Path) -> list[tuple[str, int, str]]:
+    """(op type, first output tensor index, that tensor's name) for every op of the main subgraph, in order."""
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        tensor = int(op.Outputs(0))
+        out.append((_OP_NAMES.get(builtin, f"BUILTIN_{builtin}"), tensor, graph.Tensors(tensor).Name().decode()))
+    return out
+
+
 def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     """Float -> the tensor's integer type with its scale and zero point (round half to even, clip)."""
     dtype = np.dtype(info.dtype)

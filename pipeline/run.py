@@ -33,6 +33,8 @@ from models.weights import sha256_file
 from pipeline.progress import StageTimer
 from pipeline.sources import ModelSource, calibrate_random_weights
 from pipeline.staging import staged_dir, write_text_atomic
+from validate.diagnose import diagnose
+from validate.diagnose_report import report_section, write_diagnosis
 from validate.parity import VariantParity, check_parity
 from validate.report import parity_json, render_report, sha256_array
 from validate.thresholds import Thresholds
@@ -178,7 +180,14 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             json.dumps(parity_json(model_info, inputs, rows, artifacts, request.command), indent=2, allow_nan=False)
             + "\n",
         )
-        write_text_atomic(stage_dir / "report.md", render_report(model_info, inputs, rows, summaries, timer.timings))
+        report = render_report(model_info, inputs, rows, summaries, timer.timings)
+        if {"fp32", "int8"} <= files.keys():
+            with timer.stage("per-layer int8 diagnosis"):
+                images = f"{min(20, len(heldout))} held-out photos"
+                diagnosis = diagnose(files["fp32"], files["int8"], heldout[:20])
+                write_diagnosis(stage_dir, diagnosis, files["fp32"], files["int8"], images)
+                report += "\n" + report_section(diagnosis, images)
+        write_text_atomic(stage_dir / "report.md", report)
     (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure
     return ExportResult(
         source.name,

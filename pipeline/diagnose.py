@@ -1,0 +1,53 @@
+"""python -m pipeline.diagnose MODEL_int8.tflite: which layers lose accuracy in int8, on real held-out photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export.images import heldout_batch, heldout_photos, normalize
+from export.tflite_inspect import NotTfliteError, inspect_tflite
+from models.registry import IMAGENET_MEAN, IMAGENET_STD
+from validate.diagnose import DiagnoseError, diagnose
+from validate.diagnose_report import write_diagnosis
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__)
+    p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
+    p.add_argument("--float", dest="float_model", type=Path, help="the float .tflite (default: the _fp32 sibling)")
+    p.add_argument("--images", type=int, default=20, help="held-out photos to run (default 20)")
+    p.add_argument("--out", type=Path, help="folder for diagnose.html/json (default: beside the int8 model)")
+    args = p.parse_args(argv)
+    float_model = args.float_model or args.int8_model.with_name(args.int8_model.name.replace("_int8", "_fp32"))
+    try:
+        for path in (args.int8_model, float_model):
+            if not path.is_file():
+                raise DiagnoseError(f"model not found: {path} (export with --quant all, or pass --float)")
+            inspect_tflite(path)
+        contract_path = args.int8_model.parent / "preprocess.json"
+        contract = json.loads(contract_path.read_text()) if contract_path.is_file() else {}
+        size = inspect_tflite(float_model).inputs[0].shape[1]
+        photos = heldout_photos()[: args.images]
+        x = normalize(
+            heldout_batch(photos, size), contract.get("mean", IMAGENET_MEAN), contract.get("std", IMAGENET_STD)
+        )
+        diagnosis = diagnose(float_model, args.int8_model, x)
+    except (DiagnoseError, NotTfliteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    page = write_diagnosis(
+        args.out or args.int8_model.parent, diagnosis, float_model, args.int8_model, f"{len(photos)} held-out photos"
+    )
+    jump = diagnosis.first_jump
+    print(f"first jump: #{jump.index} {jump.op} ({jump.sqnr_db:.1f} dB, -{jump.drop_db:.1f} dB)" if jump else "no jump")
+    for layer in diagnosis.worst:
+        print(f"worst: #{layer.index} {layer.op} SQNR {layer.sqnr_db:.1f} dB (-{layer.drop_db:.1f} dB) {layer.tensor}")
+    print(f"wrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Per-layer int8 diagnostics find a layer that was made deliberately bad."""
+
+import flatbuffers
+import numpy as np
+import pytest
+import torch
+from ai_edge_litert import schema_py_generated as schema
+
+from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
+from export.onnx_stage import export_onnx
+from export.tflite_inspect import op_outputs
+from export.tflite_stage import convert_tflite
+from pipeline.diagnose import main as diagnose_main
+from tests.data.tiny_model import build
+from validate.diagnose import diagnose
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def tiny_variants(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    raw = export_onnx(build(), 64, tmp / "tiny.onnx")
+    conversion = convert_tflite(
+        raw, tmp / "work", ["fp32", "int8"], calibration_batch(calibration_photos(), 64, 32), MEAN, STD
+    )
+    return conversion.files["fp32"], conversion.files["int8"]
+
+
+def _negate_weights(src, dst, op_index: int) -> None:
+    """Rewrite the .tflite with the int8 weights of op `op_index` negated: that layer becomes wrong."""
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    weights = graph.tensors[graph.operators[op_index].inputs[1]]
+    buffer = model.buffers[weights.buffer]
+    values = np.frombuffer(bytes(bytearray(buffer.data)), np.int8)
+    buffer.data = np.clip(-values.astype(np.int16), -127, 127).astype(np.int8).view(np.uint8)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(builder.Output()))
+
+
+def test_a_deliberately_broken_layer_is_named(tiny_variants, tmp_path):
+    float_model, int8_model = tiny_variants
+    ops = [op for op, _, _ in op_outputs(int8_model)]
+    target = len(ops) - 1 - ops[::-1].index("CONV_2D")  # the last convolution, mid-network
+    broken = tmp_path / "tiny_int8.tflite"
+    _negate_weights(int8_model, broken, target)
+    x = normalize(heldout_batch(heldout_photos()[:8], 64), MEAN, STD)
+
+    healthy = diagnose(float_model, int8_model, x)
+    assert healthy.first_jump is None or healthy.first_jump.index != target
+    damaged = diagnose(float_model, broken, x)
+    assert damaged.first_jump is not None and damaged.first_jump.index == target
+    assert damaged.worst[0].index == target and damaged.worst[0].sqnr_db < 3
+    before = next(layer for layer in damaged.layers if layer.index == target - 1)
+    assert before.sqnr_db == pytest.approx(next(la for la in healthy.layers if la.index == target - 1).sqnr_db)
+
+
+def test_cli_writes_html_and_json(tiny_variants, tmp_path, capsys):
+    float_model, int8_model = tiny_variants
+    assert diagnose_main([str(int8_model), "--float", str(float_model), "--images", "4", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "diagnose.html").read_text()
+    assert "<svg" in page and "Per-layer int8 error" in page and (tmp_path / "diagnose.json").is_file()
+    assert diagnose_main([str(tmp_path / "absent_int8.tflite")]) == 2
+    assert "model not found" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""Per-layer int8 error: run the float and the int8 .tflite on the same photos and compare every layer's output."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from export.tflite_inspect import inspect_tflite, op_outputs, quantize
+
+JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
+NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone
+
+
+class DiagnoseError(ValueError):
+    """Two models that cannot be compared layer by layer."""
+
+
+@dataclass(frozen=True)
+class LayerError:
+    index: int
+    op: str
+    tensor: str
+    sqnr_db: float
+    cosine: float
+    drop_db: float  # SQNR lost against the previous compared layer
+
+    def as_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    layers: list[LayerError]
+    first_jump: LayerError | None
+    worst: list[LayerError]
+
+
+def _pairs(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int, str]]:
+    """(op index, op type, float tensor, int8 tensor, name) for each op present in both graphs."""
+    f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
+    if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
+        return [(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
+    by_name = {name: tensor for _, tensor, name in f_ops}
+    pairs = [(i, op, by_name[name], tensor, name) for i, (op, tensor, name) in enumerate(q_ops) if name in by_name]
+    if not pairs:
+        raise DiagnoseError(f"{float_model.name} and {int8_model.name} share no layers: export both from one ONNX file")
+    return pairs
+
+
+def _interpreter(path: Path) -> Interpreter:
+    """An interpreter that keeps every intermediate tensor (no delegate, so nothing is fused away)."""
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _dequantized(interpreter: Interpreter, index: int) -> np.ndarray:
+    detail = interpreter._get_tensor_details(index, 0)  # noqa: SLF001  (the public list has no single-index form)
+    value = interpreter.get_tensor(index).astype(np.float64)
+    scale, zero = detail["quantization"]
+    return (value - zero) * scale if scale else value
+
+
+def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Diagnosis:
+    """Each shared layer's SQNR (dequantized int8 vs float) over `images_nhwc` (normalized float input)."""
+    pairs = _pairs(float_model, int8_model)
+    f_int, q_int = _interpreter(float_model), _interpreter(int8_model)
+    q_input = inspect_tflite(int8_model).inputs[0]
+    signal, noise, dot, f_norm, q_norm = (np.zeros(len(pairs)) for _ in range(5))
+    for image in images_nhwc:
+        x = image[None].astype(np.float32)
+        f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
+        q_int.set_tensor(
+            q_int.get_input_details()[0]["index"], quantize(x, q_input) if q_input.dtype != "float32" else x
+        )
+        f_int.invoke()
+        q_int.invoke()
+        for k, (_, _, f_tensor, q_tensor, _) in enumerate(pairs):
+            ref, out = f_int.get_tensor(f_tensor).astype(np.float64).ravel(), _dequantized(q_int, q_tensor).ravel()
+            if ref.shape != out.shape:
+                raise DiagnoseError(f"layer {k} has different shapes in the two models: {ref.shape} vs {out.shape}")
+            signal[k] += ref @ ref
+            noise[k] += (ref - out) @ (ref - out)
+            dot[k] += ref @ out
+            f_norm[k] += ref @ ref
+            q_norm[k] += out @ out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sqnr = np.where(noise > 0, 10 * np.log10(signal / noise), np.inf)
+        cosine = np.where(f_norm * q_norm > 0, dot / np.sqrt(f_norm * q_norm), 1.0)
+    layers, previous = [], None
+    for k, (index, op, _, _, name) in enumerate(pairs):
+        drop = 0.0 if previous is None or not np.isfinite(previous) else max(0.0, previous - sqnr[k])
+        layers.append(LayerError(index, op, name, float(sqnr[k]), float(cosine[k]), float(drop)))
+        previous = sqnr[k] if np.isfinite(sqnr[k]) else previous
+    harmful = [layer for layer in layers if layer.drop_db > 0 and layer.sqnr_db < NOISE_FLOOR_DB]
+    first_jump = next((layer for layer in harmful if layer.drop_db >= JUMP_DB), None)
+    worst = sorted(harmful, key=lambda layer: -layer.drop_db)[:5]
+    return Diagnosis(layers, first_jump, worst)
