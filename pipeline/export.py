@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
     p.add_argument("--calib-samples", type=_positive_int, default=100, help="calibration crops (default 100)")
+    p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
     )
@@ -123,7 +124,9 @@ def _request(args, argv: list[str]) -> ExportRequest:
     }
     labels = read_labels(args.labels) if args.labels else None
     command = "python -m pipeline.export " + shlex.join(argv)
-    return ExportRequest(modes, args.out, thresholds, command, args.calib_dir, args.calib_samples, labels)
+    return ExportRequest(
+        modes, args.out, thresholds, command, args.calib_dir, args.calib_samples, labels, not args.no_optimize
+    )
 
 
 def _source(args, model: str):

@@ -22,6 +22,7 @@ from export.onnx_stage import (
     simplify_onnx,
 )
 from export.tflite_inspect import TfliteSummary, inspect_tflite
+from export.tflite_optimize import optimize_tflite
 from export.tflite_stage import (
     ConversionError,
     TfliteConversion,
@@ -37,9 +38,11 @@ from validate.diagnose import diagnose
 from validate.diagnose_report import report_section, write_diagnosis
 from validate.parity import VariantParity, check_parity
 from validate.report import parity_json, render_report, sha256_array
+from validate.runners import run_tflite
 from validate.thresholds import Thresholds
 
 IMAGENET_CLASSES = 1000
+FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ExportRequest:
     calib_dir: Path | None = None
     calib_samples: int = 100
     labels: list[str] | None = None
+    optimize: bool = True
 
 
 @dataclass
@@ -106,6 +110,25 @@ def _convert(
         raise
 
 
+def _optimize(path: Path, images: np.ndarray) -> dict:
+    """Apply the .tflite layout pass in place, keeping the result only if outputs stay identical on `images`."""
+    candidate = path.with_name(f".{path.name}.optimized")
+    result = optimize_tflite(path, candidate)
+    summary = {"islands_rewritten": result.islands, "ops_before": result.ops_before, "ops_after": result.ops_after}
+    if result.islands == 0:
+        candidate.unlink()
+        return {**summary, "applied": False, "verified": "nothing to rewrite"}
+    before, after = run_tflite(path, images), run_tflite(candidate, images)
+    integer = inspect_tflite(path).outputs[0].dtype != "float32"
+    max_diff = float(np.max(np.abs(before.astype(np.float64) - after)))
+    if (integer and max_diff != 0) or max_diff > FLOAT_ROUNDING * float(np.max(np.abs(before))):
+        candidate.unlink()
+        return {**summary, "applied": False, "verified": f"outputs changed on {len(images)} photos: kept the original"}
+    candidate.replace(path)
+    check = "identical" if max_diff == 0 else f"equal to float rounding (max diff {max_diff:.2g})"
+    return {**summary, "applied": True, "verified": f"outputs {check} on {len(images)} held-out photos"}
+
+
 def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -> ExportResult:
     """Run every stage for `source`; artifacts land in out_root/<name>/ only if all stages complete."""
     out_dir = request.out_root / source.name
@@ -129,6 +152,10 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             files = keep_files(conversion, stage_dir, source.name)
             shutil.copyfile(conversion.log_path, stage_dir / "convert.log")
             shutil.rmtree(stage_dir / "work")
+        optimization = {}
+        if request.optimize:
+            with timer.stage("graph optimization"):
+                optimization = {mode: _optimize(path, heldout[:8]) for mode, path in files.items()}
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}
         with timer.stage("parity"):
             rows = check_parity(
@@ -158,6 +185,7 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             "onnx_nodes": raw.nodes,
             "onnx_nodes_simplified": simplified.nodes,
             "converter_settings": conversion.settings,
+            "graph_optimization": optimization,
         }
         inputs = {
             "weights_sha256": source.weights_sha256,

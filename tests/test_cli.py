@@ -75,6 +75,8 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     assert len((out / "labels.txt").read_text().splitlines()) == 1000
     report = (out / "report.md").read_text()
     assert "PASSED" in report and "| TRANSPOSE |" in report and "onnx2tf: 1.29.24" in report
+    # ShuffleNet V2's only NCHW islands are channel shuffles, which the layout pass keeps (cheaper in XNNPACK).
+    assert parity["model"]["graph_optimization"]["int8"]["islands_rewritten"] == 0
     assert "onnx2tf -> int8" in proc.stderr  # the progress display names each stage
 
 
@@ -173,3 +175,21 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     assert rows["onnx"]["accuracy_top1_labelled"] >= 0.85
     assert rows["int8"]["accuracy_top1_labelled"] >= 0.75
     assert parity["inputs"]["weights_sha256"].startswith("b0353104")
+
+
+def test_layout_pass_runs_by_default_and_can_be_turned_off(tmp_path, tiny_model):
+    args = ["--model", f"{tiny_model}:build_shuffle", "--input-size", "64", "--quant", "int8", "--calib-samples", "16"]
+    proc = run_cli("pipeline.export", *args, "--out", "on", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((tmp_path / "on" / "tiny_model_build_shuffle" / "parity.json").read_text())
+    optimized = parity["model"]["graph_optimization"]["int8"]
+    assert optimized["applied"] and optimized["islands_rewritten"] == 1
+    assert optimized["ops_before"]["TRANSPOSE"] == 4 and optimized["ops_after"]["TRANSPOSE"] == 3
+    assert optimized["verified"] == "outputs identical on 8 held-out photos"
+    report = (tmp_path / "on" / "tiny_model_build_shuffle" / "report.md").read_text()
+    assert "## Graph optimization" in report and "TRANSPOSE 4 -> 3" in report
+
+    proc = run_cli("pipeline.export", *args, "--no-optimize", "--out", "off", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((tmp_path / "off" / "tiny_model_build_shuffle" / "parity.json").read_text())
+    assert parity["model"]["graph_optimization"] == {}

@@ -84,6 +84,35 @@ def _fmt_sqnr(value: float) -> str:
     return "inf" if value == float("inf") else f"{value:.1f}"
 
 
+def _changed_ops(before: dict, after: dict) -> str:
+    names = sorted(set(before) | set(after))
+    changed = [f"{n} {before.get(n, 0)} -> {after.get(n, 0)}" for n in names if before.get(n) != after.get(n)]
+    return ", ".join(changed) or "-"
+
+
+def _optimization_lines(optimization: dict) -> list[str]:
+    if not optimization:
+        return []
+    lines = [
+        "",
+        "## Graph optimization",
+        "",
+        "NCHW islands rewritten in NHWC where that removes every TRANSPOSE in them (channel-shuffle islands are "
+        "kept: their NHWC form runs slower in XNNPACK).",
+        "",
+        "| variant | islands | ops before -> after | changed ops | applied | check |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for mode, o in optimization.items():
+        before, after = o["ops_before"], o["ops_after"]
+        lines.append(
+            f"| {mode} | {o['islands_rewritten']} | {sum(before.values())} -> {sum(after.values())} | "
+            f"{_changed_ops(before, after)} | {'yes' if o['applied'] else 'no'} | "
+            f"{o['verified']} |"
+        )
+    return lines
+
+
 def render_report(
     model: dict, inputs: dict, rows: list[VariantParity], summaries: dict[str, TfliteSummary], timings: dict[str, float]
 ) -> str:
@@ -143,6 +172,7 @@ def render_report(
     all_ops = sorted({op for s in summaries.values() for op in s.ops}, key=lambda op: (op not in LAYOUT_OPS, op))
     lines += ["| op | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
     lines += [f"| {op} | " + " | ".join(str(s.ops.get(op, 0)) for s in summaries.values()) + " |" for op in all_ops]
+    lines += _optimization_lines(model.get("graph_optimization") or {})
     lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {sec:.1f} |" for stage, sec in timings.items()]
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in tool_versions().items()]

@@ -29,3 +29,24 @@ def build():
 
 def not_a_module():
     return 42
+
+
+class TinyShuffle(nn.Module):
+    """A ShuffleNet-style tail: channel shuffle, residual add, then a global average (NCHW islands in onnx2tf)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(nn.Conv2d(16, 16, 1, groups=2, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        shuffled = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = nn.functional.relu(self.conv(shuffled) + x)
+        return self.fc(y.mean([2, 3]))
+
+
+def build_shuffle():
+    return TinyShuffle()

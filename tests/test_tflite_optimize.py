@@ -1,0 +1,60 @@
+"""The .tflite layout pass: fewer TRANSPOSEs, identical outputs, identical quantization."""
+
+import numpy as np
+import pytest
+import torch
+
+from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
+from export.onnx_stage import export_onnx, simplify_onnx
+from export.tflite_inspect import inspect_tflite
+from export.tflite_optimize import optimize_tflite
+from export.tflite_stage import convert_tflite
+from tests.data.tiny_model import build_shuffle
+from validate.runners import run_tflite
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def tiny_shuffle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_shuffle")
+    torch.manual_seed(0)
+    raw = export_onnx(build_shuffle(), 64, tmp / "shuffle.onnx")
+    simplified = simplify_onnx(raw, tmp / "shuffle_sim.onnx")
+    calib = calibration_batch(calibration_photos(), 64, 16)
+    return convert_tflite(simplified, tmp / "work", ["fp32", "int8"], calib, MEAN, STD).files
+
+
+def _quantization(path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0)).subgraphs[0]
+    return {t.name: _params(t.quantization) for t in graph.tensors}
+
+
+def _params(q):
+    if q is None:
+        return None
+    return [list(v) if v is not None else [] for v in (q.scale, q.zeroPoint, q.min, q.max)]
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+@pytest.mark.parametrize("nhwc_shuffles", [False, True])
+def test_islands_go_and_outputs_stay(tiny_shuffle, tmp_path, mode, nhwc_shuffles):
+    src = tiny_shuffle[mode]
+    dst = tmp_path / src.name
+    result = optimize_tflite(src, dst, nhwc_shuffles=nhwc_shuffles)
+    assert result.ops_before["TRANSPOSE"] == 4  # shuffle island (in, 5-D, out) and one before the global average
+    if nhwc_shuffles:
+        assert result.islands == 2 and inspect_tflite(dst).ops["TRANSPOSE"] == 1  # one 5-D TRANSPOSE per shuffle
+    else:
+        assert result.islands == 1 and inspect_tflite(dst).ops["TRANSPOSE"] == 3  # the shuffle island is kept
+    assert inspect_tflite(dst).ops["MEAN"] == 1 and inspect_tflite(dst).ops["RESHAPE"] == 2
+    x = normalize(heldout_batch(heldout_photos()[:6], 64), MEAN, STD)
+    before_out, after_out = run_tflite(src, x), run_tflite(dst, x)
+    if mode == "int8":
+        assert np.array_equal(before_out, after_out)  # bit for bit
+    else:  # a global average over (H, W) of NHWC sums in another order: float rounding only
+        assert np.max(np.abs(before_out - after_out)) <= 1e-6 * np.max(np.abs(before_out))
+    before, after = _quantization(src), _quantization(dst)
+    assert all(after[name] == before[name] for name in after if name in before)
