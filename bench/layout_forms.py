@@ -29,11 +29,13 @@ from export.tflite_inspect import inspect_tflite  # noqa: E402
 from export.tflite_optimize import optimize_tflite  # noqa: E402
 from export.tflite_stage import convert_tflite  # noqa: E402
 from models import get_spec  # noqa: E402
+from pipeline.staging import write_text_atomic  # noqa: E402
 from profiling.arm_setup import default_cache, setup  # noqa: E402
 from profiling.cores import CORES  # noqa: E402
 from profiling.emulated import find_environment, run_emulated  # noqa: E402
 from profiling.host import measure_host  # noqa: E402
 from profiling.run import host_output, model_input  # noqa: E402
+from validate.report import tool_versions  # noqa: E402
 
 MODEL = "shufflenet_v2_x0_5"
 
@@ -69,7 +71,7 @@ def shuffles_to_gather(src: Path, dst: Path) -> int:
     return len(replace)
 
 
-def measure(path: Path, env, reference: np.ndarray | None) -> dict:
+def measure(path: Path, env, reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
     x, _ = model_input(path)
     ops = inspect_tflite(path).ops
     row = {"ops": sum(ops.values()), **{op: ops.get(op, 0) for op in ("TRANSPOSE", "GATHER", "RESHAPE")}}
@@ -85,7 +87,7 @@ def measure(path: Path, env, reference: np.ndarray | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=ROOT / "bench" / "results" / "artifacts")
+    parser.add_argument("--artifacts", type=Path, default=ROOT / "bench" / "results" / "artifacts_no_optimize")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "layout_forms.json")
     args = parser.parse_args()
     setup(default_cache())
@@ -115,7 +117,7 @@ def main() -> None:
     spec = get_spec(MODEL)
     calib = calibration_batch(calibration_photos(), spec.input_size, 100)
     gather = convert_tflite(describe_onnx(gather_onnx), work / "gather", ["fp32", "int8"], calib, spec.mean, spec.std)
-    results = {"model": MODEL, "shuffles_rewritten_to_gather": count, "forms": {}}
+    results = {"model": MODEL, "versions": tool_versions(), "shuffles_rewritten_to_gather": count, "forms": {}}
     for mode in ("fp32", "int8"):
         island = folder / f"{MODEL}_{mode}.tflite"
         nhwc = work / f"{MODEL}_{mode}_nhwc.tflite"
@@ -138,7 +140,7 @@ def main() -> None:
                 f"({row['a53_instructions_ratio_to_island']:.3f}x) | same outputs: {row['outputs_equal_island']}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.staging import write_text_atomic  # noqa: E402
 from profiling.arm_setup import default_cache, setup  # noqa: E402
 from profiling.cores import parse_cores  # noqa: E402
 from profiling.run import ProfileRequest, profile_models  # noqa: E402
@@ -75,10 +76,10 @@ def main() -> None:
                     f"instructions (spread {a['spread']:.4%}; {split}); output {a['output_check']['rule']}: "
                     f"{'ok' if a['output_check']['match'] else 'MISMATCH'}"
                 )
-        ratios = ", ".join(f"{c} {r:.2f}" for c, r in results[name]["int8_over_fp32_instructions"].items())
+        ratios = ", ".join(f"{c} {r:.2f}" for c, r in results[name]["int8_over_fp32_instructions"][name].items())
         print(f"  int8/fp32 emulated instructions: {ratios}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

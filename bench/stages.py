@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.staging import write_text_atomic  # noqa: E402
+from validate.report import tool_versions  # noqa: E402
+
 STAGES = ("load_model", "onnx_export", "onnxsim", "onnx2tf_int8", "parity_int8")
 WEIGHTS = {"mobilenet_v2": "imagenet"}
 
@@ -98,11 +103,14 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        sys.path.insert(0, str(ROOT))
         stage, model, work = args.worker
         print(json.dumps({"seconds": run_stage(stage, model, Path(work))}))
         return
-    results = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "models": {}}
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "versions": tool_versions(),
+        "models": {},
+    }
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             rows = [measure(stage, model, Path(tmp)) for stage in STAGES]
@@ -111,7 +119,7 @@ def main() -> None:
         for r in rows:
             print(f"{r['stage']:<14} {r['stage_s']:>8.2f} {r['process_s']:>10.2f} {r['peak_rss_mib']:>13.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

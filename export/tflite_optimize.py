@@ -4,8 +4,9 @@ onnx2tf keeps PyTorch's NCHW semantics where it cannot prove a layout: it transp
 layout-sensitive ops there (a channel shuffle's 5-D reshape/transpose, channel slices), and transposes back. Such an
 island is rewritten to run in NHWC directly: the entry and exit TRANSPOSEs disappear and every op inside gets its
 shape, permutation, slice bounds or axis remapped. A channel shuffle becomes RESHAPE -> one 5-D TRANSPOSE -> RESHAPE
-in NHWC. Only data-movement ops are touched, and quantization parameters are kept, so int8 outputs are unchanged
-bit for bit and float outputs exactly equal.
+in NHWC. Only data-movement ops (and the axes of a global average) are touched and quantization parameters are
+kept, so int8 outputs are unchanged bit for bit; float outputs can differ by rounding where a global average now
+sums in NHWC order.
 
 By default an island is rewritten only when no TRANSPOSE is left in it (for example a TRANSPOSE to NCHW feeding a
 global average). A channel-shuffle island keeps its NCHW form: its NHWC form needs a 5-D TRANSPOSE over tiny inner
@@ -60,7 +61,10 @@ class _Graph:
         return [op for op in self.g.operators if tensor in list(op.inputs)]
 
     def const(self, tensor: int) -> np.ndarray | None:
+        """The values of an int32 constant tensor, or None for anything else."""
         t = self.g.tensors[tensor]
+        if t.type != schema.TensorType.INT32:
+            return None
         data = self.model.buffers[t.buffer].data if t.buffer else None
         if data is None or len(data) == 0:
             return None
@@ -110,6 +114,8 @@ def _collect_island(graph: _Graph, entry) -> tuple[list, list] | None:
                 continue
             name = graph.op_name(op)
             if name == "TRANSPOSE" and len(graph.g.tensors[tensor].shape) == 4 and _perm(graph, op) == TO_NHWC:
+                if op.outputs[0] in graph_outputs:  # keep the model's output tensors (and signatures) as they are
+                    return None
                 exits.append(op)
             elif name == "MEAN" and _is_spatial_mean(graph, op):
                 exits.append(op)
@@ -223,13 +229,18 @@ def _compact(model: schema.ModelT) -> None:
     for signature in model.signatureDefs or []:
         for io in [*(signature.inputs or []), *(signature.outputs or [])]:
             io.tensorIndex = remap[io.tensorIndex]
-    used_buffers = sorted({0, *(t.buffer for t in g.tensors), *(m.buffer for m in model.metadata or [])})
+    metadata_buffers = [int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else [])]
+    used_buffers = sorted(
+        {0, *(t.buffer for t in g.tensors), *(m.buffer for m in model.metadata or []), *metadata_buffers}
+    )
     buffer_map = {old: new for new, old in enumerate(used_buffers)}
     model.buffers = [model.buffers[i] for i in used_buffers]
     for t in g.tensors:
         t.buffer = buffer_map[t.buffer]
     for m in model.metadata or []:
         m.buffer = buffer_map[m.buffer]
+    if metadata_buffers:
+        model.metadataBuffer = np.array([buffer_map[b] for b in metadata_buffers], np.int32)
 
 
 def _histogram(graph: _Graph) -> dict[str, int]:
@@ -241,6 +252,8 @@ def optimize_tflite(src: Path, dst: Path, nhwc_shuffles: bool = False) -> Optimi
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(src).read_bytes(), 0))
     if len(model.subgraphs) != 1:
         raise ValueError(f"{src.name} has {len(model.subgraphs)} subgraphs; only single-graph models are optimized")
+    if any(op.intermediates is not None and len(op.intermediates) for op in model.subgraphs[0].operators):
+        raise ValueError(f"{src.name} has ops with intermediate tensors; the layout pass does not handle them")
     graph = _Graph(model)
     before = _histogram(graph)
     islands, kept = 0, set()

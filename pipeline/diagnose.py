@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from export.images import heldout_batch, heldout_photos, normalize
+from export.images import ImageDataError, heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import NotTfliteError, inspect_tflite
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from validate.diagnose import DiagnoseError, diagnose
@@ -18,7 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
     p.add_argument("--float", dest="float_model", type=Path, help="the float .tflite (default: the _fp32 sibling)")
-    p.add_argument("--images", type=int, default=20, help="held-out photos to run (default 20)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=20,
+        choices=range(1, 41),
+        metavar="1..40",
+        help="held-out photos to run (default 20)",
+    )
     p.add_argument("--out", type=Path, help="folder for diagnose.html/json (default: beside the int8 model)")
     args = p.parse_args(argv)
     float_model = args.float_model or args.int8_model.with_name(args.int8_model.name.replace("_int8", "_fp32"))
@@ -26,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in (args.int8_model, float_model):
             if not path.is_file():
                 raise DiagnoseError(f"model not found: {path} (export with --quant all, or pass --float)")
-            inspect_tflite(path)
+        if (
+            float_model.resolve() == args.int8_model.resolve()
+            or inspect_tflite(float_model).inputs[0].dtype != "float32"
+        ):
+            raise DiagnoseError(f"{float_model} is not a float model: pass the fp32 variant with --float")
+        inspect_tflite(args.int8_model)
         contract_path = args.int8_model.parent / "preprocess.json"
         contract = json.loads(contract_path.read_text()) if contract_path.is_file() else {}
         size = inspect_tflite(float_model).inputs[0].shape[1]
@@ -35,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             heldout_batch(photos, size), contract.get("mean", IMAGENET_MEAN), contract.get("std", IMAGENET_STD)
         )
         diagnosis = diagnose(float_model, args.int8_model, x)
-    except (DiagnoseError, NotTfliteError) as exc:
+    except (DiagnoseError, NotTfliteError, ImageDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     page = write_diagnosis(

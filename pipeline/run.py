@@ -113,15 +113,26 @@ def _convert(
 def _optimize(path: Path, images: np.ndarray) -> dict:
     """Apply the .tflite layout pass in place, keeping the result only if outputs stay identical on `images`."""
     candidate = path.with_name(f".{path.name}.optimized")
-    result = optimize_tflite(path, candidate)
-    summary = {"islands_rewritten": result.islands, "ops_before": result.ops_before, "ops_after": result.ops_after}
-    if result.islands == 0:
-        candidate.unlink()
-        return {**summary, "applied": False, "verified": "nothing to rewrite"}
-    before, after = run_tflite(path, images), run_tflite(candidate, images)
+    try:
+        result = optimize_tflite(path, candidate)
+        summary = {"islands_rewritten": result.islands, "ops_before": result.ops_before, "ops_after": result.ops_after}
+        if result.islands == 0:
+            candidate.unlink()
+            return {**summary, "applied": False, "verified": "nothing to rewrite"}
+        before, after = run_tflite(path, images), run_tflite(candidate, images)
+    except (ValueError, RuntimeError) as exc:  # the pass is optional: any trouble keeps the converter's file
+        candidate.unlink(missing_ok=True)
+        return {
+            "islands_rewritten": 0,
+            "ops_before": {},
+            "ops_after": {},
+            "applied": False,
+            "verified": f"not optimized: {exc}",
+        }
     integer = inspect_tflite(path).outputs[0].dtype != "float32"
     max_diff = float(np.max(np.abs(before.astype(np.float64) - after)))
-    if (integer and max_diff != 0) or max_diff > FLOAT_ROUNDING * float(np.max(np.abs(before))):
+    limit = 0.0 if integer else FLOAT_ROUNDING * float(np.max(np.abs(before)))
+    if not max_diff <= limit:  # NaN never passes
         candidate.unlink()
         return {**summary, "applied": False, "verified": f"outputs changed on {len(images)} photos: kept the original"}
     candidate.replace(path)

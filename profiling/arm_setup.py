@@ -32,7 +32,10 @@ def default_cache() -> Path:
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise ArmSetupError(f"{what} needs '{cmd[0]}', which is not installed (Debian: apt-get install it)") from None
     if proc.returncode != 0:
         raise ArmSetupError(f"{what} failed ({' '.join(cmd[:4])} ...): {(proc.stderr or proc.stdout).strip()[-500:]}")
     return proc.stdout
@@ -48,7 +51,10 @@ def ensure_qemu() -> Path:
         _log("installing qemu-user with apt-get")
         _run(["apt-get", "update"], "apt-get update")
         _run(["apt-get", "install", "-y", "qemu-user"], "apt-get install qemu-user")
-    return Path(shutil.which("qemu-aarch64"))
+    qemu = shutil.which("qemu-aarch64")
+    if qemu is None:
+        raise ArmSetupError("qemu-aarch64 is still missing after installing qemu-user")
+    return Path(qemu)
 
 
 def ensure_sysroot(cache: Path) -> Path:
@@ -83,7 +89,8 @@ def ensure_sysroot(cache: Path) -> Path:
         }
     )
     debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(debs, ignore_errors=True)  # no stale packages from an earlier, interrupted run
+    debs.mkdir(parents=True)
     _log(f"downloading {len(packages)} arm64 packages")
     _run(["apt-get", "download", *packages], "apt-get download", cwd=debs)
     staging = cache / "sysroot.partial"
@@ -155,9 +162,13 @@ def _plugin_header(cache: Path) -> Path:
     src.mkdir(exist_ok=True)
     _log("fetching Debian's qemu source package for qemu-plugin.h")
     _run(["apt-get", *opts, "source", "--download-only", "qemu"], "apt-get source qemu", cwd=src)
-    tarball = next(src.glob("qemu_*.orig.tar.*"))
+    tarball = next(src.glob("qemu_*.orig.tar.*"), None)
+    if tarball is None:
+        raise ArmSetupError(f"apt-get source qemu left no qemu_*.orig.tar.* in {src}")
     with tarfile.open(tarball) as tar:
-        member = next(m for m in tar if m.name.endswith("include/qemu/qemu-plugin.h"))
+        member = next((m for m in tar if m.name.endswith("include/qemu/qemu-plugin.h")), None)
+        if member is None:
+            raise ArmSetupError(f"{tarball.name} has no include/qemu/qemu-plugin.h")
         header.parent.mkdir(parents=True, exist_ok=True)
         header.write_bytes(tar.extractfile(member).read())
     return header

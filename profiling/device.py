@@ -59,7 +59,10 @@ def _adb() -> str:
 
 def attached_devices() -> list[str]:
     """Serials of devices in the 'device' state."""
-    out = subprocess.run([_adb(), "devices"], capture_output=True, text=True, timeout=60).stdout
+    try:
+        out = subprocess.run([_adb(), "devices"], capture_output=True, text=True, timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        raise DeviceError("'adb devices' did not answer within 60 s: restart the adb server") from None
     return [line.split()[0] for line in out.splitlines()[1:] if line.strip().endswith("\tdevice")]
 
 
@@ -68,7 +71,10 @@ def run_on_device(model: Path, binary: Path, serial: str, threads: int, warmups:
     adb = [_adb(), "-s", serial]
 
     def call(*args: str) -> str:
-        proc = subprocess.run([*adb, *args], capture_output=True, text=True, timeout=900)
+        try:
+            proc = subprocess.run([*adb, *args], capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"adb {' '.join(args[:2])} on {serial} did not finish within 900 s") from None
         if proc.returncode != 0:
             raise DeviceError(f"adb {' '.join(args[:2])} failed on {serial}: {proc.stderr.strip()[-300:]}")
         return proc.stdout + proc.stderr

@@ -89,10 +89,10 @@ def run_emulated(
     env: ArmEnvironment,
     warmups: int = 1,
     runs: int = 3,
-    threads: int = 1,
     timeout_s: int = 1800,
 ) -> EmulatedRun:
-    """Invoke `model` on `input_array` under qemu for `core`, counting instructions inside invoke() only."""
+    """Invoke `model` (1 thread) on `input_array` under qemu for `core`, counting the instructions between the
+    guest's two marker syscalls around invoke(): the inference plus a few hundred instructions of call overhead."""
     with tempfile.TemporaryDirectory(prefix="mve-arm-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "input.npy", input_array)
@@ -112,7 +112,6 @@ def run_emulated(
             str(tmp_path),
             str(warmups),
             str(runs),
-            str(threads),
         ]
         guest_env = {
             "PATH": os.environ.get("PATH", ""),
@@ -128,6 +127,12 @@ def run_emulated(
         if proc.returncode != 0 or not (tmp_path / "output.npy").is_file():
             raise EmulationError(
                 f"emulated run on {core.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
+            )
+        seen = (tmp_path / "cpuinfo.txt").read_text()
+        if f"CPU part\t: {core.part}" not in seen:
+            raise EmulationError(
+                f"the guest did not see the {core.name} cpuinfo (CPU part {core.part}): "
+                f"rerun 'python -m profiling.arm_setup'"
             )
         windows = _windows(counts.read_text())
         if len(windows) != runs:

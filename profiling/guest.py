@@ -1,7 +1,7 @@
 """Runs inside the emulated aarch64 Python: invoke a model with instruction-count windows around invoke().
 
 Only the standard library, numpy and ai_edge_litert are available here (see profiling.arm_setup).
-Usage: guest.py MODEL INPUT.npy OUT_DIR WARMUPS RUNS THREADS
+Usage: guest.py MODEL INPUT.npy OUT_DIR WARMUPS RUNS
 """
 
 import ctypes
@@ -13,9 +13,11 @@ from ai_edge_litert.interpreter import Interpreter
 MARK_START, MARK_STOP = 0x4D56, 0x4D57  # must match profiling/qemu_plugin/insn_window.c
 
 
-def main(model: str, input_path: str, out_dir: str, warmups: int, runs: int, threads: int) -> None:
+def main(model: str, input_path: str, out_dir: str, warmups: int, runs: int) -> None:
     libc = ctypes.CDLL(None)
-    interpreter = Interpreter(model_path=model, num_threads=threads)
+    with open("/proc/cpuinfo") as src, open(f"{out_dir}/cpuinfo.txt", "w") as dst:
+        dst.write(src.read())  # what LiteRT's CPU detection sees, checked by the host
+    interpreter = Interpreter(model_path=model, num_threads=1)  # the plugin counts one vCPU's instructions
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.load(input_path))
     for _ in range(warmups):
@@ -30,4 +32,4 @@ def main(model: str, input_path: str, out_dir: str, warmups: int, runs: int, thr
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

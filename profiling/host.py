@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 
 
+class HostMeasurementError(RuntimeError):
+    """The measuring process failed."""
+
+
 @dataclass(frozen=True)
 class HostLatency:
     threads: int
@@ -74,7 +78,7 @@ def measure_host(model: Path, input_array: np.ndarray, threads: int, warmups: in
             cwd=Path(__file__).resolve().parents[1],
         )
     if proc.returncode != 0:
-        raise RuntimeError(f"host measurement of {model} failed: {proc.stderr.strip()[-400:]}")
+        raise HostMeasurementError(f"host measurement of {model} failed: {proc.stderr.strip()[-400:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     times = np.array(data["times_ms"])
     return HostLatency(

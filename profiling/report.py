@@ -44,9 +44,9 @@ def render_profile(data: dict) -> str:
                 else f"MISMATCH ({check['rule']})"
             )
             lines.append(f"| {name} | {a['core']} | {total / 1e6:.2f} M | {a['spread']:.4%} | {shares} | {verdict} |")
-        if data["int8_over_fp32_instructions"]:
-            ratios = ", ".join(f"{core} {r:.2f}" for core, r in data["int8_over_fp32_instructions"].items())
-            lines += ["", f"int8 / fp32 emulated instructions: {ratios}."]
+        for model, per_core in data["int8_over_fp32_instructions"].items():
+            ratios = ", ".join(f"{core} {r:.2f}" for core, r in per_core.items())
+            lines += ["", f"{model}: int8 / fp32 emulated instructions: {ratios}."]
         lines.append("")
     devices = [(m["model"], m["device"]) for m in data["models"] if m["device"] is not None]
     if devices:

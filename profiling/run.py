@@ -18,7 +18,7 @@ from profiling import device
 from profiling.cores import Core
 from profiling.emulated import find_environment, run_emulated
 from profiling.host import measure_host
-from validate.report import tool_versions
+from validate.report import sha256_array, tool_versions
 
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
 
@@ -91,6 +91,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
         "sha256": sha256_file(model),
         "size_bytes": summary.size_bytes,
         "input": input_desc,
+        "input_sha256": sha256_array(x),
         "host": [],
         "arm": [],
         "device": None,
@@ -147,11 +148,16 @@ def _device_result(model: Path, request: ProfileRequest) -> dict:
 def profile_models(models: list[Path], request: ProfileRequest) -> dict:
     """Profile every model; the summary gives the int8/fp32 instruction ratio per core when both are present."""
     results = [profile_model(m, request) for m in models]
-    ratios = {}
-    by_variant = {r["model"].rsplit("_", 1)[-1].removesuffix(".tflite"): r for r in results}
-    if "int8" in by_variant and "fp32" in by_variant:
-        for a, b in zip(by_variant["int8"]["arm"], by_variant["fp32"]["arm"]):
-            ratios[a["core"]] = a["instructions_per_inference"] / b["instructions_per_inference"]
+    ratios: dict[str, dict[str, float]] = {}
+    by_name = {r["model"].removesuffix(".tflite"): r for r in results}
+    for name, int8 in by_name.items():
+        fp32 = by_name.get(name.removesuffix("_int8") + "_fp32") if name.endswith("_int8") else None
+        if fp32 is not None:
+            ratios[name.removesuffix("_int8")] = {
+                a["core"]: a["instructions_per_inference"] / b["instructions_per_inference"]
+                for a, b in zip(int8["arm"], fp32["arm"])
+                if a["core"] == b["core"]
+            }
     return {
         "versions": {**tool_versions(), "qemu": _qemu_version()},
         "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 FAMILIES = ("convolution/GEMM", "depthwise", "transpose/reshape/copy", "pooling", "other")
@@ -90,7 +91,7 @@ class ElfSymbols:
 def _symbols_for(path: str) -> ElfSymbols | None:
     try:
         return ElfSymbols(Path(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, ELFError):
         return None
 
 
@@ -105,7 +106,8 @@ def attribute(blocks: dict[int, int], maps_text: str, root: Path) -> dict[str, i
             key = "[unmapped]"
         else:
             m = mappings[i]
-            host_path = m.path if Path(m.path).is_file() else str(root / m.path.lstrip("/"))
+            in_root = root / m.path.lstrip("/")  # qemu -L resolves guest paths under the root first
+            host_path = str(in_root) if in_root.is_file() else m.path
             table = _symbols_for(host_path)
             name = table.name_at(address - m.start + m.file_offset) if table else None
             key = f"{Path(m.path).name}!{name or '?'}"

@@ -33,3 +33,13 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.fixture
 def tiny_model() -> Path:
     return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def shufflenet_variants(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shufflenet")
+    proc = run_cli(
+        "pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--profile", "--out", "out", tmp_path=tmp
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "out" / "shufflenet_v2_x0_5"

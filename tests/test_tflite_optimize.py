@@ -58,3 +58,16 @@ def test_islands_go_and_outputs_stay(tiny_shuffle, tmp_path, mode, nhwc_shuffles
         assert np.max(np.abs(before_out - after_out)) <= 1e-6 * np.max(np.abs(before_out))
     before, after = _quantization(src), _quantization(dst)
     assert all(after[name] == before[name] for name in after if name in before)
+
+
+def test_shufflenet_islands_with_slices_rewrite_exactly(shufflenet_variants, tmp_path):
+    """The full rewrite on a real ShuffleNet V2: shuffles become one 5-D TRANSPOSE each, slices move to NHWC."""
+    x = normalize(heldout_batch(heldout_photos()[:4], 224), MEAN, STD)
+    for mode in ("fp32", "int8"):
+        src = shufflenet_variants / f"shufflenet_v2_x0_5_{mode}.tflite"
+        result = optimize_tflite(src, tmp_path / src.name, nhwc_shuffles=True)
+        assert result.islands == 16 and result.ops_before["TRANSPOSE"] == 61 and result.ops_after["TRANSPOSE"] == 16
+        assert result.ops_after["STRIDED_SLICE"] == result.ops_before["STRIDED_SLICE"]
+        assert np.array_equal(run_tflite(src, x), run_tflite(tmp_path / src.name, x))
+        # the default keeps the shuffle islands: nothing to rewrite in ShuffleNet V2
+        assert optimize_tflite(src, tmp_path / f"default_{src.name}").islands == 0

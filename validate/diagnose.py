@@ -73,7 +73,7 @@ def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Di
     pairs = _pairs(float_model, int8_model)
     f_int, q_int = _interpreter(float_model), _interpreter(int8_model)
     q_input = inspect_tflite(int8_model).inputs[0]
-    signal, noise, dot, f_norm, q_norm = (np.zeros(len(pairs)) for _ in range(5))
+    signal, noise, dot, q_norm = (np.zeros(len(pairs)) for _ in range(4))
     for image in images_nhwc:
         x = image[None].astype(np.float32)
         f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
@@ -82,21 +82,31 @@ def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Di
         )
         f_int.invoke()
         q_int.invoke()
-        for k, (_, _, f_tensor, q_tensor, _) in enumerate(pairs):
-            ref, out = f_int.get_tensor(f_tensor).astype(np.float64).ravel(), _dequantized(q_int, q_tensor).ravel()
+        for k, (_, _, f_tensor, q_tensor, name) in enumerate(pairs):
+            ref, out = f_int.get_tensor(f_tensor).astype(np.float64), _dequantized(q_int, q_tensor)
             if ref.shape != out.shape:
-                raise DiagnoseError(f"layer {k} has different shapes in the two models: {ref.shape} vs {out.shape}")
+                raise DiagnoseError(
+                    f"layer '{name}' has shape {ref.shape} in the float model and {out.shape} in the "
+                    "int8 one: diagnose two files converted from the same graph"
+                )
+            ref, out = ref.ravel(), out.ravel()
             signal[k] += ref @ ref
             noise[k] += (ref - out) @ (ref - out)
             dot[k] += ref @ out
-            f_norm[k] += ref @ ref
             q_norm[k] += out @ out
     with np.errstate(divide="ignore", invalid="ignore"):
-        sqnr = np.where(noise > 0, 10 * np.log10(signal / noise), np.inf)
-        cosine = np.where(f_norm * q_norm > 0, dot / np.sqrt(f_norm * q_norm), 1.0)
+        # identical outputs score +inf; an all-zero float layer with int8 noise scores -inf
+        sqnr = np.where(noise > 0, 10 * np.log10(np.maximum(signal, 1e-300) / np.maximum(noise, 1e-300)), np.inf)
+        sqnr = np.where((signal == 0) & (noise > 0), -np.inf, sqnr)
+        cosine = np.where(signal * q_norm > 0, dot / np.sqrt(signal * q_norm), 1.0)
     layers, previous = [], None
     for k, (index, op, _, _, name) in enumerate(pairs):
-        drop = 0.0 if previous is None or not np.isfinite(previous) else max(0.0, previous - sqnr[k])
+        if previous is None or sqnr[k] == np.inf:
+            drop = 0.0
+        elif sqnr[k] == -np.inf:
+            drop = np.inf
+        else:
+            drop = max(0.0, previous - sqnr[k])
         layers.append(LayerError(index, op, name, float(sqnr[k]), float(cosine[k]), float(drop)))
         previous = sqnr[k] if np.isfinite(sqnr[k]) else previous
     harmful = [layer for layer in layers if layer.drop_db > 0 and layer.sqnr_db < NOISE_FLOOR_DB]

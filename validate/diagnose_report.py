@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
+from models.weights import sha256_file
 from pipeline.staging import write_text_atomic
 from validate.diagnose import JUMP_DB, NOISE_FLOOR_DB, Diagnosis
+from validate.report import tool_versions
 
 _W, _H, _PAD = 900, 300, 40
 
 
 def _plot(diagnosis: Diagnosis) -> str:
-    finite = [layer.sqnr_db for layer in diagnosis.layers if layer.sqnr_db != float("inf")]
+    finite = [layer.sqnr_db for layer in diagnosis.layers if math.isfinite(layer.sqnr_db)]
     top = max(finite + [1.0])
     bottom = min(finite + [0.0])
     n = max(len(diagnosis.layers) - 1, 1)
 
     def xy(i: int, v: float) -> tuple[float, float]:
-        v = top if v == float("inf") else v
+        v = min(max(v, bottom), top)  # +inf (exact) plots at the top, -inf at the bottom
         return _PAD + i * (_W - 2 * _PAD) / n, _H - _PAD - (v - bottom) * (_H - 2 * _PAD) / (top - bottom or 1)
 
     points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, layer.sqnr_db) for i, layer in enumerate(diagnosis.layers)))
@@ -95,8 +98,11 @@ def report_section(diagnosis: Diagnosis, images: str) -> str:
 def write_diagnosis(out_dir: Path, diagnosis: Diagnosis, float_model: Path, int8_model: Path, images: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {
+        "versions": tool_versions(),
         "float_model": float_model.name,
+        "float_model_sha256": sha256_file(float_model),
         "int8_model": int8_model.name,
+        "int8_model_sha256": sha256_file(int8_model),
         "images": images,
         "first_jump": diagnosis.first_jump.as_dict() if diagnosis.first_jump else None,
         "worst": [layer.as_dict() for layer in diagnosis.worst],
