@@ -1,0 +1,68 @@
+package mve.contract;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/** Model output to labels: dequantize, softmax, top-k. */
+public final class Postprocess {
+    private Postprocess() {
+    }
+
+    /** One prediction: class index, label and softmax probability. */
+    public static final class Prediction {
+        public final int index;
+        public final String label;
+        public final float probability;
+
+        Prediction(int index, String label, float probability) {
+            this.index = index;
+            this.label = label;
+            this.probability = probability;
+        }
+    }
+
+    public static float[] dequantize(byte[] q, Contract contract) {
+        float scale = (float) contract.outputScale;
+        float[] out = new float[q.length];
+        for (int i = 0; i < q.length; i++) {
+            out[i] = (q[i] - contract.outputZeroPoint) * scale;
+        }
+        return out;
+    }
+
+    public static float[] softmax(float[] logits) {
+        float max = Float.NEGATIVE_INFINITY;
+        for (float v : logits) {
+            max = Math.max(max, v);
+        }
+        double sum = 0;
+        double[] e = new double[logits.length];
+        for (int i = 0; i < logits.length; i++) {
+            e[i] = Math.exp(logits[i] - max);
+            sum += e[i];
+        }
+        float[] out = new float[logits.length];
+        for (int i = 0; i < logits.length; i++) {
+            out[i] = (float) (e[i] / sum);
+        }
+        return out;
+    }
+
+    /** The k highest scores, highest first; ties go to the lower class index. */
+    public static List<Prediction> topK(float[] logits, String[] labels, int k) {
+        float[] probabilities = softmax(logits);
+        boolean[] taken = new boolean[logits.length];
+        List<Prediction> out = new ArrayList<Prediction>();
+        for (int n = 0; n < Math.min(k, logits.length); n++) {
+            int best = -1;
+            for (int i = 0; i < logits.length; i++) {
+                if (!taken[i] && (best < 0 || logits[i] > logits[best])) {
+                    best = i;
+                }
+            }
+            taken[best] = true;
+            out.add(new Prediction(best, labels[best], probabilities[best]));
+        }
+        return out;
+    }
+}

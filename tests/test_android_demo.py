@@ -1,0 +1,64 @@
+"""The Android demo's checks that run without Google's Maven: the contract module's JUnit tests against golden
+vectors, and a compile of the app against Debian's android.jar (set up by scripts/setup_android.sh)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.bundle import main as bundle_main
+from tests.conftest import ROOT
+
+DEMO = ROOT / "android_demo"
+ANDROID_JAR = Path(os.environ.get("MVE_ANDROID_CACHE", Path.home() / ".cache/mobile-vision-export/android")) / "android.jar"
+JUNIT = "/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
+
+
+def _javac(out: Path, classpath: str, sources: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["javac", "--release", "8", "-Xlint:-options", "-cp", classpath, "-d", str(out),
+                           *map(str, sources)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def contract_classes(tmp_path_factory):
+    if not Path(JUNIT.split(":")[0]).is_file():
+        pytest.fail("JUnit 4 is missing: run bash scripts/setup_android.sh")
+    out = tmp_path_factory.mktemp("java") / "contract"
+    _javac(out, "", sorted((DEMO / "contract/src/main/java").rglob("*.java")))
+    return out
+
+
+def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
+    _javac(tmp_path, f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
+    proc = subprocess.run(["java", f"-Dgolden.dir={DEMO / 'contract/src/test/resources/golden'}", "-cp",
+                           f"{contract_classes}:{tmp_path}:{JUNIT}", "org.junit.runner.JUnitCore",
+                           "mve.contract.GoldenVectorTest"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "OK (3 tests)" in proc.stdout
+
+
+def test_contract_module_has_no_android_imports():
+    for source in (DEMO / "contract/src").rglob("*.java"):
+        assert "import android." not in source.read_text(), source
+
+
+def test_app_compiles_against_android_jar(contract_classes, tmp_path):
+    if not ANDROID_JAR.is_file():
+        pytest.fail(f"{ANDROID_JAR} is missing: run bash scripts/setup_android.sh")
+    stubs = tmp_path / "compile_only"
+    _javac(stubs, "", sorted((DEMO / "compile_only").rglob("*.java")))
+    _javac(tmp_path / "app", f"{ANDROID_JAR}:{stubs}:{contract_classes}",
+           sorted((DEMO / "app/src/main/java").rglob("*.java")))
+    assert (tmp_path / "app/mve/demo/MainActivity.class").is_file()
+    # The compile-only LiteRT declarations never go into the app: the app's sources and assets do not hold them.
+    assert not list((DEMO / "app").rglob("Interpreter.java"))
+
+
+def test_bundle_refuses_a_folder_without_an_export(tmp_path, capsys):
+    (tmp_path / "artifacts" / "mobilenet_v2").mkdir(parents=True)
+    (tmp_path / "artifacts" / "mobilenet_v2" / "mobilenet_v2_int8.tflite").write_bytes(b"x")
+    code = bundle_main(["--artifacts", str(tmp_path / "artifacts"), "--android", str(tmp_path / "app")])
+    assert code == 2 and "has no int8 export" in capsys.readouterr().err
