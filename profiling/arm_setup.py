@@ -31,6 +31,11 @@ def default_cache() -> Path:
     return Path(os.environ.get("MVE_ARM_CACHE", Path.home() / ".cache" / "mobile-vision-export" / "arm"))
 
 
+def _as_root(cmd: list[str]) -> list[str]:
+    """apt-get and dpkg changes need root: use sudo when not root (root on these machines; CI runners vary)."""
+    return cmd if os.geteuid() == 0 or shutil.which("sudo") is None else ["sudo", *cmd]
+
+
 def _run(cmd: list[str], what: str, **kwargs) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
@@ -49,8 +54,8 @@ def ensure_qemu() -> Path:
     """The dynamic qemu-aarch64 (the static one cannot load plugins), installed with apt if missing."""
     if not shutil.which("qemu-aarch64"):
         _log("installing qemu-user with apt-get")
-        _run(["apt-get", "update"], "apt-get update")
-        _run(["apt-get", "install", "-y", "qemu-user"], "apt-get install qemu-user")
+        _run(_as_root(["apt-get", "update"]), "apt-get update")
+        _run(_as_root(["apt-get", "install", "-y", "qemu-user"]), "apt-get install qemu-user")
     qemu = shutil.which("qemu-aarch64")
     if qemu is None:
         raise ArmSetupError("qemu-aarch64 is still missing after installing qemu-user")
@@ -63,8 +68,8 @@ def ensure_sysroot(cache: Path) -> Path:
     if (sysroot / "usr" / "bin" / "python3.11").is_file():
         return sysroot
     if "arm64" not in _run(["dpkg", "--print-foreign-architectures"], "dpkg").split():
-        _run(["dpkg", "--add-architecture", "arm64"], "dpkg --add-architecture arm64")
-        _run(["apt-get", "update"], "apt-get update")
+        _run(_as_root(["dpkg", "--add-architecture", "arm64"]), "dpkg --add-architecture arm64")
+        _run(_as_root(["apt-get", "update"]), "apt-get update")
     tree = _run(
         [
             "apt-cache",

@@ -3,9 +3,10 @@
 # (API 23) from Debian bullseye's libandroid-23-java, fetched with a private apt configuration into a cache.
 set -euo pipefail
 CACHE="${MVE_ANDROID_CACHE:-$HOME/.cache/mobile-vision-export/android}"
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)  # root here; CI runners elsewhere may need sudo
 if ! command -v javac >/dev/null || [ ! -f /usr/share/java/junit4.jar ] || [ ! -f /usr/share/java/hamcrest-core.jar ]; then
-    apt-get update -qq
-    apt-get install -y -qq default-jdk-headless junit4 >/dev/null
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq default-jdk-headless junit4 >/dev/null
 fi
 if [ ! -f "$CACHE/android.jar" ]; then
     mkdir -p "$CACHE/apt/lists/partial" "$CACHE/apt/sources" "$CACHE/deb"

@@ -11,14 +11,19 @@ from pipeline.bundle import main as bundle_main
 from tests.conftest import ROOT
 
 DEMO = ROOT / "android_demo"
-ANDROID_JAR = Path(os.environ.get("MVE_ANDROID_CACHE", Path.home() / ".cache/mobile-vision-export/android")) / "android.jar"
+ANDROID_JAR = (
+    Path(os.environ.get("MVE_ANDROID_CACHE", Path.home() / ".cache/mobile-vision-export/android")) / "android.jar"
+)
 JUNIT = "/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
 
 
 def _javac(out: Path, classpath: str, sources: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["javac", "--release", "8", "-Xlint:-options", "-cp", classpath, "-d", str(out),
-                           *map(str, sources)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["javac", "--release", "8", "-Xlint:-options", "-cp", classpath, "-d", str(out), *map(str, sources)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -33,9 +38,18 @@ def contract_classes(tmp_path_factory):
 
 def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
     _javac(tmp_path, f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
-    proc = subprocess.run(["java", f"-Dgolden.dir={DEMO / 'contract/src/test/resources/golden'}", "-cp",
-                           f"{contract_classes}:{tmp_path}:{JUNIT}", "org.junit.runner.JUnitCore",
-                           "mve.contract.GoldenVectorTest"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "java",
+            f"-Dgolden.dir={DEMO / 'contract/src/test/resources/golden'}",
+            "-cp",
+            f"{contract_classes}:{tmp_path}:{JUNIT}",
+            "org.junit.runner.JUnitCore",
+            "mve.contract.GoldenVectorTest",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "OK (3 tests)" in proc.stdout
 
@@ -50,8 +64,11 @@ def test_app_compiles_against_android_jar(contract_classes, tmp_path):
         pytest.fail(f"{ANDROID_JAR} is missing: run bash scripts/setup_android.sh")
     stubs = tmp_path / "compile_only"
     _javac(stubs, "", sorted((DEMO / "compile_only").rglob("*.java")))
-    _javac(tmp_path / "app", f"{ANDROID_JAR}:{stubs}:{contract_classes}",
-           sorted((DEMO / "app/src/main/java").rglob("*.java")))
+    _javac(
+        tmp_path / "app",
+        f"{ANDROID_JAR}:{stubs}:{contract_classes}",
+        sorted((DEMO / "app/src/main/java").rglob("*.java")),
+    )
     assert (tmp_path / "app/mve/demo/MainActivity.class").is_file()
     # The compile-only LiteRT declarations never go into the app: the app's sources and assets do not hold them.
     assert not list((DEMO / "app").rglob("Interpreter.java"))
