@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export.images import CROP_FRACTION
 from export.tflite_inspect import TfliteSummary
+from models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 class LabelsError(ValueError):
@@ -57,6 +58,15 @@ def _io(summary: TfliteSummary) -> dict:
         return entry
 
     return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0])}
+
+
+def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
+    """(mean, std, where they came from) for a .tflite: its preprocess.json if one lies beside it, else ImageNet's."""
+    contract_path = model.parent / "preprocess.json"
+    if contract_path.is_file():
+        contract = json.loads(contract_path.read_text())
+        return contract["mean"], contract["std"], "preprocess.json"
+    return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet mean/std (no preprocess.json beside the model)"
 
 
 def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int) -> dict:

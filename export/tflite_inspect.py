@@ -18,6 +18,14 @@ class NotTfliteError(ValueError):
     """A file that is not a TFLite flatbuffer."""
 
 
+def op_type_name(builtin_code: int, deprecated_code: int, custom_code: bytes | None = None) -> str:
+    """The name of an operator code ('CONV_2D', 'CUSTOM:name', ...); newer models keep the code in the wider field."""
+    builtin = max(builtin_code, deprecated_code)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return f"CUSTOM:{(custom_code or b'?').decode()}"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -64,11 +72,7 @@ def inspect_tflite(path: Path) -> TfliteSummary:
     ops: Counter[str] = Counter()
     for i in range(graph.OperatorsLength()):
         code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            ops[f"CUSTOM:{(code.CustomCode() or b'?').decode()}"] += 1
-        else:
-            ops[_OP_NAMES.get(builtin, f"BUILTIN_{builtin}")] += 1
+        ops[op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())] += 1
     inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
     outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
     return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)
@@ -82,9 +86,9 @@ def op_outputs(path: Path) -> list[tuple[str, int, str]]:
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         tensor = int(op.Outputs(0))
-        out.append((_OP_NAMES.get(builtin, f"BUILTIN_{builtin}"), tensor, graph.Tensors(tensor).Name().decode()))
+        name = op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())
+        out.append((name, tensor, graph.Tensors(tensor).Name().decode()))
     return out
 
 

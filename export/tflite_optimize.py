@@ -27,7 +27,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from export.tflite_inspect import _OP_NAMES
+from export.tflite_inspect import op_type_name
 
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
@@ -55,7 +55,7 @@ class _Graph:
 
     def op_name(self, op) -> str:
         code = self.model.operatorCodes[op.opcodeIndex]
-        return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+        return op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
 
     def consumers(self, tensor: int) -> list:
         return [op for op in self.g.operators if tensor in list(op.inputs)]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from export.bundle import normalization_beside
 from export.images import ImageDataError, heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import NotTfliteError, inspect_tflite
-from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from validate.diagnose import DiagnoseError, diagnose
 from validate.diagnose_report import write_diagnosis
 
@@ -39,13 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         ):
             raise DiagnoseError(f"{float_model} is not a float model: pass the fp32 variant with --float")
         inspect_tflite(args.int8_model)
-        contract_path = args.int8_model.parent / "preprocess.json"
-        contract = json.loads(contract_path.read_text()) if contract_path.is_file() else {}
+        mean, std, _ = normalization_beside(args.int8_model)
         size = inspect_tflite(float_model).inputs[0].shape[1]
         photos = heldout_photos()[: args.images]
-        x = normalize(
-            heldout_batch(photos, size), contract.get("mean", IMAGENET_MEAN), contract.get("std", IMAGENET_STD)
-        )
+        x = normalize(heldout_batch(photos, size), mean, std)
         diagnosis = diagnose(float_model, args.int8_model, x)
     except (DiagnoseError, NotTfliteError, ImageDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

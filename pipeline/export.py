@@ -15,6 +15,7 @@ from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
 from models import UnknownModelError, get_spec, list_models
 from models.weights import WeightsError
+from pipeline.arguments import positive_int
 from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
 from pipeline.profile import run as profile_run
 from pipeline.progress import StageTimer
@@ -43,16 +44,6 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _floats3(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -72,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--list", action="store_true", help="list the zoo models and exit")
     p.add_argument("--quant", default="int8", choices=[*QUANT_MODES, "all"], help="variant(s) to write (default int8)")
     p.add_argument("--weights", help="state_dict checkpoint path, or 'imagenet' (mobilenet_v2, offline)")
-    p.add_argument("--input-size", type=_positive_int, help="square input size, required with --model file.py:factory")
+    p.add_argument("--input-size", type=positive_int, help="square input size, required with --model file.py:factory")
     p.add_argument("--mean", type=_floats3, help="per-channel mean R,G,B for a file or ONNX model (default ImageNet)")
     p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for a file or ONNX model (default ImageNet)")
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
-    p.add_argument("--calib-samples", type=_positive_int, default=100, help="calibration crops (default 100)")
+    p.add_argument("--calib-samples", type=positive_int, default=100, help="calibration crops (default 100)")
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"

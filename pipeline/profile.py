@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.images import ImageDataError
 from export.tflite_inspect import NotTfliteError
+from pipeline.arguments import positive_int
 from pipeline.staging import write_text_atomic
 from profiling.arm_setup import default_cache
 from profiling.cores import UnknownCoreError, parse_cores
@@ -19,16 +20,6 @@ from profiling.report import merge_into_report, render_profile
 from profiling.run import ProfileRequest, profile_models
 
 USER_ERRORS = (NotTfliteError, UnknownCoreError, DeviceError, EmulationError, HostMeasurementError, ImageDataError)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
-    return value
 
 
 def _threads(text: str) -> list[int]:
@@ -47,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="store_true", help="host latency (the default when nothing else is chosen)")
     p.add_argument("--arm", help="emulated cores, e.g. a53,a55,a76 (needs 'python -m profiling.arm_setup')")
     p.add_argument("--threads", type=_threads, default=[1, 2], help="host and device thread counts (default 1,2)")
-    p.add_argument("--warmups", type=_positive_int, default=10, help="warm-up inferences before timing (default 10)")
-    p.add_argument("--runs", type=_positive_int, default=50, help="timed inferences (default 50)")
-    p.add_argument("--arm-runs", type=_positive_int, default=3, help="counted emulated inferences per core (default 3)")
+    p.add_argument("--warmups", type=positive_int, default=10, help="warm-up inferences before timing (default 10)")
+    p.add_argument("--runs", type=positive_int, default=50, help="timed inferences (default 50)")
+    p.add_argument("--arm-runs", type=positive_int, default=3, help="counted emulated inferences per core (default 3)")
     p.add_argument("--arm-cache", type=Path, default=default_cache(), help="ARM set-up folder (default %(default)s)")
     p.add_argument("--adb", action="store_true", help="also run on an attached Android device")
     p.add_argument("--serial", help="adb serial of the device to use")

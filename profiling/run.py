@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from export.bundle import normalization_beside
 from export.images import heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import inspect_tflite, quantize
-from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from models.weights import sha256_file
 from profiling import device
 from profiling.cores import Core
@@ -40,12 +39,9 @@ class ProfileRequest:
 def model_input(model: Path) -> tuple[np.ndarray, str]:
     """A real held-out photo prepared as the model expects (preprocess.json beside it, else ImageNet mean/std)."""
     info = inspect_tflite(model).inputs[0]
-    contract_path = model.parent / "preprocess.json"
-    contract = json.loads(contract_path.read_text()) if contract_path.is_file() else {}
-    mean, std = contract.get("mean", IMAGENET_MEAN), contract.get("std", IMAGENET_STD)
+    mean, std, source = normalization_beside(model)
     photo = heldout_photos()[0]
     x = normalize(heldout_batch([photo], info.shape[1]), mean, std)
-    source = "preprocess.json" if contract else "ImageNet mean/std (no preprocess.json beside the model)"
     if info.dtype != "float32":
         x = quantize(x, info)
     return x, f"held-out photo {photo.path.name}, normalized with {source}, {info.dtype}"

@@ -61,10 +61,9 @@ def _interpreter(path: Path) -> Interpreter:
     return interpreter
 
 
-def _dequantized(interpreter: Interpreter, index: int) -> np.ndarray:
-    detail = interpreter._get_tensor_details(index, 0)  # noqa: SLF001  (the public list has no single-index form)
+def _dequantized(interpreter: Interpreter, index: int, quantization: dict[int, tuple[float, int]]) -> np.ndarray:
     value = interpreter.get_tensor(index).astype(np.float64)
-    scale, zero = detail["quantization"]
+    scale, zero = quantization[index]
     return (value - zero) * scale if scale else value
 
 
@@ -73,6 +72,7 @@ def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Di
     pairs = _pairs(float_model, int8_model)
     f_int, q_int = _interpreter(float_model), _interpreter(int8_model)
     q_input = inspect_tflite(int8_model).inputs[0]
+    q_quantization = {t["index"]: t["quantization"] for t in q_int.get_tensor_details()}
     signal, noise, dot, q_norm = (np.zeros(len(pairs)) for _ in range(4))
     for image in images_nhwc:
         x = image[None].astype(np.float32)
@@ -83,7 +83,7 @@ def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Di
         f_int.invoke()
         q_int.invoke()
         for k, (_, _, f_tensor, q_tensor, name) in enumerate(pairs):
-            ref, out = f_int.get_tensor(f_tensor).astype(np.float64), _dequantized(q_int, q_tensor)
+            ref, out = f_int.get_tensor(f_tensor).astype(np.float64), _dequantized(q_int, q_tensor, q_quantization)
             if ref.shape != out.shape:
                 raise DiagnoseError(
                     f"layer '{name}' has shape {ref.shape} in the float model and {out.shape} in the "
