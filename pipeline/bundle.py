@@ -47,9 +47,18 @@ def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
         (out_dir / f"{name}.input.bin").write_bytes(q.tobytes())
         (out_dir / f"{name}.output.bin").write_bytes(output.astype(np.int8).tobytes())
         top5 = [int(i) for i in np.argsort(-logits, kind="stable")[:5]]
-        cases.append({"name": name, "label": photo.label, "width": image.width, "height": image.height,
-                      "pixels": f"{name}.rgb", "input": f"{name}.input.bin", "output": f"{name}.output.bin",
-                      "top5": top5})
+        cases.append(
+            {
+                "name": name,
+                "label": photo.label,
+                "width": image.width,
+                "height": image.height,
+                "pixels": f"{name}.rgb",
+                "input": f"{name}.input.bin",
+                "output": f"{name}.output.bin",
+                "top5": top5,
+            }
+        )
     return cases
 
 
@@ -98,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, *USER_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"bundled {args.model} into {args.android}: model.tflite, labels.txt, preprocess.json, "
-          f"{SAMPLE_PHOTOS} sample photos; {len(cases)} golden vectors")
+    print(
+        f"bundled {args.model} into {args.android}: model.tflite, labels.txt, preprocess.json, "
+        f"{SAMPLE_PHOTOS} sample photos; {len(cases)} golden vectors"
+    )
     return 0
 
 

@@ -13,10 +13,21 @@ from validate.diagnose import DiagnoseError, diagnose
 from validate.diagnose_report import write_diagnosis
 
 
+def _float_sibling(int8_model: Path) -> Path:
+    """The float graph the int8 file was quantized from: its equalized twin if the export kept one."""
+    twin = int8_model.with_name(int8_model.name.replace("_int8", "_int8_reference_fp32"))
+    return twin if twin.is_file() else int8_model.with_name(int8_model.name.replace("_int8", "_fp32"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
-    p.add_argument("--float", dest="float_model", type=Path, help="the float .tflite (default: the _fp32 sibling)")
+    p.add_argument(
+        "--float",
+        dest="float_model",
+        type=Path,
+        help="the float .tflite (default: the _int8_reference_fp32 sibling, else the _fp32 one)",
+    )
     p.add_argument(
         "--images",
         type=int,
@@ -27,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, help="folder for diagnose.html/json (default: beside the int8 model)")
     args = p.parse_args(argv)
-    float_model = args.float_model or args.int8_model.with_name(args.int8_model.name.replace("_int8", "_fp32"))
+    float_model = args.float_model or _float_sibling(args.int8_model)
     try:
         for path in (args.int8_model, float_model):
             if not path.is_file():

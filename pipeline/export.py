@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=positive_int, default=100, help="calibration crops (default 100)")
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
+        "--no-equalize",
+        action="store_true",
+        help="convert int8 from the plain graph (no cross-layer range equalization)",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
     )
     p.add_argument(
@@ -116,7 +121,15 @@ def _request(args, argv: list[str]) -> ExportRequest:
     labels = read_labels(args.labels) if args.labels else None
     command = "python -m pipeline.export " + shlex.join(argv)
     return ExportRequest(
-        modes, args.out, thresholds, command, args.calib_dir, args.calib_samples, labels, not args.no_optimize
+        modes,
+        args.out,
+        thresholds,
+        command,
+        args.calib_dir,
+        args.calib_samples,
+        labels,
+        optimize=not args.no_optimize,
+        equalize=not args.no_equalize,
     )
 
 

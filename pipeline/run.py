@@ -13,6 +13,7 @@ import torch
 
 from export import images as imgs
 from export.bundle import labels_for, preprocess_contract
+from export.equalize import equalize_onnx
 from export.onnx_stage import (
     OnnxError,
     OnnxModel,
@@ -36,9 +37,10 @@ from pipeline.sources import ModelSource, calibrate_random_weights
 from pipeline.staging import staged_dir, write_text_atomic
 from validate.diagnose import diagnose
 from validate.diagnose_report import report_section, write_diagnosis
+from validate.metrics import sqnr_db
 from validate.parity import VariantParity, check_parity
 from validate.report import parity_json, render_report, sha256_array
-from validate.runners import run_tflite
+from validate.runners import run_onnx, run_tflite
 from validate.thresholds import Thresholds
 
 IMAGENET_CLASSES = 1000
@@ -55,6 +57,7 @@ class ExportRequest:
     calib_samples: int = 100
     labels: list[str] | None = None
     optimize: bool = True
+    equalize: bool = True
 
 
 @dataclass
@@ -97,17 +100,67 @@ def _onnx_stages(source: ModelSource, stage_dir: Path, timer: StageTimer) -> tup
 
 
 def _convert(
-    simplified: OnnxModel, stage_dir: Path, request: ExportRequest, calib: np.ndarray, source: ModelSource
+    onnx_model: OnnxModel, work_dir: Path, modes: list[str], request: ExportRequest, calib: np.ndarray, source
 ) -> TfliteConversion:
     """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
     try:
-        return convert_tflite(simplified, stage_dir / "work", request.modes, calib, source.mean, source.std)
+        return convert_tflite(onnx_model, work_dir, modes, calib, source.mean, source.std)
     except ConversionError as exc:
         if exc.log_path is not None and exc.log_path.is_file():
             kept = request.out_root / f"{source.name}.onnx2tf-error.log"
             shutil.copyfile(exc.log_path, kept)
             exc.log_path = kept
         raise
+
+
+def _equalize(simplified: OnnxModel, stage_dir: Path, source: ModelSource, calib: np.ndarray, heldout: np.ndarray):
+    """The int8 conversion's input: `simplified` with equalized channel ranges, checked against it in float."""
+    path = stage_dir / f"{source.name}_equalized.onnx"
+    nchw = np.ascontiguousarray(imgs.normalize(calib, source.mean, source.std).transpose(0, 3, 1, 2))
+    pairs = equalize_onnx(simplified.path, path, nchw)
+    if not pairs:
+        path.unlink()
+        return None, {"applied": False, "pairs": []}
+    heldout_nchw = np.ascontiguousarray(heldout.transpose(0, 3, 1, 2))
+    reference, equalized = run_onnx(simplified.path, heldout_nchw), run_onnx(path, heldout_nchw)
+    summary = {
+        "applied": True,
+        "pairs": [p.as_dict() for p in pairs],
+        "channels_scaled": sum(p.scaled for p in pairs),
+        "float_check": {
+            "images": len(heldout),
+            "sqnr_db_vs_simplified": sqnr_db(reference, equalized),
+            "top1_agreement": float(np.mean(reference.argmax(1) == equalized.argmax(1))),
+        },
+    }
+    return describe_onnx(path, f"{simplified.exporter} + range equalization"), summary
+
+
+def _convert_all(
+    simplified: OnnxModel, equalized: OnnxModel | None, stage_dir: Path, request: ExportRequest, calib, source
+) -> tuple[dict[str, Path], dict, Path | None]:
+    """Every requested .tflite (int8 from `equalized` when given), the converter settings, and the int8
+    graph's float twin (kept for per-layer diagnosis when fp32 is requested too)."""
+    runs = [(simplified, request.modes, "work")]
+    if equalized is not None:
+        float_modes = [m for m in request.modes if m != "int8"]
+        runs = [(simplified, float_modes, "work_float")] if float_modes else []
+        runs.append((equalized, ["fp32", "int8"], "work"))
+    files, settings, logs, twin = {}, {}, [], None
+    for onnx_model, modes, work in runs:
+        conversion = _convert(onnx_model, stage_dir / work, modes, request, calib, source)
+        if onnx_model is equalized:
+            twin = conversion.files.pop("fp32")
+            if "fp32" in request.modes:
+                twin = shutil.move(str(twin), stage_dir / f"{source.name}_int8_reference_fp32.tflite")
+            else:
+                twin = None
+        files.update(keep_files(conversion, stage_dir, source.name))
+        settings[onnx_model.path.name] = conversion.settings
+        logs.append(conversion.log_path.read_text(errors="replace"))
+        shutil.rmtree(stage_dir / work)
+    write_text_atomic(stage_dir / "convert.log", "\n".join(logs))
+    return {m: files[m] for m in request.modes}, settings, (Path(twin) if twin else None)
 
 
 def _optimize(path: Path, images: np.ndarray) -> dict:
@@ -158,15 +211,20 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         if num_classes is None:
             raise OnnxError(f"the output shape of {source.name} is not static: export it with fixed dimensions")
         labels = labels_for(num_classes, request.labels)
+        equalized, equalization = None, {"applied": False, "pairs": [], "reason": "no int8 requested"}
+        if "int8" in request.modes and request.equalize:
+            with timer.stage("range equalization (int8 graph)"):
+                equalized, equalization = _equalize(simplified, stage_dir, source, calib, heldout)
+        elif "int8" in request.modes:
+            equalization["reason"] = "turned off (--no-equalize)"
         with timer.stage(f"onnx2tf -> {', '.join(request.modes)}"):
-            conversion = _convert(simplified, stage_dir, request, calib, source)
-            files = keep_files(conversion, stage_dir, source.name)
-            shutil.copyfile(conversion.log_path, stage_dir / "convert.log")
-            shutil.rmtree(stage_dir / "work")
+            files, settings, twin = _convert_all(simplified, equalized, stage_dir, request, calib, source)
         optimization = {}
         if request.optimize:
             with timer.stage("graph optimization"):
                 optimization = {mode: _optimize(path, heldout[:8]) for mode, path in files.items()}
+                if twin is not None:
+                    _optimize(twin, heldout[:8])  # the same rewrite as its int8 graph, so their layers still pair
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}
         with timer.stage("parity"):
             rows = check_parity(
@@ -195,7 +253,8 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             "opset": raw.opset,
             "onnx_nodes": raw.nodes,
             "onnx_nodes_simplified": simplified.nodes,
-            "converter_settings": conversion.settings,
+            "converter_settings": settings,
+            "int8_equalization": equalization,
             "graph_optimization": optimization,
         }
         inputs = {
@@ -223,8 +282,9 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         if {"fp32", "int8"} <= files.keys():
             with timer.stage("per-layer int8 diagnosis"):
                 images = f"{min(20, len(heldout))} held-out photos"
-                diagnosis = diagnose(files["fp32"], files["int8"], heldout[:20])
-                write_diagnosis(stage_dir, diagnosis, files["fp32"], files["int8"], images)
+                reference = twin or files["fp32"]
+                diagnosis = diagnose(reference, files["int8"], heldout[:20])
+                write_diagnosis(stage_dir, diagnosis, reference, files["int8"], images)
                 report += "\n" + report_section(diagnosis, images)
         write_text_atomic(stage_dir / "report.md", report)
     (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure

@@ -1,0 +1,140 @@
+"""int8 accuracy: plain onnx2tf int8 vs this project's default int8, in one run.
+
+For each model, exports int8 twice with pipeline.export (plain: --no-equalize --no-optimize; default: no flags),
+then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1
+/ top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR, file size and host latency (median,
+1 thread, the two files measured alternately).
+Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export import images as imgs  # noqa: E402
+from export.tflite_inspect import inspect_tflite  # noqa: E402
+from models.weights import sha256_file  # noqa: E402
+from pipeline.staging import write_text_atomic  # noqa: E402
+from profiling.host import measure_host  # noqa: E402
+from validate.metrics import compare  # noqa: E402
+from validate.report import tool_versions  # noqa: E402
+from validate.runners import run_onnx, run_tflite  # noqa: E402
+
+WEIGHTS = {"mobilenet_v2": "imagenet"}
+VARIANTS = {"plain": ["--no-equalize", "--no-optimize"], "default": []}
+LATENCY_ROUNDS = 5  # alternate plain/default this many times, 40 timed runs each
+
+
+def _export(model: str, flags: list[str], out: Path) -> Path:
+    cmd = [sys.executable, "-m", "pipeline.export", "--model", model, "--quant", "int8", "--out", str(out), *flags]
+    if model in WEIGHTS:
+        cmd += ["--weights", WEIGHTS[model]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"export failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return out / model
+
+
+def _topk_accuracy(logits: np.ndarray, labels: list[int | None], k: int) -> float | None:
+    rows = [(row, label) for row, label in zip(logits, labels) if label is not None]
+    if not rows:
+        return None
+    return float(np.mean([label in np.argsort(-row, kind="stable")[:k] for row, label in rows]))
+
+
+def _latencies(files: dict[str, Path], image: np.ndarray) -> dict[str, float]:
+    """Median host latency (1 thread) per file, measuring the files in turn so drift hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(LATENCY_ROUNDS):
+        for name, path in files.items():
+            times[name].append(measure_host(path, image, threads=1, warmups=10, runs=40).median_ms)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def measure_model(model: str, work: Path) -> dict:
+    dirs = {variant: _export(model, flags, work / variant) for variant, flags in VARIANTS.items()}
+    onnx_files = {v: d / f"{model}_simplified.onnx" for v, d in dirs.items()}
+    if len({sha256_file(p) for p in onnx_files.values()}) != 1:
+        raise SystemExit(f"{model}: the two exports started from different ONNX graphs")
+    contract = json.loads((dirs["default"] / "preprocess.json").read_text())
+    size, mean, std = contract["input_size"], contract["mean"], contract["std"]
+    photos = imgs.heldout_photos()
+    heldout = imgs.normalize(imgs.heldout_batch(photos, size), mean, std)
+    labels = [p.label for p in photos] if model in WEIGHTS else [None] * len(photos)
+    reference = run_onnx(onnx_files["default"], np.ascontiguousarray(heldout.transpose(0, 3, 1, 2)))
+    files = {v: d / f"{model}_int8.tflite" for v, d in dirs.items()}
+    latency = _latencies(files, heldout[:1])
+    result = {
+        "weights": WEIGHTS.get(model, "random (seeded), BatchNorm statistics from calibration photos"),
+        "heldout_photos": len(photos),
+        "labelled_photos": sum(label is not None for label in labels),
+        "float": {"top1": _topk_accuracy(reference, labels, 1), "top5": _topk_accuracy(reference, labels, 5)},
+    }
+    for variant, path in files.items():
+        logits = run_tflite(path, heldout)
+        metrics = compare(reference, logits)
+        result[variant] = {
+            "top1": _topk_accuracy(logits, labels, 1),
+            "top5": _topk_accuracy(logits, labels, 5),
+            "top1_agreement": metrics.top1_agreement,
+            "cosine_mean": metrics.cosine_mean,
+            "sqnr_db": metrics.sqnr_db,
+            "bytes": path.stat().st_size,
+            "host_median_ms_1thread": latency[variant],
+            "ops": inspect_tflite(path).op_count,
+            "sha256": sha256_file(path),
+        }
+    plain, default = result["plain"], result["default"]
+    result["default_vs_plain"] = {
+        "sqnr_gain_db": default["sqnr_db"] - plain["sqnr_db"],
+        "size_ratio": default["bytes"] / plain["bytes"],
+        "latency_ratio": default["host_median_ms_1thread"] / plain["host_median_ms_1thread"],
+    }
+    return result
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2,shufflenet_v2_x0_5")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mve-accuracy-") as tmp:
+        for model in args.models.split(","):
+            results[model] = r = measure_model(model, Path(tmp))
+            print(f"\n{model} ({r['heldout_photos']} held-out photos, {r['labelled_photos']} labelled)")
+            print(f"  float        top-1 {_fmt(r['float']['top1'])}  top-5 {_fmt(r['float']['top5'])}")
+            for variant in VARIANTS:
+                v = r[variant]
+                print(
+                    f"  int8 {variant:7s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
+                    f"agree {v['top1_agreement']:.1%}  cosine {v['cosine_mean']:.4f}  SQNR {v['sqnr_db']:5.2f} dB  "
+                    f"{v['bytes'] / 1e6:.3f} MB  {v['host_median_ms_1thread']:.2f} ms"
+                )
+            g = r["default_vs_plain"]
+            print(
+                f"  default vs plain: SQNR {g['sqnr_gain_db']:+.2f} dB, size x{g['size_ratio']:.3f}, "
+                f"latency x{g['latency_ratio']:.3f}"
+            )
+    payload = {"host": platform.processor() or platform.machine(), "versions": tool_versions(), "models": results}
+    write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
