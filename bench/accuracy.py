@@ -1,6 +1,7 @@
 """int8 accuracy: plain onnx2tf int8 vs this project's default int8, in one run.
 
-For each model, exports int8 twice with pipeline.export (plain: --no-equalize --no-optimize; default: no flags),
+For each model, exports int8 twice with pipeline.export (plain: --no-equalize --no-bias-correction
+--no-optimize; default: no flags),
 then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1
 / top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR, file size and host latency (median,
 1 thread, the two files measured alternately).
@@ -32,7 +33,7 @@ from validate.report import tool_versions  # noqa: E402
 from validate.runners import run_onnx, run_tflite  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
-VARIANTS = {"plain": ["--no-equalize", "--no-optimize"], "default": []}
+VARIANTS = {"plain": ["--no-equalize", "--no-bias-correction", "--no-optimize"], "default": []}
 LATENCY_ROUNDS = 5  # alternate plain/default this many times, 40 timed runs each
 
 

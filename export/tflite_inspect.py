@@ -92,6 +92,32 @@ def op_outputs(path: Path) -> list[tuple[str, int, str]]:
     return out
 
 
+def _name_parts(name: str) -> set[str]:
+    """The op names the converter fused into one tensor name ("a/Add;b/convolution;Const_5"), constants left out."""
+    return {part for part in name.split(";") if part and not part.startswith("Const")}
+
+
+def paired_layers(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int, str]]:
+    """(int8 op index, op type, float tensor, int8 tensor, name) for each op present in both graphs: by position
+    when the op lists match, otherwise by output tensor name, or by the one same-type op sharing a fused name."""
+    f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
+    if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
+        return [(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
+    by_name = {name: tensor for _, tensor, name in f_ops}
+    by_part: dict[tuple[str, str], set[int]] = {}
+    for op, tensor, name in f_ops:
+        for part in _name_parts(name):
+            by_part.setdefault((op, part), set()).add(tensor)
+    pairs = []
+    for i, (op, tensor, name) in enumerate(q_ops):
+        candidates = {by_name[name]} if name in by_name else set()
+        if not candidates:
+            candidates = set().union(*(by_part.get((op, part), set()) for part in _name_parts(name)))
+        if len(candidates) == 1:
+            pairs.append((i, op, candidates.pop(), tensor, name))
+    return pairs
+
+
 def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     """Float -> the tensor's integer type with its scale and zero point (round half to even, clip)."""
     dtype = np.dtype(info.dtype)

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert int8 from the plain graph (no cross-layer range equalization)",
     )
     p.add_argument(
+        "--no-bias-correction",
+        action="store_true",
+        help="keep the converter's int8 biases (no empirical bias correction)",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
     )
     p.add_argument(
@@ -130,6 +135,7 @@ def _request(args, argv: list[str]) -> ExportRequest:
         labels,
         optimize=not args.no_optimize,
         equalize=not args.no_equalize,
+        bias_correction=not args.no_bias_correction,
     )
 
 

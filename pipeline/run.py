@@ -12,6 +12,7 @@ import onnx
 import torch
 
 from export import images as imgs
+from export.bias_correction import correct_biases
 from export.bundle import labels_for, preprocess_contract
 from export.equalize import equalize_onnx
 from export.onnx_stage import (
@@ -25,6 +26,7 @@ from export.onnx_stage import (
 from export.tflite_inspect import TfliteSummary, inspect_tflite
 from export.tflite_optimize import optimize_tflite
 from export.tflite_stage import (
+    QUANT_MODES,
     ConversionError,
     TfliteConversion,
     check_converter_supports,
@@ -44,6 +46,7 @@ from validate.runners import run_onnx, run_tflite
 from validate.thresholds import Thresholds
 
 IMAGENET_CLASSES = 1000
+BIAS_CORRECTION_IMAGES = 16  # calibration crops the bias correction measures on
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 
 
@@ -58,6 +61,7 @@ class ExportRequest:
     labels: list[str] | None = None
     optimize: bool = True
     equalize: bool = True
+    bias_correction: bool = True
 
 
 @dataclass
@@ -140,27 +144,51 @@ def _convert_all(
     simplified: OnnxModel, equalized: OnnxModel | None, stage_dir: Path, request: ExportRequest, calib, source
 ) -> tuple[dict[str, Path], dict, Path | None]:
     """Every requested .tflite (int8 from `equalized` when given), the converter settings, and the int8
-    graph's float twin (kept for per-layer diagnosis when fp32 is requested too)."""
-    runs = [(simplified, request.modes, "work")]
-    if equalized is not None:
-        float_modes = [m for m in request.modes if m != "int8"]
-        runs = [(simplified, float_modes, "work_float")] if float_modes else []
-        runs.append((equalized, ["fp32", "int8"], "work"))
+    graph's float twin (the fp32 file of the same run, for bias correction and per-layer diagnosis)."""
+    int8_graph = equalized or simplified
+    float_modes = [m for m in request.modes if m != "int8"]
+    if "int8" not in request.modes:
+        runs = [(simplified, request.modes, "work")]
+    elif equalized is None:
+        runs = [(simplified, sorted({*request.modes, "fp32"}, key=QUANT_MODES.index), "work")]
+    else:
+        runs = ([(simplified, float_modes, "work_float")] if float_modes else []) + [
+            (equalized, ["fp32", "int8"], "work")
+        ]
     files, settings, logs, twin = {}, {}, [], None
     for onnx_model, modes, work in runs:
         conversion = _convert(onnx_model, stage_dir / work, modes, request, calib, source)
-        if onnx_model is equalized:
-            twin = conversion.files.pop("fp32")
-            if "fp32" in request.modes:
-                twin = shutil.move(str(twin), stage_dir / f"{source.name}_int8_reference_fp32.tflite")
-            else:
-                twin = None
+        if onnx_model is int8_graph and "int8" in modes:
+            twin = stage_dir / f"{source.name}_int8_reference_fp32.tflite"
+            shutil.copyfile(conversion.files["fp32"], twin)
+            if onnx_model is not simplified or "fp32" not in request.modes:
+                conversion.files.pop("fp32")
         files.update(keep_files(conversion, stage_dir, source.name))
         settings[onnx_model.path.name] = conversion.settings
         logs.append(conversion.log_path.read_text(errors="replace"))
         shutil.rmtree(stage_dir / work)
     write_text_atomic(stage_dir / "convert.log", "\n".join(logs))
-    return {m: files[m] for m in request.modes}, settings, (Path(twin) if twin else None)
+    return {m: files[m] for m in request.modes}, settings, twin
+
+
+def _correct_biases(int8: Path, twin: Path, calib: np.ndarray) -> dict:
+    """Bias correction of the int8 file in place, kept only if it brings int8 closer to its float twin on the
+    calibration photos (the held-out photos stay out of every choice)."""
+    candidate = int8.with_name(f".{int8.name}.corrected")
+    result = correct_biases(int8, twin, calib, candidate)
+    reference = run_tflite(twin, calib)
+    before, after = sqnr_db(reference, run_tflite(int8, calib)), sqnr_db(reference, run_tflite(candidate, calib))
+    summary = {
+        "layers_corrected": result.layers,
+        "calibration_sqnr_db_before": before,
+        "calibration_sqnr_db_after": after,
+        "applied": bool(after > before),
+    }
+    if after > before:
+        candidate.replace(int8)
+    else:
+        candidate.unlink()
+    return summary
 
 
 def _optimize(path: Path, images: np.ndarray) -> dict:
@@ -225,6 +253,16 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
                 optimization = {mode: _optimize(path, heldout[:8]) for mode, path in files.items()}
                 if twin is not None:
                     _optimize(twin, heldout[:8])  # the same rewrite as its int8 graph, so their layers still pair
+        bias_correction = {"applied": False, "reason": "no int8 requested"}
+        if twin is not None and request.bias_correction:
+            with timer.stage("int8 bias correction"):
+                nhwc = imgs.normalize(calib[:BIAS_CORRECTION_IMAGES], source.mean, source.std)
+                bias_correction = _correct_biases(files["int8"], twin, nhwc)
+        elif twin is not None:
+            bias_correction["reason"] = "turned off (--no-bias-correction)"
+        if twin is not None and (equalized is None or "fp32" not in request.modes):
+            twin.unlink()  # kept only when it differs from the fp32 file and a diagnosis will use it
+            twin = None
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}
         with timer.stage("parity"):
             rows = check_parity(
@@ -255,6 +293,7 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             "onnx_nodes_simplified": simplified.nodes,
             "converter_settings": settings,
             "int8_equalization": equalization,
+            "int8_bias_correction": bias_correction,
             "graph_optimization": optimization,
         }
         inputs = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from export.tflite_inspect import inspect_tflite, op_outputs, quantize
+from export.tflite_inspect import inspect_tflite, paired_layers, quantize
 
 JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
 NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone
@@ -39,12 +39,7 @@ class Diagnosis:
 
 
 def _pairs(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int, str]]:
-    """(op index, op type, float tensor, int8 tensor, name) for each op present in both graphs."""
-    f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
-    if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
-        return [(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
-    by_name = {name: tensor for _, tensor, name in f_ops}
-    pairs = [(i, op, by_name[name], tensor, name) for i, (op, tensor, name) in enumerate(q_ops) if name in by_name]
+    pairs = paired_layers(float_model, int8_model)
     if not pairs:
         raise DiagnoseError(f"{float_model.name} and {int8_model.name} share no layers: export both from one ONNX file")
     return pairs

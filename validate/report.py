@@ -115,6 +115,20 @@ def _equalization_lines(equalization: dict) -> list[str]:
     return lines
 
 
+def _bias_correction_lines(correction: dict) -> list[str]:
+    if not correction or "layers_corrected" not in correction:
+        return []
+    verdict = "kept" if correction["applied"] else "not kept (no gain)"
+    return [
+        "",
+        "## int8 bias correction",
+        "",
+        f"Biases of {correction['layers_corrected']} linear conv/fully-connected layers corrected by their mean error "
+        f"against the float twin on calibration photos: SQNR there {correction['calibration_sqnr_db_before']:.2f} "
+        f"-> {correction['calibration_sqnr_db_after']:.2f} dB, {verdict}.",
+    ]
+
+
 def _optimization_lines(optimization: dict) -> list[str]:
     if not optimization:
         return []
@@ -198,6 +212,7 @@ def render_report(
     lines += ["| op | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
     lines += [f"| {op} | " + " | ".join(str(s.ops.get(op, 0)) for s in summaries.values()) + " |" for op in all_ops]
     lines += _equalization_lines(model.get("int8_equalization") or {})
+    lines += _bias_correction_lines(model.get("int8_bias_correction") or {})
     lines += _optimization_lines(model.get("graph_optimization") or {})
     lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {sec:.1f} |" for stage, sec in timings.items()]

@@ -1,0 +1,143 @@
+"""Empirical bias correction of a full-integer .tflite against its float twin.
+
+Rounding weights and activations to int8 shifts each layer's mean output a little, and the shifts add up along
+the network. On calibration photos, this pass measures each conv / depthwise / fully-connected layer's mean error
+per output channel against the float graph it was quantized from and folds it into the layer's int32 bias. Only the
+bias values change: scales, zero points and weights stay as they are. Later layers see the corrected earlier ones
+because the layers are corrected one at a time, in depth order. Only layers without a fused activation are
+corrected: behind a ReLU the float output's sign decides which positions count, which biases the measured mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from export.tflite_inspect import inspect_tflite, op_type_name, paired_layers, quantize
+
+BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    layers: int  # layers whose bias changed
+    max_shift_lsb: int  # largest change of one int32 bias value, in units of its scale
+
+
+@dataclass
+class _Layer:
+    op_index: int
+    float_tensor: int
+    int8_tensor: int
+    bias: np.ndarray  # int32 view into the model's buffer, written in place
+    bias_scale: np.ndarray
+    out_scale: float
+    out_zero: int
+
+
+def _read(path: Path) -> schema.ModelT:
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+
+
+def _write(model: schema.ModelT, dst: Path) -> None:
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_bytes(bytes(builder.Output()))
+    tmp.replace(dst)
+
+
+def _layers(model: schema.ModelT, float_path: Path, int8_path: Path) -> list[_Layer]:
+    """The int8 graph's biased layers without a fused activation that the float twin has too."""
+    twins = {index: (f_tensor, q_tensor) for index, _, f_tensor, q_tensor, _ in paired_layers(float_path, int8_path)}
+    graph = model.subgraphs[0]
+    buffer_uses: dict[int, int] = {}
+    for t in graph.tensors:
+        buffer_uses[t.buffer] = buffer_uses.get(t.buffer, 0) + 1
+    layers = []
+    for index, op in enumerate(graph.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        name = op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
+        if name not in BIASED_OPS or index not in twins or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        bias_t, out_t = graph.tensors[op.inputs[2]], graph.tensors[op.outputs[0]]
+        if bias_t.type != schema.TensorType.INT32 or buffer_uses[bias_t.buffer] != 1 or out_t.quantization is None:
+            continue
+        buffer = model.buffers[bias_t.buffer]
+        if buffer.data is None:
+            continue
+        buffer.data = np.array(buffer.data, dtype=np.uint8)  # a writable copy the bias view can change
+        activation = getattr(op.builtinOptions, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
+        if activation != schema.ActivationFunctionType.NONE:
+            continue
+        bias = buffer.data.view(np.int32)
+        layers.append(
+            _Layer(
+                op_index=index,
+                float_tensor=twins[index][0],
+                int8_tensor=twins[index][1],
+                bias=bias,
+                bias_scale=np.asarray(bias_t.quantization.scale, np.float64),
+                out_scale=float(out_t.quantization.scale[0]),
+                out_zero=int(out_t.quantization.zeroPoint[0]),
+            )
+        )
+    return layers
+
+
+@contextmanager
+def _interpreter(path: Path) -> Iterator[Interpreter]:
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    interpreter.allocate_tensors()
+    yield interpreter
+
+
+def _mean_error(float_path: Path, int8_path: Path, layer: _Layer, images: np.ndarray) -> np.ndarray:
+    """Per output channel of `layer`: the mean of float minus dequantized int8 over `images`."""
+    q_input = inspect_tflite(int8_path).inputs[0]
+    total, count = 0.0, 0
+    with _interpreter(float_path) as f_int, _interpreter(int8_path) as q_int:
+        for image in images:
+            x = image[None].astype(np.float32)
+            f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
+            q_int.set_tensor(q_int.get_input_details()[0]["index"], quantize(x, q_input))
+            f_int.invoke()
+            q_int.invoke()
+            ref = f_int.get_tensor(layer.float_tensor).astype(np.float64)
+            out = (q_int.get_tensor(layer.int8_tensor).astype(np.float64) - layer.out_zero) * layer.out_scale
+            total = total + (ref - out).reshape(-1, ref.shape[-1]).sum(axis=0)
+            count += ref.size // ref.shape[-1]
+    return total / count
+
+
+def correct_biases(int8_path: Path, float_path: Path, images_nhwc: np.ndarray, dst: Path) -> BiasCorrection:
+    """Write `int8_path` with corrected biases to `dst`; `images_nhwc` are normalized calibration photos."""
+    model = _read(int8_path)
+    if len(model.subgraphs) != 1:
+        raise ValueError(f"{int8_path.name} has {len(model.subgraphs)} subgraphs; only single-graph models are handled")
+    layers = _layers(model, float_path, int8_path)
+    original = [layer.bias.copy() for layer in layers]
+    _write(model, dst)
+    current = int8_path
+    for layer in layers:  # in depth order, each measured after the ones before it are corrected
+        error = _mean_error(float_path, current, layer, images_nhwc)
+        shift = np.round(error / layer.bias_scale)
+        layer.bias[:] = np.clip(layer.bias.astype(np.int64) + shift.astype(np.int64), -(2**31), 2**31 - 1)
+        _write(model, dst)
+        current = dst
+    shifts = [np.abs(layer.bias.astype(np.int64) - o) for layer, o in zip(layers, original)]
+    return BiasCorrection(
+        layers=sum(int(s.max() > 0) for s in shifts if s.size),
+        max_shift_lsb=int(max((s.max() for s in shifts if s.size), default=0)),
+    )
