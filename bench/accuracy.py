@@ -28,6 +28,7 @@ from export.tflite_inspect import inspect_tflite  # noqa: E402
 from models.weights import sha256_file  # noqa: E402
 from pipeline.staging import write_text_atomic  # noqa: E402
 from profiling.host import measure_host  # noqa: E402
+from profiling.run import model_input  # noqa: E402
 from validate.metrics import compare  # noqa: E402
 from validate.report import tool_versions  # noqa: E402
 from validate.runners import run_onnx, run_tflite  # noqa: E402
@@ -54,28 +55,30 @@ def _topk_accuracy(logits: np.ndarray, labels: list[int | None], k: int) -> floa
     return float(np.mean([label in np.argsort(-row, kind="stable")[:k] for row, label in rows]))
 
 
-def _latencies(files: dict[str, Path], image: np.ndarray) -> dict[str, float]:
+def _latencies(files: dict[str, Path]) -> dict[str, float]:
     """Median host latency (1 thread) per file, measuring the files in turn so drift hits both alike."""
     times: dict[str, list[float]] = {name: [] for name in files}
+    inputs = {name: model_input(path)[0] for name, path in files.items()}
     for _ in range(LATENCY_ROUNDS):
         for name, path in files.items():
-            times[name].append(measure_host(path, image, threads=1, warmups=10, runs=40).median_ms)
+            times[name].append(measure_host(path, inputs[name], threads=1, warmups=10, runs=40).median_ms)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure_model(model: str, work: Path) -> dict:
     dirs = {variant: _export(model, flags, work / variant) for variant, flags in VARIANTS.items()}
     onnx_files = {v: d / f"{model}_simplified.onnx" for v, d in dirs.items()}
-    if len({sha256_file(p) for p in onnx_files.values()}) != 1:
-        raise SystemExit(f"{model}: the two exports started from different ONNX graphs")
     contract = json.loads((dirs["default"] / "preprocess.json").read_text())
     size, mean, std = contract["input_size"], contract["mean"], contract["std"]
     photos = imgs.heldout_photos()
     heldout = imgs.normalize(imgs.heldout_batch(photos, size), mean, std)
     labels = [p.label for p in photos] if model in WEIGHTS else [None] * len(photos)
-    reference = run_onnx(onnx_files["default"], np.ascontiguousarray(heldout.transpose(0, 3, 1, 2)))
+    nchw = np.ascontiguousarray(heldout.transpose(0, 3, 1, 2))
+    reference = run_onnx(onnx_files["default"], nchw)
+    if not np.allclose(reference, run_onnx(onnx_files["plain"], nchw), rtol=0, atol=1e-5):
+        raise SystemExit(f"{model}: the two exports started from different float graphs")
     files = {v: d / f"{model}_int8.tflite" for v, d in dirs.items()}
-    latency = _latencies(files, heldout[:1])
+    latency = _latencies(files)
     result = {
         "weights": WEIGHTS.get(model, "random (seeded), BatchNorm statistics from calibration photos"),
         "heldout_photos": len(photos),

@@ -66,6 +66,10 @@ def _pairs(model: onnx.ModelProto) -> list[_Pair]:
             consumers.setdefault(name, []).append(node)
     uses = {name: len(nodes) for name, nodes in consumers.items()}
     outputs = {o.name for o in graph.output}
+    constants = {name: numpy_helper.to_array(t) for name, t in inits.items()}
+    constants.update(
+        {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    )
 
     def only_consumer(tensor: str) -> onnx.NodeProto | None:
         nodes = consumers.get(tensor, [])
@@ -83,7 +87,7 @@ def _pairs(model: onnx.ModelProto) -> list[_Pair]:
         if nxt is not None and nxt.op_type in ("Relu", "Clip"):
             activation = nxt
             if nxt.op_type == "Clip":
-                bounds = [numpy_helper.to_array(inits[n]) if n in inits else None for n in nxt.input[1:3]]
+                bounds = [constants.get(n) for n in nxt.input[1:3]]
                 if len(bounds) != 2 or any(b is None for b in bounds) or float(bounds[0]) != 0.0:
                     continue
                 clip = float(bounds[1])
