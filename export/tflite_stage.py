@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -144,13 +143,3 @@ def _resize_batch(batch: np.ndarray, size: int, count: int) -> np.ndarray:
     idx_w = np.arange(size) * batch.shape[2] // size
     picked = batch[np.arange(count) % len(batch)]
     return np.ascontiguousarray(picked[:, idx_h][:, :, idx_w]).astype(np.float32)
-
-
-def keep_files(conversion: TfliteConversion, dest_dir: Path, stem: str) -> dict[str, Path]:
-    """Move the requested .tflite files to `dest_dir` as `<stem>_<mode>.tflite`."""
-    kept = {}
-    for mode, path in conversion.files.items():
-        target = dest_dir / f"{stem}_{mode}.tflite"
-        shutil.move(str(path), target)
-        kept[mode] = target
-    return kept

@@ -31,7 +31,6 @@ from export.tflite_stage import (
     TfliteConversion,
     check_converter_supports,
     convert_tflite,
-    keep_files,
 )
 from models.weights import sha256_file
 from pipeline.progress import StageTimer
@@ -47,6 +46,7 @@ from validate.thresholds import Thresholds
 
 IMAGENET_CLASSES = 1000
 BIAS_CORRECTION_IMAGES = 16  # calibration crops the bias correction measures on
+SELECTION_IMAGES = 32  # calibration crops that decide between the plain and the equalized int8 conversion
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 
 
@@ -142,33 +142,39 @@ def _equalize(simplified: OnnxModel, stage_dir: Path, source: ModelSource, calib
 
 def _convert_all(
     simplified: OnnxModel, equalized: OnnxModel | None, stage_dir: Path, request: ExportRequest, calib, source
-) -> tuple[dict[str, Path], dict, Path | None]:
-    """Every requested .tflite (int8 from `equalized` when given), the converter settings, and the int8
-    graph's float twin (the fp32 file of the same run, for bias correction and per-layer diagnosis)."""
-    int8_graph = equalized or simplified
-    float_modes = [m for m in request.modes if m != "int8"]
-    if "int8" not in request.modes:
-        runs = [(simplified, request.modes, "work")]
-    elif equalized is None:
-        runs = [(simplified, sorted({*request.modes, "fp32"}, key=QUANT_MODES.index), "work")]
-    else:
-        runs = ([(simplified, float_modes, "work_float")] if float_modes else []) + [
-            (equalized, ["fp32", "int8"], "work")
-        ]
-    files, settings, logs, twin = {}, {}, [], None
-    for onnx_model, modes, work in runs:
-        conversion = _convert(onnx_model, stage_dir / work, modes, request, calib, source)
-        if onnx_model is int8_graph and "int8" in modes:
-            twin = stage_dir / f"{source.name}_int8_reference_fp32.tflite"
-            shutil.copyfile(conversion.files["fp32"], twin)
-            if onnx_model is not simplified or "fp32" not in request.modes:
-                conversion.files.pop("fp32")
-        files.update(keep_files(conversion, stage_dir, source.name))
-        settings[onnx_model.path.name] = conversion.settings
-        logs.append(conversion.log_path.read_text(errors="replace"))
-        shutil.rmtree(stage_dir / work)
-    write_text_atomic(stage_dir / "convert.log", "\n".join(logs))
-    return {m: files[m] for m in request.modes}, settings, twin
+) -> tuple[dict[str, Path], dict, Path | None, dict | None]:
+    """Every requested .tflite, the converter settings, the int8 graph's float twin (the fp32 file of the same
+    run, for bias correction and per-layer diagnosis) and, when an equalized graph is given, the int8 choice:
+    int8 is then converted from both graphs and the one closer to float on calibration crops is kept."""
+    modes = request.modes
+    runs = {"plain": (simplified, sorted({*modes, "fp32"}, key=QUANT_MODES.index) if "int8" in modes else modes)}
+    if equalized is not None:
+        runs["equalized"] = (equalized, ["fp32", "int8"])
+    conversions = {
+        key: _convert(g, stage_dir / f"work_{key}", m, request, calib, source) for key, (g, m) in runs.items()
+    }
+    chosen, choice = "plain", None
+    if equalized is not None:
+        nhwc = imgs.normalize(calib[:SELECTION_IMAGES], source.mean, source.std)
+        reference = run_onnx(simplified.path, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
+        scores = {key: sqnr_db(reference, run_tflite(c.files["int8"], nhwc)) for key, c in conversions.items()}
+        chosen = "equalized" if scores["equalized"] > scores["plain"] else "plain"
+        choice = {"calibration_crops": len(nhwc), "calibration_sqnr_db": scores, "chosen": chosen}
+    twin = None
+    if "int8" in modes:
+        twin = stage_dir / f"{source.name}_int8_reference_fp32.tflite"
+        shutil.copyfile(conversions[chosen].files["fp32"], twin)
+    files = {}
+    for mode in modes:
+        files[mode] = stage_dir / f"{source.name}_{mode}.tflite"
+        shutil.move(str(conversions[chosen if mode == "int8" else "plain"].files[mode]), files[mode])
+    settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
+    write_text_atomic(
+        stage_dir / "convert.log", "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
+    )
+    for key in conversions:
+        shutil.rmtree(stage_dir / f"work_{key}")
+    return files, settings, twin, choice
 
 
 def _correct_biases(int8: Path, twin: Path, calib: np.ndarray) -> dict:
@@ -245,8 +251,13 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
                 equalized, equalization = _equalize(simplified, stage_dir, source, calib, heldout)
         elif "int8" in request.modes:
             equalization["reason"] = "turned off (--no-equalize)"
-        with timer.stage(f"onnx2tf -> {', '.join(request.modes)}"):
-            files, settings, twin = _convert_all(simplified, equalized, stage_dir, request, calib, source)
+        graphs = " (plain and equalized graphs)" if equalized is not None else ""
+        with timer.stage(f"onnx2tf -> {', '.join(request.modes)}{graphs}"):
+            files, settings, twin, choice = _convert_all(simplified, equalized, stage_dir, request, calib, source)
+        if choice is not None:
+            equalization.update(applied=choice["chosen"] == "equalized", selection=choice)
+            if not equalization["applied"]:
+                equalized.path.unlink()  # not the int8 file's source: do not ship it
         optimization = {}
         if request.optimize:
             with timer.stage("graph optimization"):
@@ -260,7 +271,7 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
                 bias_correction = _correct_biases(files["int8"], twin, nhwc)
         elif twin is not None:
             bias_correction["reason"] = "turned off (--no-bias-correction)"
-        if twin is not None and (equalized is None or "fp32" not in request.modes):
+        if twin is not None and (not equalization["applied"] or "fp32" not in request.modes):
             twin.unlink()  # kept only when it differs from the fp32 file and a diagnosis will use it
             twin = None
         summaries = {mode: inspect_tflite(path) for mode, path in files.items()}

@@ -1,51 +1,31 @@
 """Range equalization keeps the float model and evens out channel ranges; bias correction removes a bias error."""
 
 import json
+from pathlib import Path
 
 import flatbuffers
 import numpy as np
 import onnx
 import pytest
-import torch
 from ai_edge_litert import schema_py_generated as schema
-from torch import nn
 
 from export.bias_correction import correct_biases
-from export.equalize import channel_ranges, equalize_onnx
+from export.equalize import channel_stats, equalize_onnx
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
 from export.tflite_inspect import op_outputs, paired_layers
+from tests.conftest import run_cli
+from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
 from validate.runners import run_onnx, run_tflite
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class Unbalanced(nn.Module):
-    """conv -> ReLU6 -> depthwise -> ReLU6 -> 1x1 projection -> 1x1 conv, with channel gains spread 300x apart."""
-
-    def __init__(self):
-        super().__init__()
-        self.expand = nn.Conv2d(3, 16, 3, 2, 1)
-        self.depthwise = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
-        self.project = nn.Conv2d(16, 8, 1)
-        self.head = nn.Conv2d(8, 10, 1)
-        with torch.no_grad():
-            gains = torch.logspace(-2.5, 0, 16)
-            self.expand.weight.mul_(gains.view(-1, 1, 1, 1))
-            self.expand.bias.mul_(gains)
-
-    def forward(self, x):
-        x = nn.functional.relu6(self.expand(x))
-        x = nn.functional.relu6(self.depthwise(x))
-        return self.head(self.project(x)).mean([2, 3])
-
-
 @pytest.fixture(scope="module")
 def unbalanced_onnx(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("equalize")
-    torch.manual_seed(0)
-    return export_onnx(Unbalanced().eval(), 64, tmp / "unbalanced.onnx").path
+    return export_onnx(build_unbalanced(), 64, tmp / "unbalanced.onnx").path
 
 
 def _nchw(batch):
@@ -59,11 +39,12 @@ def test_equalization_evens_ranges_and_keeps_the_float_outputs(unbalanced_onnx, 
 
     first = next(p for p in pairs if p.producer.endswith("expand/Conv"))
     assert first.activation == "Clip" and first.range_ratio_before > 20 and first.range_ratio_after < 3
+    assert first.local_sqnr_db_after > first.local_sqnr_db_before + 3  # the simulated int8 output gains
     assert any(p.activation == "none" for p in pairs)  # projection -> head is linear, so it is scaled too
     before, after = run_onnx(unbalanced_onnx, heldout), run_onnx(tmp_path / "eq.onnx", heldout)
     assert sqnr_db(before, after) > 100  # float rounding only: no ReLU6 clip was moved onto real data
     tensor = next(n.output[0] for n in onnx.load(str(tmp_path / "eq.onnx")).graph.node if n.op_type == "Clip")
-    widths = channel_ranges(onnx.load(str(tmp_path / "eq.onnx")), [tensor], calib)[tensor]
+    widths = channel_stats(onnx.load(str(tmp_path / "eq.onnx")), [tensor], calib)[tensor].width
     assert widths.max() / np.median(widths) < 3
 
 
@@ -98,7 +79,7 @@ def _shift_bias(src, dst, op_index: int, lsb: int) -> None:
 
 def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
-    twin = shufflenet_variants / "shufflenet_v2_x0_5_int8_reference_fp32.tflite"
+    twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"  # no equalization: the int8 graph's float twin
     pairs = paired_layers(twin, int8)
     ops = op_outputs(int8)
     linear = [i for i, op, _, _, _ in pairs if op == "DEPTHWISE_CONV_2D" and "relu" not in ops[i][2].lower()]
@@ -117,13 +98,35 @@ def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tm
     assert repaired > damaged + 3
 
 
-def test_export_records_equalization_and_bias_correction(shufflenet_variants):
+def test_export_records_bias_correction(shufflenet_variants):
     info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]
-    equalization, correction = info["int8_equalization"], info["int8_bias_correction"]
-    assert equalization["applied"] and equalization["channels_scaled"] > 0
-    assert equalization["float_check"]["sqnr_db_vs_simplified"] > 60
+    correction = info["int8_bias_correction"]
     assert correction["layers_corrected"] > 0
     assert correction["applied"] == (correction["calibration_sqnr_db_after"] > correction["calibration_sqnr_db_before"])
-    report = (shufflenet_variants / "report.md").read_text()
-    assert "## int8 range equalization" in report and "## int8 bias correction" in report
-    assert (shufflenet_variants / "shufflenet_v2_x0_5_equalized.onnx").is_file()
+    assert "## int8 bias correction" in (shufflenet_variants / "report.md").read_text()
+    # shufflenet's channel ranges are even (widest / median < 3): nothing to equalize, one conversion
+    assert info["int8_equalization"]["pairs"] == [] and not info["int8_equalization"]["applied"]
+
+
+def test_export_keeps_the_better_int8_of_plain_and_equalized(tmp_path):
+    factory = f"{Path(__file__).parent / 'data' / 'tiny_model.py'}:build_unbalanced"
+    proc = run_cli(
+        "pipeline.export",
+        "--model",
+        factory,
+        "--input-size",
+        "64",
+        "--quant",
+        "int8",
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = tmp_path / "out" / "tiny_model_build_unbalanced"
+    equalization = json.loads((folder / "parity.json").read_text())["model"]["int8_equalization"]
+    assert equalization["channels_scaled"] > 0 and equalization["float_check"]["sqnr_db_vs_simplified"] > 60
+    scores = equalization["selection"]["calibration_sqnr_db"]
+    assert equalization["applied"] == (scores["equalized"] > scores["plain"])
+    assert (folder / "tiny_model_build_unbalanced_equalized.onnx").is_file() == equalization["applied"]
+    assert "## int8 range equalization" in (folder / "report.md").read_text()

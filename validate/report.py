@@ -91,26 +91,37 @@ def _changed_ops(before: dict, after: dict) -> str:
 
 
 def _equalization_lines(equalization: dict) -> list[str]:
-    if not equalization or not equalization.get("applied"):
+    if not equalization or not equalization.get("pairs"):
         return []
-    check = equalization["float_check"]
+    check, selection = equalization["float_check"], equalization.get("selection") or {}
+    scores = selection.get("calibration_sqnr_db", {})
+    verdict = (
+        f"int8 was converted from both graphs; on {selection.get('calibration_crops')} calibration crops the plain one "
+        f"reaches {scores.get('plain', float('nan')):.2f} dB SQNR against float and the equalized one "
+        f"{scores.get('equalized', float('nan')):.2f} dB, so the int8 file comes from the "
+        f"{selection.get('chosen')} graph."
+    )
     lines = [
         "",
         "## int8 range equalization",
         "",
-        f"The int8 file is converted from a graph whose conv channel ranges were equalized "
-        f"({equalization['channels_scaled']} channels in {len(equalization['pairs'])} conv pairs). In float it "
-        f"matches the simplified ONNX at {check['sqnr_db_vs_simplified']:.1f} dB SQNR and "
-        f"{check['top1_agreement']:.0%} top-1 agreement on {check['images']} held-out photos; the int8 parity "
-        "above is measured against the unequalized ONNX.",
+        f"Channel ranges of {equalization['channels_scaled']} channels in {len(equalization['pairs'])} conv pairs "
+        f"were equalized. In float the equalized graph matches the simplified ONNX at "
+        f"{check['sqnr_db_vs_simplified']:.1f} dB SQNR and {check['top1_agreement']:.0%} top-1 agreement on "
+        f"{check['images']} held-out photos. {verdict} The int8 parity above is measured against the unequalized "
+        "ONNX.",
         "",
-        "| producer | activation | channels scaled | max scale | range ratio before -> after |",
-        "|---|---|---:|---:|---|",
+        "Each pair keeps the scaling under which the next conv's output, simulated in int8 on calibration samples, "
+        "is closest to float (local SQNR).",
+        "",
+        "| producer | activation | form | channels scaled | max scale | range ratio before -> after | local SQNR dB |",
+        "|---|---|---|---:|---:|---|---|",
     ]
     for p in equalization["pairs"]:
         lines.append(
-            f"| {p['producer']} | {p['activation']} | {p['scaled']}/{p['channels']} | {p['max_scale']:.2f} | "
-            f"{p['range_ratio_before']:.1f} -> {p['range_ratio_after']:.1f} |"
+            f"| {p['producer']} | {p['activation']} | {p['form']} | {p['scaled']}/{p['channels']} | "
+            f"{p['max_scale']:.2f} | {p['range_ratio_before']:.1f} -> {p['range_ratio_after']:.1f} | "
+            f"{p['local_sqnr_db_before']:.1f} -> {p['local_sqnr_db_after']:.1f} |"
         )
     return lines
 

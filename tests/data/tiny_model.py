@@ -1,5 +1,6 @@
 """A small user model for tests of --model file.py:factory (10 classes, any input size)."""
 
+import torch
 from torch import nn
 
 
@@ -50,3 +51,31 @@ class TinyShuffle(nn.Module):
 
 def build_shuffle():
     return TinyShuffle()
+
+
+class Unbalanced(nn.Module):
+    """conv -> ReLU6 -> depthwise -> ReLU6 -> 1x1 projection -> 1x1 conv, with channel gains spread 300x apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 16, 3, 2, 1)
+        self.depthwise = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.head = nn.Conv2d(8, 10, 1)
+        with torch.no_grad():
+            gains = torch.logspace(-2.5, 0, 16)
+            self.expand.weight.mul_(gains.view(-1, 1, 1, 1))
+            self.expand.bias.mul_(gains)
+            spread = torch.logspace(-1.5, 0, 8)
+            self.project.weight.mul_(spread.view(-1, 1, 1, 1))
+            self.project.bias.mul_(spread)
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.expand(x))
+        x = nn.functional.relu6(self.depthwise(x))
+        return self.head(self.project(x)).mean([2, 3])
+
+
+def build_unbalanced():
+    torch.manual_seed(0)
+    return Unbalanced()
