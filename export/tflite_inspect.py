@@ -92,6 +92,12 @@ def op_outputs(path: Path) -> list[tuple[str, int, str]]:
     return out
 
 
+def op_inputs(path: Path) -> list[list[int]]:
+    """The input tensor indices of every op of the main subgraph, in order (-1 for an absent optional input)."""
+    graph = schema.Model.GetRootAs(Path(path).read_bytes(), 0).Subgraphs(0)
+    return [[int(t) for t in graph.Operators(i).InputsAsNumpy()] for i in range(graph.OperatorsLength())]
+
+
 def _name_parts(name: str) -> set[str]:
     """The op names the converter fused into one tensor name ("a/Add;b/convolution;Const_5"), constants left out."""
     return {part for part in name.split(";") if part and not part.startswith("Const")}

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert int8 from the plain graph (no cross-layer range equalization)",
     )
     p.add_argument(
+        "--min-sqnr",
+        type=float,
+        metavar="DB",
+        help="int8 accuracy target: the worst layers fall back to float until int8 reaches DB against float on "
+        "calibration crops; the held-out parity must then reach it too (replaces --min-sqnr-int8)",
+    )
+    p.add_argument(
         "--no-bias-correction",
         action="store_true",
         help="keep the converter's int8 biases (no empirical bias correction)",
@@ -107,6 +114,10 @@ def _check_flags(args) -> None:
         raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
     if args.all and (args.weights or args.labels):
         raise SourceError("--weights and --labels apply to one model, not to --all")
+    if args.min_sqnr is not None and args.min_sqnr_int8 is not None:
+        raise SourceError("give either --min-sqnr (a target with float fallback) or --min-sqnr-int8 (a threshold)")
+    if args.min_sqnr is not None and args.quant not in ("int8", "all"):
+        raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
     if args.profile_arm and not args.profile:
         raise SourceError("--profile-arm goes with --profile")
     if args.profile_arm:
@@ -119,7 +130,10 @@ def _request(args, argv: list[str]) -> ExportRequest:
     modes = list(QUANT_MODES) if args.quant == "all" else [args.quant]
     thresholds = {
         m: thresholds_for(
-            m, getattr(args, f"min_sqnr_{m}"), getattr(args, f"min_cosine_{m}"), getattr(args, f"min_top1_{m}")
+            m,
+            args.min_sqnr if m == "int8" and args.min_sqnr is not None else getattr(args, f"min_sqnr_{m}"),
+            getattr(args, f"min_cosine_{m}"),
+            getattr(args, f"min_top1_{m}"),
         )
         for m in ("onnx", *QUANT_MODES)
     }
@@ -136,6 +150,7 @@ def _request(args, argv: list[str]) -> ExportRequest:
         optimize=not args.no_optimize,
         equalize=not args.no_equalize,
         bias_correction=not args.no_bias_correction,
+        min_sqnr=args.min_sqnr,
     )
 
 

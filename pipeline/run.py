@@ -12,9 +12,10 @@ import onnx
 import torch
 
 from export import images as imgs
-from export.bias_correction import correct_biases
+from export.bias_correction import BIASED_OPS, correct_biases
 from export.bundle import labels_for, preprocess_contract
 from export.equalize import equalize_onnx
+from export.float_fallback import fall_back
 from export.onnx_stage import (
     OnnxError,
     OnnxModel,
@@ -23,7 +24,7 @@ from export.onnx_stage import (
     load_onnx,
     simplify_onnx,
 )
-from export.tflite_inspect import TfliteSummary, inspect_tflite
+from export.tflite_inspect import TfliteSummary, inspect_tflite, op_inputs, op_outputs, paired_layers
 from export.tflite_optimize import optimize_tflite
 from export.tflite_stage import (
     QUANT_MODES,
@@ -36,6 +37,8 @@ from models.weights import sha256_file
 from pipeline.progress import StageTimer
 from pipeline.sources import ModelSource, calibrate_random_weights
 from pipeline.staging import staged_dir, write_text_atomic
+from profiling.host import measure_host
+from profiling.run import model_input
 from validate.diagnose import diagnose
 from validate.diagnose_report import report_section, write_diagnosis
 from validate.metrics import sqnr_db
@@ -45,6 +48,8 @@ from validate.runners import run_onnx, run_tflite
 from validate.thresholds import Thresholds
 
 IMAGENET_CLASSES = 1000
+MAX_FALLBACK_STEPS = 8  # worst layers (each with its consumers) tried in float before giving up on --min-sqnr
+MIN_FALLBACK_GAIN_DB = 0.1  # a layer stays in float only if it gains at least this much on the calibration crops
 BIAS_CORRECTION_IMAGES = 16  # calibration crops the bias correction measures on
 SELECTION_IMAGES = 32  # calibration crops that decide between the plain and the equalized int8 conversion
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
@@ -62,6 +67,7 @@ class ExportRequest:
     optimize: bool = True
     equalize: bool = True
     bias_correction: bool = True
+    min_sqnr: float | None = None  # int8 target: layers fall back to float, worst first, until it holds
 
 
 @dataclass
@@ -197,6 +203,57 @@ def _correct_biases(int8: Path, twin: Path, calib: np.ndarray) -> dict:
     return summary
 
 
+def _reach_min_sqnr(int8: Path, twin: Path, calib: np.ndarray, reference: np.ndarray, target: float) -> dict:
+    """Fall back the worst int8 layers (by SQNR drop on calibration crops), each with the ops reading its output
+    so that tensor stays float, keeping a layer only if it gains on those crops, until int8 reaches `target` dB
+    against float there or MAX_FALLBACK_STEPS were tried. The held-out parity then checks the target on photos it
+    never saw."""
+    baseline = float(sqnr_db(reference, run_tflite(int8, calib)))
+    steps = [{"layer": None, "ops_in_float": [], "calibration_sqnr_db": baseline, "kept": True}]
+    summary = {"target_db": target, "calibration_crops": len(calib), "steps": steps}
+    if baseline >= target:
+        return {**summary, "applied": False, "reached": True}
+    ops = op_outputs(int8)
+    readers: dict[int, set[int]] = {}
+    for index, inputs in enumerate(op_inputs(int8)):
+        for tensor in inputs:
+            readers.setdefault(tensor, set()).add(index)
+    paired = {index for index, *_ in paired_layers(twin, int8)}
+    worst = sorted(
+        (layer for layer in diagnose(twin, int8, calib[:8]).layers if layer.op in BIASED_OPS and layer.drop_db > 0),
+        key=lambda layer: -layer.drop_db,
+    )
+    candidate, trial = int8.with_name(f".{int8.name}.fallback"), int8.with_name(f".{int8.name}.trial")
+    chosen: set[int] = set()
+    best = baseline
+    for layer in worst[:MAX_FALLBACK_STEPS]:
+        ops_in_float = chosen | {layer.index} | (readers.get(ops[layer.index][1], set()) & paired)
+        fall_back(int8, twin, ops_in_float, trial)
+        score = float(sqnr_db(reference, run_tflite(trial, calib)))
+        kept = score >= best + MIN_FALLBACK_GAIN_DB  # a layer that does not help is not paid for
+        steps.append(
+            {"layer": layer.tensor, "ops_in_float": sorted(ops_in_float), "calibration_sqnr_db": score, "kept": kept}
+        )
+        if kept:
+            chosen, best = ops_in_float, score
+            trial.replace(candidate)
+        if best >= target:
+            break
+    trial.unlink(missing_ok=True)
+    if not chosen:
+        return {**summary, "applied": False, "reached": False}
+    before = {"bytes": int8.stat().st_size, "host_ms": _host_ms(int8)}
+    after = {"bytes": candidate.stat().st_size, "host_ms": _host_ms(candidate)}
+    candidate.replace(int8)
+    summary.update(applied=True, reached=bool(best >= target), ops_in_float=sorted(chosen))
+    return {**summary, "cost": {"before": before, "after": after}}
+
+
+def _host_ms(model: Path) -> float:
+    """Median host latency, 1 thread, on a held-out photo."""
+    return measure_host(model, model_input(model)[0], threads=1, warmups=10, runs=50).median_ms
+
+
 def _optimize(path: Path, images: np.ndarray) -> dict:
     """Apply the .tflite layout pass in place, keeping the result only if outputs stay identical on `images`."""
     candidate = path.with_name(f".{path.name}.optimized")
@@ -271,6 +328,12 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
                 bias_correction = _correct_biases(files["int8"], twin, nhwc)
         elif twin is not None:
             bias_correction["reason"] = "turned off (--no-bias-correction)"
+        fallback = None
+        if twin is not None and request.min_sqnr is not None:
+            with timer.stage(f"int8 float fallback (--min-sqnr {request.min_sqnr:g})"):
+                nhwc = imgs.normalize(calib[:SELECTION_IMAGES], source.mean, source.std)
+                reference = run_onnx(simplified.path, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
+                fallback = _reach_min_sqnr(files["int8"], twin, nhwc, reference, request.min_sqnr)
         if twin is not None and (not equalization["applied"] or "fp32" not in request.modes):
             twin.unlink()  # kept only when it differs from the fp32 file and a diagnosis will use it
             twin = None
@@ -305,6 +368,7 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             "converter_settings": settings,
             "int8_equalization": equalization,
             "int8_bias_correction": bias_correction,
+            "int8_float_fallback": fallback,
             "graph_optimization": optimization,
         }
         inputs = {

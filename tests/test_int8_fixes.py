@@ -13,7 +13,7 @@ from export.bias_correction import correct_biases
 from export.equalize import channel_stats, equalize_onnx
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
-from export.tflite_inspect import op_outputs, paired_layers
+from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
@@ -130,3 +130,24 @@ def test_export_keeps_the_better_int8_of_plain_and_equalized(tmp_path):
     assert equalization["applied"] == (scores["equalized"] > scores["plain"])
     assert (folder / "tiny_model_build_unbalanced_equalized.onnx").is_file() == equalization["applied"]
     assert "## int8 range equalization" in (folder / "report.md").read_text()
+
+
+def test_min_sqnr_falls_back_worst_layers_to_float(tmp_path):
+    """An unreachable target: layers fall back until the steps run out, the report says so, and parity fails."""
+    factory = f"{Path(__file__).parent / 'data' / 'tiny_model.py'}:build_unbalanced"
+    args = ["--model", factory, "--input-size", "64", "--quant", "int8", "--min-sqnr", "90", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    folder = tmp_path / "out" / "tiny_model_build_unbalanced"
+    info = json.loads((folder / "parity.json").read_text())
+    fallback = info["model"]["int8_float_fallback"]
+    steps = fallback["steps"]
+    assert fallback["applied"] and not fallback["reached"] and len(steps) > 1
+    assert steps[-1]["calibration_sqnr_db"] > steps[0]["calibration_sqnr_db"]  # the int8 output quantization caps it
+    assert fallback["cost"]["after"]["bytes"] > fallback["cost"]["before"]["bytes"]  # float weights
+    summary = inspect_tflite(folder / "tiny_model_build_unbalanced_int8.tflite")
+    assert summary.ops.get("DEQUANTIZE", 0) >= 1 and summary.ops.get("QUANTIZE", 0) >= 1
+    assert summary.inputs[0].dtype == "int8" and summary.outputs[0].dtype == "int8"  # the app contract holds
+    int8_row = next(r for r in info["parity"] if r["variant"] == "int8")
+    assert int8_row["thresholds"]["min_sqnr_db"] == 90 and not int8_row["passed"]
+    assert "## int8 float fallback (--min-sqnr)" in (folder / "report.md").read_text()

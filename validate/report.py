@@ -140,6 +140,50 @@ def _bias_correction_lines(correction: dict) -> list[str]:
     ]
 
 
+def _fallback_lines(fallback: dict | None) -> list[str]:
+    if not fallback:
+        return []
+    steps = fallback["steps"]
+    if len(steps) == 1:
+        return [
+            "",
+            "## int8 float fallback (--min-sqnr)",
+            "",
+            f"int8 already reaches {steps[0]['calibration_sqnr_db']:.2f} dB against float on "
+            f"{fallback['calibration_crops']} calibration crops (target {fallback['target_db']:g} dB): "
+            "nothing falls back.",
+        ]
+    lines = [
+        "",
+        "## int8 float fallback (--min-sqnr)",
+        "",
+        f"Target {fallback['target_db']:g} dB against float on {fallback['calibration_crops']} calibration crops. The "
+        "worst layers (largest SQNR drop), each with the ops reading its output, run in float with DEQUANTIZE / "
+        "QUANTIZE around them; a layer that does not gain 0.1 dB is put back: "
+        + ("target reached." if fallback["reached"] else "target not reached."),
+        "",
+        "| step | layer tried | ops in float | calibration SQNR dB | kept |",
+        "|---:|---|---|---:|---|",
+    ]
+    for k, step in enumerate(steps):
+        layer = f"`{step['layer']}`" if step["layer"] else "(none: int8 as converted)"
+        ops = ", ".join(f"#{i}" for i in step["ops_in_float"]) or "-"
+        lines.append(
+            f"| {k} | {layer} | {ops} | {step['calibration_sqnr_db']:.2f} | {'yes' if step['kept'] else 'no'} |"
+        )
+    if fallback["applied"]:
+        before, after = fallback["cost"]["before"], fallback["cost"]["after"]
+        lines += [
+            "",
+            f"Cost: {before['bytes']:,} -> {after['bytes']:,} bytes (x{after['bytes'] / before['bytes']:.3f}), host "
+            f"latency {before['host_ms']:.2f} -> {after['host_ms']:.2f} ms (1 thread, x"
+            f"{after['host_ms'] / before['host_ms']:.3f}).",
+        ]
+    else:
+        lines += ["", "No step improved on the converted int8: it is kept as it was."]
+    return lines
+
+
 def _optimization_lines(optimization: dict) -> list[str]:
     if not optimization:
         return []
@@ -224,6 +268,7 @@ def render_report(
     lines += [f"| {op} | " + " | ".join(str(s.ops.get(op, 0)) for s in summaries.values()) + " |" for op in all_ops]
     lines += _equalization_lines(model.get("int8_equalization") or {})
     lines += _bias_correction_lines(model.get("int8_bias_correction") or {})
+    lines += _fallback_lines(model.get("int8_float_fallback"))
     lines += _optimization_lines(model.get("graph_optimization") or {})
     lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {sec:.1f} |" for stage, sec in timings.items()]
