@@ -10,17 +10,14 @@ corrected: behind a ReLU the float output's sign decides which positions count, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from export.tflite_inspect import inspect_tflite, op_type_name, paired_layers, quantize
+from export.tflite_inspect import inspect_tflite, op_type_name, paired_layers, quantize, tensor_keeping_interpreter
+from export.tflite_model import read_model, write_model
 
 BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -40,18 +37,6 @@ class _Layer:
     bias_scale: np.ndarray
     out_scale: float
     out_zero: int
-
-
-def _read(path: Path) -> schema.ModelT:
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
-
-
-def _write(model: schema.ModelT, dst: Path) -> None:
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_bytes(bytes(builder.Output()))
-    tmp.replace(dst)
 
 
 def _layers(model: schema.ModelT, float_path: Path, int8_path: Path) -> list[_Layer]:
@@ -92,49 +77,38 @@ def _layers(model: schema.ModelT, float_path: Path, int8_path: Path) -> list[_La
     return layers
 
 
-@contextmanager
-def _interpreter(path: Path) -> Iterator[Interpreter]:
-    interpreter = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        experimental_preserve_all_tensors=True,
-    )
-    interpreter.allocate_tensors()
-    yield interpreter
-
-
 def _mean_error(float_path: Path, int8_path: Path, layer: _Layer, images: np.ndarray) -> np.ndarray:
     """Per output channel of `layer`: the mean of float minus dequantized int8 over `images`."""
     q_input = inspect_tflite(int8_path).inputs[0]
+    f_int, q_int = tensor_keeping_interpreter(float_path), tensor_keeping_interpreter(int8_path)
     total, count = 0.0, 0
-    with _interpreter(float_path) as f_int, _interpreter(int8_path) as q_int:
-        for image in images:
-            x = image[None].astype(np.float32)
-            f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
-            q_int.set_tensor(q_int.get_input_details()[0]["index"], quantize(x, q_input))
-            f_int.invoke()
-            q_int.invoke()
-            ref = f_int.get_tensor(layer.float_tensor).astype(np.float64)
-            out = (q_int.get_tensor(layer.int8_tensor).astype(np.float64) - layer.out_zero) * layer.out_scale
-            total = total + (ref - out).reshape(-1, ref.shape[-1]).sum(axis=0)
-            count += ref.size // ref.shape[-1]
+    for image in images:
+        x = image[None].astype(np.float32)
+        f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
+        q_int.set_tensor(q_int.get_input_details()[0]["index"], quantize(x, q_input))
+        f_int.invoke()
+        q_int.invoke()
+        ref = f_int.get_tensor(layer.float_tensor).astype(np.float64)
+        out = (q_int.get_tensor(layer.int8_tensor).astype(np.float64) - layer.out_zero) * layer.out_scale
+        total = total + (ref - out).reshape(-1, ref.shape[-1]).sum(axis=0)
+        count += ref.size // ref.shape[-1]
     return total / count
 
 
 def correct_biases(int8_path: Path, float_path: Path, images_nhwc: np.ndarray, dst: Path) -> BiasCorrection:
     """Write `int8_path` with corrected biases to `dst`; `images_nhwc` are normalized calibration photos."""
-    model = _read(int8_path)
+    model = read_model(int8_path)
     if len(model.subgraphs) != 1:
         raise ValueError(f"{int8_path.name} has {len(model.subgraphs)} subgraphs; only single-graph models are handled")
     layers = _layers(model, float_path, int8_path)
     original = [layer.bias.copy() for layer in layers]
-    _write(model, dst)
+    write_model(model, dst)
     current = int8_path
     for layer in layers:  # in depth order, each measured after the ones before it are corrected
         error = _mean_error(float_path, current, layer, images_nhwc)
         shift = np.round(error / layer.bias_scale)
         layer.bias[:] = np.clip(layer.bias.astype(np.int64) + shift.astype(np.int64), -(2**31), 2**31 - 1)
-        _write(model, dst)
+        write_model(model, dst)
         current = dst
     shifts = [np.abs(layer.bias.astype(np.int64) - o) for layer, o in zip(layers, original)]
     return BiasCorrection(

@@ -12,22 +12,17 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import paired_layers
-from export.tflite_optimize import _compact
+from export.tflite_model import compact, read_model, write_model
 
 
 @dataclass(frozen=True)
 class Fallback:
     ops: list[int]  # int8 op indices now in float
     float_weights: int  # constant values now stored as float32
-
-
-def _read(path: Path) -> schema.ModelT:
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
 
 
 def _opcode(model: schema.ModelT, builtin: int, version: int = 1) -> int:
@@ -68,7 +63,7 @@ def _simple_op(model: schema.ModelT, builtin: int, source: int, target: int) -> 
 
 def fall_back(int8_path: Path, twin_path: Path, op_indices: set[int], dst: Path) -> Fallback:
     """Write `int8_path` to `dst` with the ops at `op_indices` running in float (weights from `twin_path`)."""
-    model, twin = _read(int8_path), _read(twin_path)
+    model, twin = read_model(int8_path), read_model(twin_path)
     graph, twin_graph = model.subgraphs[0], twin.subgraphs[0]
     twin_producer = {int(op.outputs[0]): op for op in twin_graph.operators}
     by_output = {index: f_tensor for index, _, f_tensor, _, _ in paired_layers(twin_path, int8_path)}
@@ -120,10 +115,6 @@ def fall_back(int8_path: Path, twin_path: Path, op_indices: set[int], dst: Path)
     graph.operators = [
         new for index, op in enumerate(graph.operators) for new in [*before.get(index, []), op, *after.get(index, [])]
     ]
-    _compact(model)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_bytes(bytes(builder.Output()))
-    tmp.replace(dst)
+    compact(model)
+    write_model(model, dst)
     return Fallback(ops=chosen, float_weights=float_weights)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -122,6 +123,17 @@ def paired_layers(float_model: Path, int8_model: Path) -> list[tuple[int, str, i
         if len(candidates) == 1:
             pairs.append((i, op, candidates.pop(), tensor, name))
     return pairs
+
+
+def tensor_keeping_interpreter(path: Path) -> Interpreter:
+    """An interpreter that keeps every intermediate tensor (no delegate, so nothing is fused away)."""
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:

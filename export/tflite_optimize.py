@@ -23,11 +23,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import op_type_name
+from export.tflite_model import compact, read_model, write_model
 
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
@@ -211,45 +211,13 @@ def _rewrite_island(graph: _Graph, entry, inside: list, exits: list) -> None:
     graph.g.operators = [op for op in graph.g.operators if id(op) not in removed]
 
 
-def _compact(model: schema.ModelT) -> None:
-    """Drop tensors and buffers nothing refers to any more, renumbering the rest."""
-    g = model.subgraphs[0]
-    used = sorted(
-        {int(t) for op in g.operators for t in [*op.inputs, *op.outputs] if t >= 0}
-        | {int(t) for t in g.inputs}
-        | {int(t) for t in g.outputs}
-    )
-    remap = {old: new for new, old in enumerate(used)}
-    g.tensors = [g.tensors[i] for i in used]
-    for op in g.operators:
-        op.inputs = np.array([remap[t] if t >= 0 else t for t in op.inputs], np.int32)
-        op.outputs = np.array([remap[t] for t in op.outputs], np.int32)
-    g.inputs = np.array([remap[t] for t in g.inputs], np.int32)
-    g.outputs = np.array([remap[t] for t in g.outputs], np.int32)
-    for signature in model.signatureDefs or []:
-        for io in [*(signature.inputs or []), *(signature.outputs or [])]:
-            io.tensorIndex = remap[io.tensorIndex]
-    metadata_buffers = [int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else [])]
-    used_buffers = sorted(
-        {0, *(t.buffer for t in g.tensors), *(m.buffer for m in model.metadata or []), *metadata_buffers}
-    )
-    buffer_map = {old: new for new, old in enumerate(used_buffers)}
-    model.buffers = [model.buffers[i] for i in used_buffers]
-    for t in g.tensors:
-        t.buffer = buffer_map[t.buffer]
-    for m in model.metadata or []:
-        m.buffer = buffer_map[m.buffer]
-    if metadata_buffers:
-        model.metadataBuffer = np.array([buffer_map[b] for b in metadata_buffers], np.int32)
-
-
 def _histogram(graph: _Graph) -> dict[str, int]:
     return dict(Counter(graph.op_name(op) for op in graph.g.operators).most_common())
 
 
 def optimize_tflite(src: Path, dst: Path, nhwc_shuffles: bool = False) -> OptimizeResult:
     """Rewrite the NCHW islands of `src` in NHWC and write the result to `dst` (via a temporary file)."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(src).read_bytes(), 0))
+    model = read_model(src)
     if len(model.subgraphs) != 1:
         raise ValueError(f"{src.name} has {len(model.subgraphs)} subgraphs; only single-graph models are optimized")
     if any(op.intermediates is not None and len(op.intermediates) for op in model.subgraphs[0].operators):
@@ -274,10 +242,6 @@ def optimize_tflite(src: Path, dst: Path, nhwc_shuffles: bool = False) -> Optimi
             islands += 1
             changed = True
             break
-    _compact(model)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-    tmp.write_bytes(bytes(builder.Output()))
-    tmp.replace(dst)
+    compact(model)
+    write_model(model, dst)
     return OptimizeResult(before, _histogram(graph), islands)

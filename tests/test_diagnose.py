@@ -1,14 +1,13 @@
 """Per-layer int8 diagnostics find a layer that was made deliberately bad."""
 
-import flatbuffers
 import numpy as np
 import pytest
 import torch
-from ai_edge_litert import schema_py_generated as schema
 
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
 from export.tflite_inspect import op_outputs
+from export.tflite_model import read_model, write_model
 from export.tflite_stage import convert_tflite
 from pipeline.diagnose import main as diagnose_main
 from tests.data.tiny_model import build
@@ -30,15 +29,13 @@ def tiny_variants(tmp_path_factory):
 
 def _negate_weights(src, dst, op_index: int) -> None:
     """Rewrite the .tflite with the int8 weights of op `op_index` negated: that layer becomes wrong."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src.read_bytes(), 0))
+    model = read_model(src)
     graph = model.subgraphs[0]
     weights = graph.tensors[graph.operators[op_index].inputs[1]]
     buffer = model.buffers[weights.buffer]
     values = np.frombuffer(bytes(bytearray(buffer.data)), np.int8)
     buffer.data = np.clip(-values.astype(np.int16), -127, 127).astype(np.int8).view(np.uint8)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(bytes(builder.Output()))
+    write_model(model, dst)
 
 
 def test_a_deliberately_broken_layer_is_named(tiny_variants, tmp_path):

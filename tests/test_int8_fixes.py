@@ -3,17 +3,16 @@
 import json
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 import onnx
 import pytest
-from ai_edge_litert import schema_py_generated as schema
 
 from export.bias_correction import correct_biases
 from export.equalize import channel_stats, equalize_onnx
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
 from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
+from export.tflite_model import read_model, write_model
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
@@ -68,13 +67,11 @@ def test_channels_that_reach_the_clip_are_left_alone(unbalanced_onnx, tmp_path):
 
 def _shift_bias(src, dst, op_index: int, lsb: int) -> None:
     """Rewrite the .tflite with `lsb` added to every int32 bias value of op `op_index`."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src.read_bytes(), 0))
+    model = read_model(src)
     graph = model.subgraphs[0]
     buffer = model.buffers[graph.tensors[graph.operators[op_index].inputs[2]].buffer]
     buffer.data = (np.frombuffer(bytes(bytearray(buffer.data)), np.int32) + lsb).view(np.uint8)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(bytes(builder.Output()))
+    write_model(model, dst)
 
 
 def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tmp_path):

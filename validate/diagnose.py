@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from ai_edge_litert.interpreter import Interpreter
 
-from export.tflite_inspect import inspect_tflite, paired_layers, quantize
+from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
 
 JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
 NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone
@@ -45,17 +45,6 @@ def _pairs(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int
     return pairs
 
 
-def _interpreter(path: Path) -> Interpreter:
-    """An interpreter that keeps every intermediate tensor (no delegate, so nothing is fused away)."""
-    interpreter = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        experimental_preserve_all_tensors=True,
-    )
-    interpreter.allocate_tensors()
-    return interpreter
-
-
 def _dequantized(interpreter: Interpreter, index: int, quantization: dict[int, tuple[float, int]]) -> np.ndarray:
     value = interpreter.get_tensor(index).astype(np.float64)
     scale, zero = quantization[index]
@@ -65,7 +54,7 @@ def _dequantized(interpreter: Interpreter, index: int, quantization: dict[int, t
 def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Diagnosis:
     """Each shared layer's SQNR (dequantized int8 vs float) over `images_nhwc` (normalized float input)."""
     pairs = _pairs(float_model, int8_model)
-    f_int, q_int = _interpreter(float_model), _interpreter(int8_model)
+    f_int, q_int = tensor_keeping_interpreter(float_model), tensor_keeping_interpreter(int8_model)
     q_input = inspect_tflite(int8_model).inputs[0]
     q_quantization = {t["index"]: t["quantization"] for t in q_int.get_tensor_details()}
     signal, noise, dot, q_norm = (np.zeros(len(pairs)) for _ in range(4))
