@@ -1,10 +1,9 @@
-"""int8 accuracy: plain onnx2tf int8 vs this project's default int8, in one run.
+"""int8 accuracy: plain onnx2tf int8 vs this project's default int8 (and --min-sqnr 12), in one run.
 
-For each model, exports int8 twice with pipeline.export (plain: --no-equalize --no-bias-correction
---no-optimize; default: no flags),
-then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1
-/ top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR, file size and host latency (median,
-1 thread, the two files measured alternately).
+For each model, exports int8 with pipeline.export three ways (plain: --no-equalize --no-bias-correction
+--no-optimize; default: no flags; min_sqnr_12: --min-sqnr 12), then measures on the held-out photos against ONNX
+Runtime on the unmodified simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement,
+mean cosine and SQNR, file size and host latency (median, 1 thread, the files measured in turn).
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -34,8 +33,12 @@ from validate.report import tool_versions  # noqa: E402
 from validate.runners import run_onnx, run_tflite  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
-VARIANTS = {"plain": ["--no-equalize", "--no-bias-correction", "--no-optimize"], "default": []}
-LATENCY_ROUNDS = 5  # alternate plain/default this many times, 40 timed runs each
+VARIANTS = {
+    "plain": ["--no-equalize", "--no-bias-correction", "--no-optimize"],
+    "default": [],
+    "min_sqnr_12": ["--min-sqnr", "12"],  # float fallback for the worst layers until 12 dB, at a size/latency cost
+}
+LATENCY_ROUNDS = 5  # measure the variants in turn this many times, 40 timed runs each
 
 
 def _export(model: str, flags: list[str], out: Path) -> Path:
@@ -43,7 +46,7 @@ def _export(model: str, flags: list[str], out: Path) -> Path:
     if model in WEIGHTS:
         cmd += ["--weights", WEIGHTS[model]]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 1):  # 1: a parity threshold missed, which is a result here
         raise SystemExit(f"export failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return out / model
 
@@ -56,7 +59,7 @@ def _topk_accuracy(logits: np.ndarray, labels: list[int | None], k: int) -> floa
 
 
 def _latencies(files: dict[str, Path]) -> dict[str, float]:
-    """Median host latency (1 thread) per file, measuring the files in turn so drift hits both alike."""
+    """Median host latency (1 thread) per file, measuring the files in turn so drift hits them alike."""
     times: dict[str, list[float]] = {name: [] for name in files}
     inputs = {name: model_input(path)[0] for name, path in files.items()}
     for _ in range(LATENCY_ROUNDS):
@@ -99,12 +102,15 @@ def measure_model(model: str, work: Path) -> dict:
             "ops": inspect_tflite(path).op_count,
             "sha256": sha256_file(path),
         }
-    plain, default = result["plain"], result["default"]
-    result["default_vs_plain"] = {
-        "sqnr_gain_db": default["sqnr_db"] - plain["sqnr_db"],
-        "size_ratio": default["bytes"] / plain["bytes"],
-        "latency_ratio": default["host_median_ms_1thread"] / plain["host_median_ms_1thread"],
-    }
+    plain = result["plain"]
+    for variant in VARIANTS:
+        if variant != "plain":
+            v = result[variant]
+            result[f"{variant}_vs_plain"] = {
+                "sqnr_gain_db": v["sqnr_db"] - plain["sqnr_db"],
+                "size_ratio": v["bytes"] / plain["bytes"],
+                "latency_ratio": v["host_median_ms_1thread"] / plain["host_median_ms_1thread"],
+            }
     return result
 
 
@@ -126,15 +132,16 @@ def main() -> None:
             for variant in VARIANTS:
                 v = r[variant]
                 print(
-                    f"  int8 {variant:7s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
+                    f"  int8 {variant:11s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
                     f"agree {v['top1_agreement']:.1%}  cosine {v['cosine_mean']:.4f}  SQNR {v['sqnr_db']:5.2f} dB  "
                     f"{v['bytes'] / 1e6:.3f} MB  {v['host_median_ms_1thread']:.2f} ms"
                 )
-            g = r["default_vs_plain"]
-            print(
-                f"  default vs plain: SQNR {g['sqnr_gain_db']:+.2f} dB, size x{g['size_ratio']:.3f}, "
-                f"latency x{g['latency_ratio']:.3f}"
-            )
+            for variant in list(VARIANTS)[1:]:
+                g = r[f"{variant}_vs_plain"]
+                print(
+                    f"  {variant} vs plain: SQNR {g['sqnr_gain_db']:+.2f} dB, size x{g['size_ratio']:.3f}, "
+                    f"latency x{g['latency_ratio']:.3f}"
+                )
     payload = {"host": platform.processor() or platform.machine(), "versions": tool_versions(), "models": results}
     write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out}")
