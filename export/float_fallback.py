@@ -96,11 +96,9 @@ def fall_back(int8_path: Path, twin_path: Path, op_indices: set[int], dst: Path)
                 new_inputs.append(_new_tensor(model, source, f"{source.name.decode()}/float", buffer))
                 float_weights += int(np.prod(source.shape)) if source.type == schema.TensorType.FLOAT32 else 0
             else:
-                if t not in float_of:
+                if t not in float_of:  # made by an op left in int8 (a chosen producer came first and made it)
                     float_of[t] = _new_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
-                    producer = next((i for i, o in enumerate(graph.operators) if t in o.outputs), None)
-                    if producer not in op_indices:
-                        before[index].append(_simple_op(model, schema.BuiltinOperator.DEQUANTIZE, t, float_of[t]))
+                    before[index].append(_simple_op(model, schema.BuiltinOperator.DEQUANTIZE, t, float_of[t]))
                 new_inputs.append(float_of[t])
         out = int(op.outputs[0])
         float_of[out] = _new_tensor(model, graph.tensors[out], f"{graph.tensors[out].name.decode()}/float")

@@ -51,7 +51,7 @@ IMAGENET_CLASSES = 1000
 MAX_FALLBACK_STEPS = 8  # worst layers (each with its consumers) tried in float before giving up on --min-sqnr
 MIN_FALLBACK_GAIN_DB = 0.1  # a layer stays in float only if it gains at least this much on the calibration crops
 BIAS_CORRECTION_IMAGES = 16  # calibration crops the bias correction measures on
-SELECTION_IMAGES = 32  # calibration crops that decide between the plain and the equalized int8 conversion
+SELECTION_IMAGES = 32  # calibration crops that choose between plain and equalized int8, and steer --min-sqnr
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 
 
@@ -123,16 +123,18 @@ def _convert(
         raise
 
 
-def _equalize(simplified: OnnxModel, stage_dir: Path, source: ModelSource, calib: np.ndarray, heldout: np.ndarray):
+def _nchw(batch_nhwc: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(batch_nhwc.transpose(0, 3, 1, 2))
+
+
+def _equalize(simplified: OnnxModel, stage_dir: Path, source: ModelSource, calib_x: np.ndarray, heldout: np.ndarray):
     """The int8 conversion's input: `simplified` with equalized channel ranges, checked against it in float."""
     path = stage_dir / f"{source.name}_equalized.onnx"
-    nchw = np.ascontiguousarray(imgs.normalize(calib, source.mean, source.std).transpose(0, 3, 1, 2))
-    pairs = equalize_onnx(simplified.path, path, nchw)
+    pairs = equalize_onnx(simplified.path, path, _nchw(calib_x))
     if not pairs:
         path.unlink()
         return None, {"applied": False, "pairs": []}
-    heldout_nchw = np.ascontiguousarray(heldout.transpose(0, 3, 1, 2))
-    reference, equalized = run_onnx(simplified.path, heldout_nchw), run_onnx(path, heldout_nchw)
+    reference, equalized = run_onnx(simplified.path, _nchw(heldout)), run_onnx(path, _nchw(heldout))
     summary = {
         "applied": True,
         "pairs": [p.as_dict() for p in pairs],
@@ -147,11 +149,18 @@ def _equalize(simplified: OnnxModel, stage_dir: Path, source: ModelSource, calib
 
 
 def _convert_all(
-    simplified: OnnxModel, equalized: OnnxModel | None, stage_dir: Path, request: ExportRequest, calib, source
+    simplified: OnnxModel,
+    equalized: OnnxModel | None,
+    stage_dir: Path,
+    request: ExportRequest,
+    calib,
+    source,
+    selection: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[dict[str, Path], dict, Path | None, dict | None]:
     """Every requested .tflite, the converter settings, the int8 graph's float twin (the fp32 file of the same
     run, for bias correction and per-layer diagnosis) and, when an equalized graph is given, the int8 choice:
-    int8 is then converted from both graphs and the one closer to float on calibration crops is kept."""
+    int8 is then converted from both graphs and the one closer to float on the `selection` crops (normalized
+    images, ONNX Runtime's output on them) is kept."""
     modes = request.modes
     runs = {"plain": (simplified, sorted({*modes, "fp32"}, key=QUANT_MODES.index) if "int8" in modes else modes)}
     if equalized is not None:
@@ -161,11 +170,10 @@ def _convert_all(
     }
     chosen, choice = "plain", None
     if equalized is not None:
-        nhwc = imgs.normalize(calib[:SELECTION_IMAGES], source.mean, source.std)
-        reference = run_onnx(simplified.path, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
-        scores = {key: sqnr_db(reference, run_tflite(c.files["int8"], nhwc)) for key, c in conversions.items()}
+        images, reference = selection
+        scores = {key: sqnr_db(reference, run_tflite(c.files["int8"], images)) for key, c in conversions.items()}
         chosen = "equalized" if scores["equalized"] > scores["plain"] else "plain"
-        choice = {"calibration_crops": len(nhwc), "calibration_sqnr_db": scores, "chosen": chosen}
+        choice = {"calibration_crops": len(images), "calibration_sqnr_db": scores, "chosen": chosen}
     twin = None
     if "int8" in modes:
         twin = stage_dir / f"{source.name}_int8_reference_fp32.tflite"
@@ -293,10 +301,10 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
             calib, calib_desc = _calibration(request, size)
             heldout_photos = imgs.heldout_photos()
             heldout = imgs.normalize(imgs.heldout_batch(heldout_photos, size), source.mean, source.std)
+            calib_x = imgs.normalize(calib, source.mean, source.std)  # what the model sees; `calib` goes to onnx2tf
         if source.random_weights:
             with timer.stage("BatchNorm statistics (random weights)"):
-                nchw = imgs.normalize(calib, source.mean, source.std).transpose(0, 3, 1, 2)
-                calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(nchw)))
+                calibrate_random_weights(source, torch.from_numpy(_nchw(calib_x)))
         raw, simplified = _onnx_stages(source, stage_dir, timer)
         num_classes = simplified.num_classes
         if num_classes is None:
@@ -305,12 +313,17 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         equalized, equalization = None, {"applied": False, "pairs": [], "reason": "no int8 requested"}
         if "int8" in request.modes and request.equalize:
             with timer.stage("range equalization (int8 graph)"):
-                equalized, equalization = _equalize(simplified, stage_dir, source, calib, heldout)
+                equalized, equalization = _equalize(simplified, stage_dir, source, calib_x, heldout)
         elif "int8" in request.modes:
             equalization["reason"] = "turned off (--no-equalize)"
+        selection = None
+        if "int8" in request.modes:
+            selection = (calib_x[:SELECTION_IMAGES], run_onnx(simplified.path, _nchw(calib_x[:SELECTION_IMAGES])))
         graphs = " (plain and equalized graphs)" if equalized is not None else ""
         with timer.stage(f"onnx2tf -> {', '.join(request.modes)}{graphs}"):
-            files, settings, twin, choice = _convert_all(simplified, equalized, stage_dir, request, calib, source)
+            files, settings, twin, choice = _convert_all(
+                simplified, equalized, stage_dir, request, calib, source, selection
+            )
         if choice is not None:
             equalization.update(applied=choice["chosen"] == "equalized", selection=choice)
             if not equalization["applied"]:
@@ -324,16 +337,13 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         bias_correction = {"applied": False, "reason": "no int8 requested"}
         if twin is not None and request.bias_correction:
             with timer.stage("int8 bias correction"):
-                nhwc = imgs.normalize(calib[:BIAS_CORRECTION_IMAGES], source.mean, source.std)
-                bias_correction = _correct_biases(files["int8"], twin, nhwc)
+                bias_correction = _correct_biases(files["int8"], twin, calib_x[:BIAS_CORRECTION_IMAGES])
         elif twin is not None:
             bias_correction["reason"] = "turned off (--no-bias-correction)"
         fallback = None
         if twin is not None and request.min_sqnr is not None:
             with timer.stage(f"int8 float fallback (--min-sqnr {request.min_sqnr:g})"):
-                nhwc = imgs.normalize(calib[:SELECTION_IMAGES], source.mean, source.std)
-                reference = run_onnx(simplified.path, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
-                fallback = _reach_min_sqnr(files["int8"], twin, nhwc, reference, request.min_sqnr)
+                fallback = _reach_min_sqnr(files["int8"], twin, *selection, request.min_sqnr)
         if twin is not None and (not equalization["applied"] or "fp32" not in request.modes):
             twin.unlink()  # kept only when it differs from the fp32 file and a diagnosis will use it
             twin = None

@@ -105,22 +105,17 @@ def test_export_records_bias_correction(shufflenet_variants):
     assert info["int8_equalization"]["pairs"] == [] and not info["int8_equalization"]["applied"]
 
 
-def test_export_keeps_the_better_int8_of_plain_and_equalized(tmp_path):
-    factory = f"{Path(__file__).parent / 'data' / 'tiny_model.py'}:build_unbalanced"
-    proc = run_cli(
-        "pipeline.export",
-        "--model",
-        factory,
-        "--input-size",
-        "64",
-        "--quant",
-        "int8",
-        "--out",
-        "out",
-        tmp_path=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    folder = tmp_path / "out" / "tiny_model_build_unbalanced"
+def _export_unbalanced(tiny_model: Path, tmp_path: Path, *flags: str) -> tuple[int, Path]:
+    """Export the unbalanced test model to int8; (exit code, its artifact folder)."""
+    args = ["--model", f"{tiny_model}:build_unbalanced", "--input-size", "64", "--quant", "int8", *flags]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    return proc.returncode, tmp_path / "out" / "tiny_model_build_unbalanced"
+
+
+def test_export_keeps_the_better_int8_of_plain_and_equalized(tiny_model, tmp_path):
+    returncode, folder = _export_unbalanced(tiny_model, tmp_path)
+    assert returncode == 0
     equalization = json.loads((folder / "parity.json").read_text())["model"]["int8_equalization"]
     assert equalization["channels_scaled"] > 0 and equalization["float_check"]["sqnr_db_vs_simplified"] > 60
     scores = equalization["selection"]["calibration_sqnr_db"]
@@ -129,13 +124,10 @@ def test_export_keeps_the_better_int8_of_plain_and_equalized(tmp_path):
     assert "## int8 range equalization" in (folder / "report.md").read_text()
 
 
-def test_min_sqnr_falls_back_worst_layers_to_float(tmp_path):
+def test_min_sqnr_falls_back_worst_layers_to_float(tiny_model, tmp_path):
     """An unreachable target: layers fall back until the steps run out, the report says so, and parity fails."""
-    factory = f"{Path(__file__).parent / 'data' / 'tiny_model.py'}:build_unbalanced"
-    args = ["--model", factory, "--input-size", "64", "--quant", "int8", "--min-sqnr", "90", "--out", "out"]
-    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    folder = tmp_path / "out" / "tiny_model_build_unbalanced"
+    returncode, folder = _export_unbalanced(tiny_model, tmp_path, "--min-sqnr", "90")
+    assert returncode == 1
     info = json.loads((folder / "parity.json").read_text())
     fallback = info["model"]["int8_float_fallback"]
     steps = fallback["steps"]
