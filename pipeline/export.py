@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration crops; the held-out parity must then reach it too (replaces --min-sqnr-int8)",
     )
     p.add_argument(
+        "--no-percentile-ranges",
+        action="store_true",
+        help="keep the converter's min-max int8 activation ranges (no percentile narrowing)",
+    )
+    p.add_argument(
         "--no-bias-correction",
         action="store_true",
         help="keep the converter's int8 biases (no empirical bias correction)",
@@ -149,6 +154,7 @@ def _request(args, argv: list[str]) -> ExportRequest:
         labels,
         optimize=not args.no_optimize,
         equalize=not args.no_equalize,
+        percentile_ranges=not args.no_percentile_ranges,
         bias_correction=not args.no_bias_correction,
         min_sqnr=args.min_sqnr,
     )

@@ -126,6 +126,28 @@ def _equalization_lines(equalization: dict) -> list[str]:
     return lines
 
 
+def _range_lines(ranges: dict) -> list[str]:
+    if not ranges or "calibration_sqnr_db" not in ranges:
+        return []
+    scores = ", ".join(f"{cut} {db:.2f} dB" for cut, db in ranges["calibration_sqnr_db"].items())
+    if ranges["applied"]:
+        verdict = (
+            f"The {ranges['percentile']:g}th-percentile cut is kept: {ranges['tensors']} activation tensors narrowed "
+            f"(median step x{ranges['median_step_ratio']:.2f}), {ranges['biases_rescaled']} biases re-expressed in "
+            "their new input scale."
+        )
+    else:
+        verdict = f"No cut beat min-max by {ranges['min_gain_db']:g} dB, so the converter's ranges are kept."
+    return [
+        "",
+        "## int8 activation ranges",
+        "",
+        f"Each changeable activation range was cut to a percentile of its int8 values on {ranges['counted_crops']} "
+        f"calibration crops. SQNR against float on {ranges['selection_crops']} other calibration crops: {scores}. "
+        f"{verdict}",
+    ]
+
+
 def _bias_correction_lines(correction: dict) -> list[str]:
     if not correction or "layers_corrected" not in correction:
         return []
@@ -267,6 +289,7 @@ def render_report(
     lines += ["| op | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
     lines += [f"| {op} | " + " | ".join(str(s.ops.get(op, 0)) for s in summaries.values()) + " |" for op in all_ops]
     lines += _equalization_lines(model.get("int8_equalization") or {})
+    lines += _range_lines(model.get("int8_activation_ranges") or {})
     lines += _bias_correction_lines(model.get("int8_bias_correction") or {})
     lines += _fallback_lines(model.get("int8_float_fallback"))
     lines += _optimization_lines(model.get("graph_optimization") or {})
