@@ -1,9 +1,11 @@
 """int8 accuracy: plain onnx2tf int8 vs this project's default int8 (and --min-sqnr 12), in one run.
 
-For each model, exports int8 with pipeline.export three ways (plain: --no-equalize --no-bias-correction
---no-optimize; default: no flags; min_sqnr_12: --min-sqnr 12), then measures on the held-out photos against ONNX
-Runtime on the unmodified simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement,
-mean cosine and SQNR, file size and host latency (median, 1 thread, the files measured in turn).
+For each model, exports int8 with pipeline.export three ways (plain: --no-equalize --no-percentile-ranges
+--no-bias-correction --no-optimize; default: no flags; min_sqnr_12: --min-sqnr 12) and, as a reference,
+dynamic-range int8 (float activations), then measures on the held-out photos against ONNX Runtime on the unmodified
+simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR (on all
+photos and per set: labelled ImageNet, natural full-resolution photos, upscaled CIFAR-10), file size and host
+latency (median, 1 thread, the files measured in turn).
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -33,16 +35,17 @@ from validate.report import tool_versions  # noqa: E402
 from validate.runners import run_onnx, run_tflite  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
-VARIANTS = {
-    "plain": ["--no-equalize", "--no-bias-correction", "--no-optimize"],
-    "default": [],
-    "min_sqnr_12": ["--min-sqnr", "12"],  # float fallback for the worst layers until 12 dB, at a size/latency cost
+VARIANTS = {  # name: (--quant, flags)
+    "plain": ("int8", ["--no-equalize", "--no-percentile-ranges", "--no-bias-correction", "--no-optimize"]),
+    "default": ("int8", []),
+    "min_sqnr_12": ("int8", ["--min-sqnr", "12"]),  # float fallback of the worst layers until 12 dB
+    "dynamic_range": ("dynamic", []),  # reference: int8 weights, float activations (not full-integer)
 }
 LATENCY_ROUNDS = 5  # measure the variants in turn this many times, 40 timed runs each
 
 
-def _export(model: str, flags: list[str], out: Path) -> Path:
-    cmd = [sys.executable, "-m", "pipeline.export", "--model", model, "--quant", "int8", "--out", str(out), *flags]
+def _export(model: str, quant: str, flags: list[str], out: Path) -> Path:
+    cmd = [sys.executable, "-m", "pipeline.export", "--model", model, "--quant", quant, "--out", str(out), *flags]
     if model in WEIGHTS:
         cmd += ["--weights", WEIGHTS[model]]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -69,7 +72,7 @@ def _latencies(files: dict[str, Path]) -> dict[str, float]:
 
 
 def measure_model(model: str, work: Path) -> dict:
-    dirs = {variant: _export(model, flags, work / variant) for variant, flags in VARIANTS.items()}
+    dirs = {variant: _export(model, quant, flags, work / variant) for variant, (quant, flags) in VARIANTS.items()}
     onnx_files = {v: d / f"{model}_simplified.onnx" for v, d in dirs.items()}
     contract = json.loads((dirs["default"] / "preprocess.json").read_text())
     size, mean, std = contract["input_size"], contract["mean"], contract["std"]
@@ -80,7 +83,13 @@ def measure_model(model: str, work: Path) -> dict:
     reference = run_onnx(onnx_files["default"], nchw)
     if not np.allclose(reference, run_onnx(onnx_files["plain"], nchw), rtol=0, atol=1e-5):
         raise SystemExit(f"{model}: the two exports started from different float graphs")
-    files = {v: d / f"{model}_int8.tflite" for v, d in dirs.items()}
+    files = {v: d / f"{model}_{VARIANTS[v][0]}.tflite" for v, d in dirs.items()}
+    natural = imgs.natural_photo_dir()
+    sets = {
+        "imagenet_labelled": np.array([p.label is not None for p in photos]),
+        "natural_full_resolution": np.array([p.path.parent == natural for p in photos]),
+    }
+    sets["cifar10_upscaled"] = ~(sets["imagenet_labelled"] | sets["natural_full_resolution"])
     latency = _latencies(files)
     result = {
         "weights": WEIGHTS.get(model, "random (seeded), BatchNorm statistics from calibration photos"),
@@ -97,6 +106,14 @@ def measure_model(model: str, work: Path) -> dict:
             "top1_agreement": metrics.top1_agreement,
             "cosine_mean": metrics.cosine_mean,
             "sqnr_db": metrics.sqnr_db,
+            "by_set": {
+                name: {
+                    "photos": int(mask.sum()),
+                    "top1_agreement": compare(reference[mask], logits[mask]).top1_agreement,
+                    "sqnr_db": compare(reference[mask], logits[mask]).sqnr_db,
+                }
+                for name, mask in sets.items()
+            },
             "bytes": path.stat().st_size,
             "host_median_ms_1thread": latency[variant],
             "ops": inspect_tflite(path).op_count,
@@ -132,9 +149,16 @@ def main() -> None:
             for variant in VARIANTS:
                 v = r[variant]
                 print(
-                    f"  int8 {variant:11s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
+                    f"  {variant:13s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
                     f"agree {v['top1_agreement']:.1%}  cosine {v['cosine_mean']:.4f}  SQNR {v['sqnr_db']:5.2f} dB  "
                     f"{v['bytes'] / 1e6:.3f} MB  {v['host_median_ms_1thread']:.2f} ms"
+                )
+                print(
+                    "                "
+                    + "  ".join(
+                        f"{name} ({s['photos']}): agree {s['top1_agreement']:.1%} SQNR {s['sqnr_db']:5.2f} dB"
+                        for name, s in v["by_set"].items()
+                    )
                 )
             for variant in list(VARIANTS)[1:]:
                 g = r[f"{variant}_vs_plain"]

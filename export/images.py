@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,24 @@ def calibration_photos() -> list[Photo]:
     return [Photo(folder / n) for n in _SKIMAGE_PHOTOS] + [Photo(p.path) for p in _foolbox_photos("cifar100")]
 
 
+def natural_photo_dir() -> Path:
+    """Where scripts/setup_photos.sh unpacks the natural held-out photos (MVE_PHOTO_CACHE overrides the cache)."""
+    cache = os.environ.get("MVE_PHOTO_CACHE") or Path.home() / ".cache" / "mobile-vision-export" / "photos"
+    return Path(cache) / "natural"
+
+
+def _natural_photos() -> list[Photo]:
+    folder = natural_photo_dir()
+    if not (folder / ".complete").is_file():
+        raise ImageDataError(f"the held-out photos are missing from {folder}: run scripts/setup.sh")
+    return [Photo(p) for p in sorted(folder.iterdir()) if p.name != ".complete"]
+
+
 def heldout_photos() -> list[Photo]:
-    """Photos never used for calibration: 20 labelled ImageNet photos, then 20 CIFAR-10 photos."""
+    """Photos never used for calibration: 20 labelled ImageNet photos, the natural photos of gcompris-qt-data
+    (animals, everyday objects, fish; full resolution), then 20 CIFAR-10 photos (32 x 32, upscaled)."""
     imagenet = _foolbox_photos("imagenet")
-    return imagenet + [Photo(p.path) for p in _foolbox_photos("cifar10")]
+    return imagenet + _natural_photos() + [Photo(p.path) for p in _foolbox_photos("cifar10")]
 
 
 def photos_in_dir(folder: Path) -> list[Photo]:

@@ -9,4 +9,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+bash scripts/setup_photos.sh
 echo "setup: ready ($(.venv/bin/python -c 'from importlib.metadata import version as v; print("onnx2tf", v("onnx2tf"), "torch", v("torch"))'))"

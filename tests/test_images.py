@@ -11,6 +11,7 @@ from export.images import (
     center_crop,
     heldout_photos,
     load_rgb,
+    natural_photo_dir,
     photos_in_dir,
 )
 
@@ -18,9 +19,16 @@ from export.images import (
 def test_calibration_and_validation_photos_never_overlap():
     calib = {p.path.resolve() for p in calibration_photos()}
     held = {p.path.resolve() for p in heldout_photos()}
-    assert len(calib) >= 30 and len(held) == 40
+    assert len(calib) >= 30 and len(held) == 20 + len(list(natural_photo_dir().glob("*.webp"))) + 20
+    assert len(held) >= 190  # 20 labelled ImageNet, >= 150 natural full-resolution photos, 20 CIFAR-10
     assert not calib & held
     assert sum(p.label is not None for p in heldout_photos()) == 20
+
+
+def test_missing_heldout_photos_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVE_PHOTO_CACHE", str(tmp_path))
+    with pytest.raises(ImageDataError, match="held-out photos are missing .* run scripts/setup.sh"):
+        heldout_photos()
 
 
 def test_calibration_batch_is_deterministic_and_in_range():

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 
+from export.activation_ranges import SHARED_QUANTIZATION_OPS, narrow_ranges
 from export.bias_correction import correct_biases
 from export.equalize import channel_stats, equalize_onnx
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
@@ -95,12 +97,88 @@ def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tm
     assert repaired > damaged + 3
 
 
+def _widen_range(src, dst, factor: float) -> int:
+    """Rewrite the .tflite with the output range of one conv (read by exactly one depthwise conv) made `factor` times
+    wider, the reader's bias re-expressed to match: the same function, coarser int8 steps. Returns that conv's index."""
+    model = read_model(src)
+    graph = model.subgraphs[0]
+    ops = op_outputs(src)
+    readers = {}
+    for index, op in enumerate(graph.operators):
+        for t in op.inputs:
+            readers.setdefault(int(t), []).append(index)
+    conv = next(
+        i
+        for i, (op, tensor, _) in enumerate(ops)
+        if op == "CONV_2D" and len(readers.get(tensor, [])) == 1 and ops[readers[tensor][0]][0] == "DEPTHWISE_CONV_2D"
+    )
+    out = graph.tensors[ops[conv][1]].quantization
+    old = float(out.scale[0])
+    out.scale = np.array([old * factor], np.float32)
+    out.zeroPoint = np.array([-128 + round((int(out.zeroPoint[0]) + 128) / factor)], np.int64)
+    reader = graph.operators[readers[ops[conv][1]][0]]
+    bias_t = graph.tensors[reader.inputs[2]]
+    bias = np.frombuffer(bytes(bytearray(model.buffers[bias_t.buffer].data)), np.int32)
+    model.buffers[bias_t.buffer].data = np.round(bias / factor).astype(np.int32).view(np.uint8)
+    weight_scale = np.asarray(graph.tensors[reader.inputs[1]].quantization.scale, np.float64)
+    bias_t.quantization.scale = (float(out.scale[0]) * weight_scale).astype(np.float32)
+    write_model(model, dst)
+    return conv
+
+
+def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants, tmp_path):
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
+    wide = tmp_path / "wide_int8.tflite"
+    _widen_range(int8, wide, factor=64.0)
+    calib = normalize(calibration_batch(calibration_photos(), 224, 16), MEAN, STD)
+    heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD)
+    reference = run_tflite(twin, heldout)
+    damaged = sqnr_db(reference, run_tflite(wide, heldout))
+    assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt
+
+    change = narrow_ranges(wide, calib, 99.999, tmp_path / "narrowed_int8.tflite")
+    repaired = sqnr_db(reference, run_tflite(tmp_path / "narrowed_int8.tflite", heldout))
+    assert change.tensors > 0 and change.biases > 0
+    assert repaired > damaged + 3
+
+
+def test_narrowed_ranges_keep_the_contract_and_shared_quantization(shufflenet_variants, tmp_path):
+    """Tensors that a layout op passes through unchanged keep one scale; the app's input and output keep theirs."""
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    narrowed = tmp_path / "narrowed_int8.tflite"
+    calib = normalize(calibration_batch(calibration_photos(), 224, 8), MEAN, STD)
+    change = narrow_ranges(int8, calib, 99.99, narrowed)
+    assert change.groups > 0 and change.median_step_ratio < 1
+    before, after = inspect_tflite(int8), inspect_tflite(narrowed)
+    assert (before.inputs, before.outputs) == (after.inputs, after.outputs)
+    model = read_model(narrowed)
+    graph = model.subgraphs[0]
+    checked = 0
+    for op, (name, _, _) in zip(graph.operators, op_outputs(narrowed)):
+        tensors = [graph.tensors[t] for t in [*op.inputs, *op.outputs] if t >= 0]
+        params = {
+            (float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0]))
+            for t in tensors
+            if t.type == schema.TensorType.INT8 and model.buffers[t.buffer].data is None  # activations
+        }
+        if name in SHARED_QUANTIZATION_OPS:
+            assert len(params) == 1, name
+            checked += 1
+    assert checked > 50  # shufflenet's transposes, reshapes, slices and concatenations
+
+
 def test_export_records_bias_correction(shufflenet_variants):
     info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]
     correction = info["int8_bias_correction"]
     assert correction["layers_corrected"] > 0
     assert correction["applied"] == (correction["calibration_sqnr_db_after"] > correction["calibration_sqnr_db_before"])
     assert "## int8 bias correction" in (shufflenet_variants / "report.md").read_text()
+    ranges = info["int8_activation_ranges"]
+    scores = ranges["calibration_sqnr_db"]
+    best = max(v for k, v in scores.items() if k != "min-max")
+    assert ranges["applied"] == (best >= scores["min-max"] + ranges["min_gain_db"])
+    assert "## int8 activation ranges" in (shufflenet_variants / "report.md").read_text()
     # shufflenet's channel ranges are even (widest / median < 3): nothing to equalize, one conversion
     assert info["int8_equalization"]["pairs"] == [] and not info["int8_equalization"]["applied"]
 
