@@ -172,6 +172,9 @@ def narrow_ranges(int8_path: Path, images_nhwc: np.ndarray, percentile: float, d
             old_scale[t] = scale
         ratios.append(step / scale)
     biases = 0
+    buffer_uses: dict[int, int] = {}
+    for t in graph.tensors:
+        buffer_uses[t.buffer] = buffer_uses.get(t.buffer, 0) + 1
     for op in graph.operators:
         if (
             _op_name(model, op) not in BIASED_OPS
@@ -185,15 +188,13 @@ def narrow_ranges(int8_path: Path, images_nhwc: np.ndarray, percentile: float, d
             continue
         old_in, new_in = old_scale[op.inputs[0]], float(graph.tensors[op.inputs[0]].quantization.scale[0])
         weight_scale = np.asarray(graph.tensors[op.inputs[1]].quantization.scale, np.float64)
-        buffer = schema.BufferT()  # a fresh buffer, in case another tensor shares the old one
         old = np.frombuffer(np.asarray(model.buffers[bias_t.buffer].data, np.uint8).tobytes(), np.int32)
-        buffer.data = (
-            np.clip(np.round(old.astype(np.float64) * old_in / new_in), -(2**31), 2**31 - 1)
-            .astype(np.int32)
-            .view(np.uint8)
-        )
-        model.buffers.append(buffer)
-        bias_t.buffer = len(model.buffers) - 1
+        new = np.clip(np.round(old.astype(np.float64) * old_in / new_in), -(2**31), 2**31 - 1).astype(np.int32)
+        if buffer_uses[bias_t.buffer] > 1:  # another tensor shares these values: give this bias its own buffer
+            buffer_uses[bias_t.buffer] -= 1
+            model.buffers.append(schema.BufferT())
+            bias_t.buffer = len(model.buffers) - 1
+        model.buffers[bias_t.buffer].data = new.view(np.uint8)
         bias_t.quantization.scale = (new_in * weight_scale).astype(np.float32)  # what the kernel checks against
         biases += 1
     write_model(model, dst)

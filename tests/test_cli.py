@@ -175,9 +175,9 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     assert rows["onnx"]["accuracy_top1_labelled"] >= 0.85
     assert rows["int8"]["accuracy_top1_labelled"] >= 0.75
     assert parity["inputs"]["weights_sha256"].startswith("b0353104")
-    # range equalization and bias correction: plain onnx2tf int8 reaches 6.5 dB here, the default 10.5 dB
-    assert parity["model"]["int8_equalization"]["applied"] and parity["model"]["int8_bias_correction"]["applied"]
-    assert rows["int8"]["metrics"]["sqnr_db"] >= 9.5
+    # range equalization and percentile ranges: plain onnx2tf int8 reaches 9.8 dB on these photos, the default 14.5
+    assert parity["model"]["int8_equalization"]["applied"] and parity["model"]["int8_activation_ranges"]["applied"]
+    assert rows["int8"]["metrics"]["sqnr_db"] >= 13.0
 
 
 def test_layout_pass_runs_by_default_and_can_be_turned_off(tmp_path, tiny_model):
