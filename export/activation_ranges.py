@@ -161,7 +161,7 @@ def narrow_ranges(int8_path: Path, images_nhwc: np.ndarray, percentile: float, d
         if total.sum() == 0:
             continue
         low, high = _percentile_codes(total, percentile, zero)
-        if high - low >= 254:  # nothing (or under one step) to gain
+        if high - low >= 254 or high == low:  # under one step to gain, or a tensor that is always 0
             continue
         lo, hi = (low - zero) * scale, (high - zero) * scale
         step = (hi - lo) / 255.0
