@@ -8,7 +8,7 @@ import onnx
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from export.activation_ranges import SHARED_QUANTIZATION_OPS, narrow_ranges
+from export.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, narrow_ranges
 from export.bias_correction import correct_biases
 from export.equalize import channel_stats, equalize_onnx
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
@@ -124,6 +124,15 @@ def _widen_range(src, dst, factor: float) -> int:
     bias_t.quantization.scale = (float(out.scale[0]) * weight_scale).astype(np.float32)
     write_model(model, dst)
     return conv
+
+
+def test_percentile_cut_drops_rare_extremes_and_keeps_zero_inside():
+    counts = np.zeros(256, np.int64)
+    counts[128 + 10 : 128 + 72] = 1000  # codes 10..71, all positive
+    counts[255] = 1  # one outlier at code 127
+    assert _percentile_codes(counts, 99.99, zero_point=-128) == (-128, 71)
+    assert _percentile_codes(counts, 100.0, zero_point=-128) == (-128, 127)
+    assert _percentile_codes(counts, 99.99, zero_point=20) == (10, 71)  # 0.0 (code 20) stays representable
 
 
 def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants, tmp_path):
