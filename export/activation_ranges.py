@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from export.bias_correction import BIASED_OPS
 from export.tflite_inspect import inspect_tflite, op_type_name, quantize, tensor_keeping_interpreter
 from export.tflite_model import read_model, write_model
 
@@ -50,7 +51,6 @@ RESCALING_OPS = {
     "QUANTIZE",
     "DEQUANTIZE",
 }
-BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 @dataclass(frozen=True)
