@@ -10,21 +10,14 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+from export.tflite_model import op_type_name
+
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "GATHER")
 
 
 class NotTfliteError(ValueError):
     """A file that is not a TFLite flatbuffer."""
-
-
-def op_type_name(builtin_code: int, deprecated_code: int, custom_code: bytes | None = None) -> str:
-    """The name of an operator code ('CONV_2D', 'CUSTOM:name', ...); newer models keep the code in the wider field."""
-    builtin = max(builtin_code, deprecated_code)
-    if builtin == schema.BuiltinOperator.CUSTOM:
-        return f"CUSTOM:{(custom_code or b'?').decode()}"
-    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
 
 @dataclass(frozen=True)

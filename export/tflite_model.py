@@ -1,16 +1,47 @@
-"""Read, compact and write .tflite flatbuffers with the schema's object API (ModelT)."""
+"""The one home of .tflite flatbuffer plumbing: read, inspect, compact and write with the schema's object API."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")  # ops whose third input is an int32 bias
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_type_name(builtin_code: int, deprecated_code: int, custom_code: bytes | None = None) -> str:
+    """The name of an operator code ('CONV_2D', 'CUSTOM:name', ...); newer models keep the code in the wider field."""
+    builtin = max(builtin_code, deprecated_code)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return f"CUSTOM:{(custom_code or b'?').decode()}"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def op_name(model: schema.ModelT, op: schema.OperatorT) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    return op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
+
 
 def read_model(path: Path) -> schema.ModelT:
     return schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
+
+
+def read_single_graph(path: Path) -> schema.ModelT:
+    """`read_model`, refusing models with more than one subgraph (the passes here rewrite only the main one)."""
+    model = read_model(path)
+    if len(model.subgraphs) != 1:
+        count = len(model.subgraphs)
+        raise ValueError(f"{Path(path).name} has {count} subgraphs; only single-graph models are handled")
+    return model
+
+
+def buffer_uses(graph: schema.SubGraphT) -> Counter[int]:
+    """How many tensors refer to each buffer: a shared buffer must be copied before one tensor's values change."""
+    return Counter(t.buffer for t in graph.tensors)
 
 
 def write_model(model: schema.ModelT, dst: Path) -> None:

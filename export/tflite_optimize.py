@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from export.tflite_inspect import op_type_name
-from export.tflite_model import compact, read_model, write_model
+from export.tflite_model import compact, op_name, read_single_graph, write_model
 
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
@@ -54,8 +53,7 @@ class _Graph:
         self._constants: dict[tuple, int] = {}
 
     def op_name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
+        return op_name(self.model, op)
 
     def consumers(self, tensor: int) -> list:
         return [op for op in self.g.operators if tensor in list(op.inputs)]
@@ -217,9 +215,7 @@ def _histogram(graph: _Graph) -> dict[str, int]:
 
 def optimize_tflite(src: Path, dst: Path, nhwc_shuffles: bool = False) -> OptimizeResult:
     """Rewrite the NCHW islands of `src` in NHWC and write the result to `dst` (via a temporary file)."""
-    model = read_model(src)
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"{src.name} has {len(model.subgraphs)} subgraphs; only single-graph models are optimized")
+    model = read_single_graph(src)
     if any(op.intermediates is not None and len(op.intermediates) for op in model.subgraphs[0].operators):
         raise ValueError(f"{src.name} has ops with intermediate tensors; the layout pass does not handle them")
     graph = _Graph(model)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.bundle import normalization_beside
+from export.contract import normalization_beside
 from export.images import ImageDataError, heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import NotTfliteError, inspect_tflite
 from validate.diagnose import DiagnoseError, diagnose
@@ -15,7 +15,7 @@ from validate.diagnose_report import write_diagnosis
 
 def _float_sibling(int8_model: Path) -> Path:
     """The float graph the int8 file was quantized from: its equalized twin if the export kept one."""
-    twin = int8_model.with_name(int8_model.name.replace("_int8", "_int8_reference_fp32"))
+    twin = int8_model.with_name(int8_model.name.replace("_int8", "_int8_float_twin"))
     return twin if twin.is_file() else int8_model.with_name(int8_model.name.replace("_int8", "_fp32"))
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         "--float",
         dest="float_model",
         type=Path,
-        help="the float .tflite (default: the _int8_reference_fp32 sibling, else the _fp32 one)",
+        help="the float .tflite (default: the _int8_float_twin sibling, else the _fp32 one)",
     )
     p.add_argument(
         "--images",

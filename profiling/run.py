@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from export.bundle import normalization_beside
+from export.contract import normalization_beside
 from export.images import heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import inspect_tflite, quantize
 from models.weights import sha256_file

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from export.files import write_text_atomic
 from models.weights import sha256_file
-from pipeline.staging import write_text_atomic
 from validate.diagnose import JUMP_DB, NOISE_FLOOR_DB, Diagnosis
 from validate.report import tool_versions
 

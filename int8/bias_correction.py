@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from export.tflite_inspect import inspect_tflite, op_type_name, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import read_model, write_model
+from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
+from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from validate.metrics import sqnr_db
+from validate.runners import run_tflite
 
-BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+IMAGES = 16  # calibration crops the correction measures on
 
 
 @dataclass(frozen=True)
-class BiasCorrection:
+class BiasShift:
     layers: int  # layers whose bias changed
     max_shift_lsb: int  # largest change of one int32 bias value, in units of its scale
 
@@ -39,21 +41,17 @@ class _Layer:
     out_zero: int
 
 
-def _layers(model: schema.ModelT, float_path: Path, int8_path: Path) -> list[_Layer]:
+def _layers(model: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_Layer]:
     """The int8 graph's biased layers without a fused activation that the float twin has too."""
-    twins = {index: (f_tensor, q_tensor) for index, _, f_tensor, q_tensor, _ in paired_layers(float_path, int8_path)}
+    twins = {index: (f_tensor, q_tensor) for index, _, f_tensor, q_tensor, _ in paired_layers(float_twin, int8_path)}
     graph = model.subgraphs[0]
-    buffer_uses: dict[int, int] = {}
-    for t in graph.tensors:
-        buffer_uses[t.buffer] = buffer_uses.get(t.buffer, 0) + 1
+    uses = buffer_uses(graph)
     layers = []
     for index, op in enumerate(graph.operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        name = op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
-        if name not in BIASED_OPS or index not in twins or len(op.inputs) < 3 or op.inputs[2] < 0:
+        if op_name(model, op) not in BIASED_OPS or index not in twins or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         bias_t, out_t = graph.tensors[op.inputs[2]], graph.tensors[op.outputs[0]]
-        if bias_t.type != schema.TensorType.INT32 or buffer_uses[bias_t.buffer] != 1 or out_t.quantization is None:
+        if bias_t.type != schema.TensorType.INT32 or uses[bias_t.buffer] != 1 or out_t.quantization is None:
             continue
         buffer = model.buffers[bias_t.buffer]
         if buffer.data is None:
@@ -77,10 +75,10 @@ def _layers(model: schema.ModelT, float_path: Path, int8_path: Path) -> list[_La
     return layers
 
 
-def _mean_error(float_path: Path, int8_path: Path, layer: _Layer, images: np.ndarray) -> np.ndarray:
+def _mean_error(float_twin: Path, int8_path: Path, layer: _Layer, images: np.ndarray) -> np.ndarray:
     """Per output channel of `layer`: the mean of float minus dequantized int8 over `images`."""
     q_input = inspect_tflite(int8_path).inputs[0]
-    f_int, q_int = tensor_keeping_interpreter(float_path), tensor_keeping_interpreter(int8_path)
+    f_int, q_int = tensor_keeping_interpreter(float_twin), tensor_keeping_interpreter(int8_path)
     total, count = 0.0, 0
     for image in images:
         x = image[None].astype(np.float32)
@@ -95,23 +93,59 @@ def _mean_error(float_path: Path, int8_path: Path, layer: _Layer, images: np.nda
     return total / count
 
 
-def correct_biases(int8_path: Path, float_path: Path, images_nhwc: np.ndarray, dst: Path) -> BiasCorrection:
+def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst: Path) -> BiasShift:
     """Write `int8_path` with corrected biases to `dst`; `images_nhwc` are normalized calibration photos."""
-    model = read_model(int8_path)
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"{int8_path.name} has {len(model.subgraphs)} subgraphs; only single-graph models are handled")
-    layers = _layers(model, float_path, int8_path)
+    model = read_single_graph(int8_path)
+    layers = _layers(model, float_twin, int8_path)
     original = [layer.bias.copy() for layer in layers]
     write_model(model, dst)
     current = int8_path
     for layer in layers:  # in depth order, each measured after the ones before it are corrected
-        error = _mean_error(float_path, current, layer, images_nhwc)
+        error = _mean_error(float_twin, current, layer, images_nhwc)
         shift = np.round(error / layer.bias_scale)
         layer.bias[:] = np.clip(layer.bias.astype(np.int64) + shift.astype(np.int64), -(2**31), 2**31 - 1)
         write_model(model, dst)
         current = dst
     shifts = [np.abs(layer.bias.astype(np.int64) - o) for layer, o in zip(layers, original)]
-    return BiasCorrection(
+    return BiasShift(
         layers=sum(int(s.max() > 0) for s in shifts if s.size),
         max_shift_lsb=int(max((s.max() for s in shifts if s.size), default=0)),
     )
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """What the bias correction changed and whether it was kept."""
+
+    applied: bool
+    layers_corrected: int
+    calibration_sqnr_db_before: float
+    calibration_sqnr_db_after: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def markdown(self) -> list[str]:
+        verdict = "kept" if self.applied else "not kept (no gain)"
+        return [
+            "## int8 bias correction",
+            "",
+            f"Biases of {self.layers_corrected} linear conv/fully-connected layers corrected by their mean error "
+            f"against the float twin on calibration photos: SQNR there {self.calibration_sqnr_db_before:.2f} "
+            f"-> {self.calibration_sqnr_db_after:.2f} dB, {verdict}.",
+        ]
+
+
+def correct_biases(int8: Path, float_twin: Path, calib: np.ndarray) -> BiasCorrection:
+    """Correct the biases of `int8` in place against `float_twin` on the first IMAGES calibration crops, kept only
+    if int8 comes closer to the float twin there."""
+    images = calib[:IMAGES]
+    candidate = int8.with_name(f".{int8.name}.corrected")
+    shift = shift_biases(int8, float_twin, images, candidate)
+    reference = run_tflite(float_twin, images)
+    before, after = sqnr_db(reference, run_tflite(int8, images)), sqnr_db(reference, run_tflite(candidate, images))
+    if after > before:
+        candidate.replace(int8)
+    else:
+        candidate.unlink()
+    return BiasCorrection(bool(after > before), shift.layers, float(before), float(after))

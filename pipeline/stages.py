@@ -1,0 +1,277 @@
+"""The export's stages. Each takes the `Job` so far and returns it with what the stage made; `pipeline.run` lists
+them in order."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export import images as imgs
+from export.contract import labels_for
+from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
+from export.tflite_inspect import TfliteSummary, inspect_tflite
+from export.tflite_optimize import optimize_tflite
+from export.tflite_stage import QUANT_MODES, ConversionError, TfliteConversion, check_converter_supports, convert_tflite
+from int8.activation_ranges import ActivationRanges, cut_activation_ranges
+from int8.bias_correction import BiasCorrection, correct_biases
+from int8.crops import SELECTION_IMAGES, Crops
+from int8.equalize import Equalization, GraphChoice, equalize_for_int8
+from int8.float_fallback import FloatFallback, reach_min_sqnr
+from pipeline.request import ExportRequest
+from pipeline.sources import ModelSource, calibrate_random_weights
+from validate.diagnose import Diagnosis, diagnose
+from validate.diagnose_report import write_diagnosis
+from validate.metrics import sqnr_db
+from validate.parity import VariantParity, check_parity
+from validate.runners import run_onnx, run_tflite
+
+IMAGENET_CLASSES = 1000
+FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
+LAYOUT_CHECK_IMAGES = 8  # held-out photos a layout rewrite must leave unchanged
+DIAGNOSIS_IMAGES = 20
+
+
+@dataclass(frozen=True)
+class Photos:
+    calib: np.ndarray  # NHWC 0..1: what onnx2tf calibrates on
+    calib_x: np.ndarray  # the same, normalized: what the model sees
+    calib_description: str
+    heldout_photos: list[imgs.Photo]
+    heldout: np.ndarray  # normalized NHWC
+
+
+@dataclass(frozen=True)
+class Graphs:
+    raw: OnnxModel
+    simplified: OnnxModel
+    equalized: OnnxModel | None = None  # the int8 conversion's input when equalization applies
+
+
+@dataclass(frozen=True)
+class Tflites:
+    files: dict[str, Path]  # mode -> .tflite
+    settings: dict  # converter settings per ONNX graph converted
+    float_twin: Path | None  # the float file converted from the int8 file's graph, while an int8 step needs it
+
+    def summaries(self) -> dict[str, TfliteSummary]:
+        return {mode: inspect_tflite(path) for mode, path in self.files.items()}
+
+
+@dataclass(frozen=True)
+class Job:
+    source: ModelSource
+    request: ExportRequest
+    stage_dir: Path
+    photos: Photos | None = None
+    graphs: Graphs | None = None
+    crops: Crops | None = None  # int8 only
+    equalization: Equalization | None = None
+    tflites: Tflites | None = None
+    layout: dict[str, dict] = field(default_factory=dict)
+    ranges: ActivationRanges | None = None
+    bias_correction: BiasCorrection | None = None
+    fallback: FloatFallback | None = None
+    rows: list[VariantParity] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    diagnosis: Diagnosis | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
+
+    @property
+    def int8(self) -> Path:
+        return self.tflites.files["int8"]
+
+
+def _nchw(batch_nhwc: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(batch_nhwc.transpose(0, 3, 1, 2))
+
+
+def load_photos(job: Job) -> Job:
+    request, source, size = job.request, job.source, job.source.input_size
+    photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
+    where = str(request.calib_dir) if request.calib_dir else "built-in scikit-image and CIFAR-100 photos"
+    calib = imgs.calibration_batch(photos, size, request.calib_samples)
+    heldout_photos = imgs.heldout_photos()
+    heldout = imgs.normalize(imgs.heldout_batch(heldout_photos, size), source.mean, source.std)
+    description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({where})"
+    calib_x = imgs.normalize(calib, source.mean, source.std)
+    return replace(job, photos=Photos(calib, calib_x, description, heldout_photos, heldout))
+
+
+def estimate_batchnorm(job: Job) -> Job:
+    """A random-weight model outputs (almost) its last bias until its BatchNorm statistics come from photos."""
+    calibrate_random_weights(job.source, torch.from_numpy(_nchw(job.photos.calib_x)))
+    return job
+
+
+def to_onnx(job: Job) -> Job:
+    source, path = job.source, job.stage_dir / f"{job.source.name}.onnx"
+    if source.module is not None:
+        raw = export_onnx(source.module, source.input_size, path)
+    else:
+        onnx.save(load_onnx(source.onnx_path), str(path))  # one file, external data embedded
+        raw = describe_onnx(path)
+    return replace(job, graphs=Graphs(raw, raw))
+
+
+def simplify(job: Job) -> Job:
+    raw = job.graphs.raw
+    try:
+        simplified = simplify_onnx(raw, job.stage_dir / f"{job.source.name}_simplified.onnx")
+    except OnnxError:
+        check_converter_supports(raw.path)  # an unconvertible op is the clearer message, if there is one
+        raise
+    check_converter_supports(simplified.path)
+    if simplified.num_classes is None:
+        raise OnnxError(f"the output shape of {job.source.name} is not static: export it with fixed dimensions")
+    return replace(job, graphs=Graphs(raw, simplified))
+
+
+def name_classes(job: Job) -> Job:
+    """Class names for every output, checked before the long conversion."""
+    return replace(job, labels=labels_for(job.graphs.simplified.num_classes, job.request.labels))
+
+
+def hold_out_selection_crops(job: Job) -> Job:
+    """The calibration crops that judge the int8 choices, with ONNX Runtime's output on them."""
+    selection = job.photos.calib_x[:SELECTION_IMAGES]
+    reference = run_onnx(job.graphs.simplified.path, _nchw(selection))
+    return replace(job, crops=Crops(job.photos.calib_x, reference))
+
+
+def equalize(job: Job) -> Job:
+    path = job.stage_dir / f"{job.source.name}_equalized.onnx"
+    calib, heldout = _nchw(job.photos.calib_x), _nchw(job.photos.heldout)
+    equalized, summary = equalize_for_int8(job.graphs.simplified, path, calib, heldout)
+    return replace(job, graphs=replace(job.graphs, equalized=equalized), equalization=summary)
+
+
+def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteConversion:
+    """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
+    try:
+        return convert_tflite(
+            graph, job.stage_dir / f"work_{key}", modes, job.photos.calib, job.source.mean, job.source.std
+        )
+    except ConversionError as exc:
+        if exc.log_path is not None and exc.log_path.is_file():
+            kept = job.request.out_root / f"{job.source.name}.onnx2tf-error.log"
+            shutil.copyfile(exc.log_path, kept)
+            exc.log_path = kept
+        raise
+
+
+def convert(job: Job) -> Job:
+    """Every requested .tflite. With int8 the fp32 file of the same run is kept as the int8 graph's float twin;
+    with an equalized graph, int8 is converted from both graphs and the one closer to float on the selection crops
+    is kept."""
+    modes, graphs = job.request.modes, job.graphs
+    int8 = "int8" in modes
+    runs = {"plain": (graphs.simplified, sorted({*modes, "fp32"}, key=QUANT_MODES.index) if int8 else modes)}
+    if graphs.equalized is not None:
+        runs["equalized"] = (graphs.equalized, ["fp32", "int8"])
+    conversions = {key: _convert(job, graph, key, m) for key, (graph, m) in runs.items()}
+    chosen, equalization = "plain", job.equalization
+    if graphs.equalized is not None:
+        crops = job.crops
+        outputs = {key: run_tflite(c.files["int8"], crops.selection) for key, c in conversions.items()}
+        scores = {key: sqnr_db(crops.reference, out) for key, out in outputs.items()}
+        chosen = "equalized" if scores["equalized"] > scores["plain"] else "plain"
+        equalization = equalization.chose(GraphChoice(len(crops.selection), scores, chosen))
+        if chosen == "plain":
+            graphs.equalized.path.unlink()  # not the int8 file's source: do not ship it
+            graphs = replace(graphs, equalized=None)
+    float_twin = None
+    if int8:
+        float_twin = job.stage_dir / f"{job.source.name}_int8_float_twin.tflite"
+        shutil.copyfile(conversions[chosen].files["fp32"], float_twin)
+    files = {}
+    for mode in modes:
+        files[mode] = job.stage_dir / f"{job.source.name}_{mode}.tflite"
+        shutil.move(str(conversions[chosen if mode == "int8" else "plain"].files[mode]), files[mode])
+    settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
+    log = "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
+    (job.stage_dir / "convert.log").write_text(log)
+    for key in conversions:
+        shutil.rmtree(job.stage_dir / f"work_{key}")
+    return replace(job, graphs=graphs, equalization=equalization, tflites=Tflites(files, settings, float_twin))
+
+
+def _optimize(path: Path, images: np.ndarray) -> dict:
+    """Apply the .tflite layout pass in place, keeping the result only if outputs stay identical on `images`."""
+    candidate = path.with_name(f".{path.name}.optimized")
+    try:
+        result = optimize_tflite(path, candidate)
+        summary = {"islands_rewritten": result.islands, "ops_before": result.ops_before, "ops_after": result.ops_after}
+        if result.islands == 0:
+            candidate.unlink()
+            return {**summary, "applied": False, "verified": "nothing to rewrite"}
+        before, after = run_tflite(path, images), run_tflite(candidate, images)
+    except (ValueError, RuntimeError) as exc:  # the pass is optional: any trouble keeps the converter's file
+        candidate.unlink(missing_ok=True)
+        summary = {"islands_rewritten": 0, "ops_before": {}, "ops_after": {}, "applied": False}
+        return {**summary, "verified": f"not optimized: {exc}"}
+    integer = inspect_tflite(path).outputs[0].dtype != "float32"
+    max_diff = float(np.max(np.abs(before.astype(np.float64) - after)))
+    limit = 0.0 if integer else FLOAT_ROUNDING * float(np.max(np.abs(before)))
+    if not max_diff <= limit:  # NaN never passes
+        candidate.unlink()
+        return {**summary, "applied": False, "verified": f"outputs changed on {len(images)} photos: kept the original"}
+    candidate.replace(path)
+    check = "identical" if max_diff == 0 else f"equal to float rounding (max diff {max_diff:.2g})"
+    return {**summary, "applied": True, "verified": f"outputs {check} on {len(images)} held-out photos"}
+
+
+def optimize_layout(job: Job) -> Job:
+    images = job.photos.heldout[:LAYOUT_CHECK_IMAGES]
+    layout = {mode: _optimize(path, images) for mode, path in job.tflites.files.items()}
+    if job.tflites.float_twin is not None:
+        _optimize(job.tflites.float_twin, images)  # the same rewrite as its int8 graph, so their layers still pair
+    return replace(job, layout=layout)
+
+
+def narrow_activation_ranges(job: Job) -> Job:
+    return replace(job, ranges=cut_activation_ranges(job.int8, job.crops))
+
+
+def correct_int8_biases(job: Job) -> Job:
+    return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.photos.calib_x))
+
+
+def fall_back_to_float(job: Job) -> Job:
+    return replace(job, fallback=reach_min_sqnr(job.int8, job.tflites.float_twin, job.crops, job.request.min_sqnr))
+
+
+def drop_float_twin(job: Job) -> Job:
+    """The float twin ships only when it differs from the fp32 file and the diagnosis uses it."""
+    twin = job.tflites.float_twin
+    if job.equalization is not None and job.equalization.applied and "fp32" in job.tflites.files:
+        return job
+    twin.unlink()
+    return replace(job, tflites=replace(job.tflites, float_twin=None))
+
+
+def parity(job: Job) -> Job:
+    source, request, files = job.source, job.request, job.tflites.files
+    rows = check_parity(
+        job.graphs.simplified.path,
+        files,
+        job.photos.heldout,
+        [p.label for p in job.photos.heldout_photos],
+        {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
+        torch_model=source.module,
+        with_accuracy=job.graphs.simplified.num_classes == IMAGENET_CLASSES and not source.random_weights,
+    )
+    return replace(job, rows=rows)
+
+
+def diagnose_int8(job: Job) -> Job:
+    files = job.tflites.files
+    heldout = job.photos.heldout[:DIAGNOSIS_IMAGES]
+    reference = job.tflites.float_twin or files["fp32"]
+    diagnosis = diagnose(reference, files["int8"], heldout)
+    write_diagnosis(job.stage_dir, diagnosis, reference, files["int8"], f"{len(heldout)} held-out photos")
+    return replace(job, diagnosis=diagnosis)
