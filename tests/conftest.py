@@ -10,10 +10,14 @@ TINY_MODEL = ROOT / "tests" / "data" / "tiny_model.py"
 
 
 def run_cli(module: str, *args: str, tmp_path: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run `python -m module args` with the network guard on; return the finished process."""
+    """Run `python -m module args` with the network guard on; return the finished process.
+
+    Only the network guard goes on PYTHONPATH, not the repo root: the project is imported the way it is installed
+    (editable in .venv), so a package missing from pyproject's packaging fails here too.
+    """
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)]),
+        PYTHONPATH=str(ROOT / "tests" / "netguard"),
         NETGUARD_LOG=str(tmp_path / "network_attempts.log"),
     )
     return subprocess.run(
