@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export import images as imgs  # noqa: E402
+from export.files import write_text_atomic  # noqa: E402
 from export.tflite_inspect import inspect_tflite  # noqa: E402
 from models.weights import sha256_file  # noqa: E402
-from pipeline.staging import write_text_atomic  # noqa: E402
 from profiling.host import measure_host  # noqa: E402
 from profiling.run import model_input  # noqa: E402
 from validate.metrics import compare  # noqa: E402

@@ -23,13 +23,13 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export.files import write_text_atomic  # noqa: E402
 from export.images import calibration_batch, calibration_photos  # noqa: E402
 from export.onnx_stage import describe_onnx  # noqa: E402
 from export.tflite_inspect import inspect_tflite  # noqa: E402
 from export.tflite_optimize import optimize_tflite  # noqa: E402
 from export.tflite_stage import convert_tflite  # noqa: E402
 from models import get_spec  # noqa: E402
-from pipeline.staging import write_text_atomic  # noqa: E402
 from profiling.arm_setup import default_cache, setup  # noqa: E402
 from profiling.cores import CORES  # noqa: E402
 from profiling.emulated import find_environment, run_emulated  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.staging import write_text_atomic  # noqa: E402
+from export.files import write_text_atomic  # noqa: E402
 from profiling.arm_setup import default_cache, setup  # noqa: E402
 from profiling.cores import parse_cores  # noqa: E402
 from profiling.run import ProfileRequest, profile_models  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.staging import write_text_atomic  # noqa: E402
+from export.files import write_text_atomic  # noqa: E402
 from validate.report import tool_versions  # noqa: E402
 
 STAGES = ("load_model", "onnx_export", "onnxsim", "onnx2tf_int8", "parity_int8")

@@ -94,7 +94,10 @@ def photos_in_dir(folder: Path) -> list[Photo]:
         try:
             with Image.open(path) as img:
                 img.load()  # decode fully: a truncated file fails here, not halfway through calibration
+                to_rgb8(img)  # a mode without a known white level is refused here, by name
             photos.append(Photo(path))
+        except ImageDataError as exc:
+            log.warning("skipping %s: %s", path, exc)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             log.warning("skipping %s: not a readable image (%s)", path, type(exc).__name__)
     if not photos:
@@ -102,9 +105,60 @@ def photos_in_dir(folder: Path) -> list[Photo]:
     return photos
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+_GRAY16 = {"I;16", "I;16L", "I;16B", "I;16N"}
+_NO_WHITE_LEVEL = "so their white level is unknown: save the photo as an 8- or 16-bit PNG or JPEG"
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB, each pixel scaled by the white level of its mode.
+
+    Pillow's own convert("RGB") clips 16-bit grayscale (and 32-bit integer) pixels above 255 to white, so:
+    - I;16, I;16L, I;16B, I;16N (16-bit grayscale PNG, TIFF): v * 255 / 65535, rounded.
+    - I (32-bit integer; Pillow's mode for 16-bit PGM and for older 16-bit PNG reads): values within 0..65535 are
+      taken as 16-bit, scaled like I;16; anything outside that has no known white level and is refused by name.
+    - F (32-bit float): values within 0..1 are scaled by 255; anything else is refused by name (0..1, 0..255 and
+      HDR radiance cannot be told apart).
+    - 16-bit-per-channel RGB/RGBA PNGs: Pillow 13 already opens them as RGB/RGBA holding the high byte of every
+      sample (v >> 8), which is within one level of v * 255 / 65535; they go through convert("RGB").
+    - 1, L, P, RGB, CMYK, YCbCr, LAB, HSV: Pillow's convert("RGB").
+    - Alpha (LA, La, PA, RGBA, RGBa, P with a transparent colour) is dropped, as Pillow's convert("RGB") does:
+      the colour stored under a transparent pixel is what the model sees.
+    Raises ImageDataError (without the file name) for a mode that has no defined conversion.
+    """
+    mode = img.mode
+    if mode in _GRAY16 or mode == "I":
+        values = np.asarray(img)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > 65535:
+            raise ImageDataError(
+                f"32-bit integer pixels (mode {mode}, values {lo}..{hi}) do not fit 16 bits, {_NO_WHITE_LEVEL}"
+            )
+        return Image.fromarray(np.rint(values * (255 / 65535)).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        if not np.isfinite(values).all() or lo < 0 or hi > 1:
+            raise ImageDataError(
+                f"floating-point pixels (mode F, values {lo:g}..{hi:g}) are not within 0..1, {_NO_WHITE_LEVEL}"
+            )
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8)).convert("RGB")
+    if mode == "La":
+        img = img.convert("LA")
+    elif mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # the direct path warns about palette transparency; the result is the same
+    try:
         return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageDataError(f"Pillow cannot convert its mode {mode} to RGB ({exc}): save it as PNG or JPEG") from None
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The photo at `path` as 8-bit RGB (see to_rgb8); ImageDataError names the file if its mode is refused."""
+    with Image.open(path) as img:
+        try:
+            return to_rgb8(img)
+        except ImageDataError as exc:
+            raise ImageDataError(f"{path}: {exc}") from None
 
 
 def center_crop(img: Image.Image, size: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -93,6 +94,45 @@ def _failure_message(log_text: str) -> str:
     return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
 
 
+def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, log_path: Path) -> int:
+    """Run the converter in its own session and process group; return its exit code.
+
+    Its own session keeps a terminal's Ctrl-C away from it (this process decides), and on any exception here
+    (KeyboardInterrupt, SIGTERM turned into one by pipeline.signals, the timeout) the whole group is stopped, so
+    no converter or child of it keeps running once this function has returned or raised."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
+    except BaseException:
+        _stop_group(proc)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM to the process group led by `proc`, up to `grace_s` for the leader to exit, then SIGKILL to the group
+    (whatever ignored SIGTERM, and children that outlived the leader), and reap the leader."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # stuck in the kernel; it cannot run any more code
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):  # the group is already empty
+        pass
+
+
 def convert_tflite(
     onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray, mean, std, timeout_s: int = 1800
 ) -> TfliteConversion:
@@ -112,20 +152,10 @@ def convert_tflite(
     with open(log_path, "w") as log:
         log.write("onnx2tf " + " ".join(args) + "\n")
         log.flush()
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "onnx2tf", *args],
-                cwd=work_dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
+        returncode = _run_converter([sys.executable, "-m", "onnx2tf", *args], work_dir, log, env, timeout_s, log_path)
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
     missing = [m for m, p in files.items() if not p.is_file()]
-    if proc.returncode != 0 or missing:
+    if returncode != 0 or missing:
         raise ConversionError(_failure_message(log_path.read_text(errors="replace")), log_path)
     settings = {
         "tool": "onnx2tf",

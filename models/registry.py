@@ -15,6 +15,7 @@ from models.mobilenet_v2 import mobilenet_v2
 from models.shufflenet_v1 import shufflenet_v1
 from models.shufflenet_v2 import shufflenet_v2
 from models.squeezenet import squeezenet
+from models.weights import load_weights
 from models.xception import xception
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,9 +144,8 @@ def get_spec(name: str) -> ModelSpec:
 
 def get_model(name: str, weights: str | None = None) -> nn.Module:
     """Build model `name` in eval mode; `weights` is a checkpoint path or 'imagenet'."""
-    from models.weights import load_weights
-
-    model = get_spec(name).builder()
+    spec = get_spec(name)
+    model = spec.builder()
     if weights is not None:
-        load_weights(model, name, weights)
+        load_weights(model, name, weights, spec.weights_source)
     return model.eval()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,13 +35,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_imagenet(model_name: str) -> Path:
-    """Path of the offline ImageNet checkpoint for `model_name`, verified by SHA-256."""
-    from models.registry import get_spec
-
+def resolve_imagenet(model_name: str, weights_source: str | None = None) -> Path:
+    """Path of the offline ImageNet checkpoint for `model_name`, verified by SHA-256; `weights_source` says where
+    the weights of a model without one come from."""
     if model_name not in BUNDLED_IMAGENET:
         raise WeightsError(
-            f"no offline ImageNet weights for '{model_name}'; they come from {get_spec(model_name).weights_source}"
+            f"no offline ImageNet weights for '{model_name}'; they come from {weights_source or 'its authors'}"
             " (nothing is downloaded unless you fetch it yourself)"
         )
     package, relpath, expected = BUNDLED_IMAGENET[model_name]
@@ -59,17 +62,71 @@ def resolve_imagenet(model_name: str) -> Path:
     return path
 
 
+_NOT_A_CHECKPOINT = "not a PyTorch checkpoint (expected a file written by torch.save(model.state_dict(), path))"
+
+
+def _header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch.load(weights_only=True) refused, in words that never advise an unsafe load.
+
+    torch's own messages suggest retrying with the unsafe loader; this tool never does that, so they are not
+    passed on (only the name of a refused class is)."""
+    text = str(exc)
+    head = _header(path)
+    if not head:
+        return f"the file is empty: {_NOT_A_CHECKPOINT}"
+    if head.startswith(b"PK"):  # torch.save's zip format (PyTorch >= 1.6)
+        if not zipfile.is_zipfile(path) or isinstance(exc, EOFError) or "central directory" in text:
+            return "truncated or corrupt checkpoint (its zip archive is incomplete): copy or save it again"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "truncated or corrupt checkpoint (its zip archive cannot be read): copy or save it again"
+        if damaged is not None:
+            return f"truncated or corrupt checkpoint ({damaged} fails its checksum): copy or save it again"
+        if not any(name.endswith("/data.pkl") for name in names):
+            return f"a zip archive but {_NOT_A_CHECKPOINT}"
+    elif head[:1] != b"\x80" or head[1:2] not in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if len(head) >= 9 and head[8:9] == b"{":  # an 8-byte header length, then a JSON header
+            return (
+                "a safetensors file, not a torch.save checkpoint: convert it with "
+                "torch.save(safetensors.torch.load_file(path), 'weights.pth')"
+            )
+        return _NOT_A_CHECKPOINT
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused or "Unsupported global" in text:
+        what = f"here {refused.group(1)}; " if refused else ""
+        return (
+            f"holds Python objects other than tensors ({what}for example a whole pickled model); "
+            "save model.state_dict() instead: this tool never unpickles arbitrary objects"
+        )
+    if isinstance(exc, EOFError) or "truncated" in text.lower() or "ran out of input" in text.lower():
+        return "truncated or corrupt checkpoint (it ends early): copy or save it again"
+    if not head.startswith(b"PK") and isinstance(exc, pickle.UnpicklingError) and "Unsupported operand" in text:
+        return f"a Python pickle but {_NOT_A_CHECKPOINT}"  # pickle.dump of a dict, not torch.save
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "weights_only" in first or "load" in first.lower():  # torch's advice, not a description of the file
+        first = type(exc).__name__
+    return f"corrupt or {_NOT_A_CHECKPOINT[:-1]}; torch says: {first})"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict with weights_only=True, unwrapping {'state_dict': ...} and 'module.' prefixes."""
+    """Load a state_dict with weights_only=True (the only loader used), unwrapping {'state_dict': ...} and 'module.'
+    prefixes; a file it refuses is described (not a checkpoint, a pickled object, truncated) in one line."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses a file
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"cannot read weights {path}: {first} (expected a state_dict saved with torch.save)"
-        ) from None
+        raise WeightsError(f"cannot read weights {path}: {_why_unreadable(path, exc)}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -78,9 +135,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, model_name: str, weights: str) -> Path:
+def load_weights(model: nn.Module, model_name: str, weights: str, weights_source: str | None = None) -> Path:
     """Load `weights` ('imagenet' or a path) into `model`, strictly; return the file used."""
-    path = resolve_imagenet(model_name) if weights == "imagenet" else Path(weights)
+    path = resolve_imagenet(model_name, weights_source) if weights == "imagenet" else Path(weights)
     state = read_state_dict(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

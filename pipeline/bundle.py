@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from export.files import write_text_atomic
 from export.images import center_crop, heldout_photos, load_rgb, normalize
 from export.tflite_inspect import inspect_tflite, quantize
 from pipeline.export import USER_ERRORS
 from pipeline.export import main as export_main
-from pipeline.staging import write_text_atomic
+from pipeline.signals import run_interruptible
 
 GOLDEN_PHOTOS = 4  # labelled held-out ImageNet photos
 SAMPLE_PHOTOS = 3  # bundled in the app as ready-made examples
@@ -89,6 +90,13 @@ def bundle(artifacts: Path, app: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
+    return run_interruptible(
+        lambda: _main(argv), "stopped bundling; the app's assets and golden vectors may be incomplete: run it again"
+    )
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v2", help="zoo model to bundle (default mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="weights for the export (default imagenet)")

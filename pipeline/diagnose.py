@@ -9,6 +9,7 @@ from pathlib import Path
 from export.contract import normalization_beside
 from export.images import ImageDataError, heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import NotTfliteError, inspect_tflite
+from pipeline.signals import run_interruptible
 from validate.diagnose import DiagnoseError, diagnose
 from validate.diagnose_report import write_diagnosis
 
@@ -20,6 +21,11 @@ def _float_sibling(int8_model: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
+    return run_interruptible(lambda: _main(argv), "stopped the diagnosis before writing diagnose.html")
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
     p.add_argument(

@@ -9,24 +9,26 @@ import shlex
 import sys
 from pathlib import Path
 
-from export.bundle import LabelsError, read_labels
+from rich.console import Console
+
+from export.contract import LabelsError, read_labels
 from export.images import ImageDataError
 from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
 from models import UnknownModelError, get_spec, list_models
 from models.weights import WeightsError
-from pipeline.arguments import positive_int
+from pipeline.api import export_model, is_factory
+from pipeline.arguments import input_size_problem, positive_int
 from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
 from pipeline.profile import run as profile_run
-from pipeline.progress import StageTimer
-from pipeline.run import ExportRequest, run_export
-from pipeline.sources import SourceError, from_factory, from_onnx, from_registry
+from pipeline.signals import run_interruptible
+from pipeline.sources import SourceError
 from pipeline.staging import OutputError
 from pipeline.zoo import failed_row, summary_row, write_summary
 from profiling.arm_setup import default_cache
 from profiling.cores import parse_cores
 from profiling.run import ProfileRequest
-from validate.thresholds import thresholds_for
+from validate.thresholds import Thresholds, thresholds_for
 
 USER_ERRORS = (
     UnknownModelError,
@@ -106,13 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_factory(model: str | None) -> bool:
-    return bool(model) and ":" in model and model.rsplit(":", 1)[0].endswith(".py")
-
-
 def _check_flags(args) -> None:
     """Refuse flags that would be silently ignored for the chosen source."""
-    zoo = args.all or (args.model and not _is_factory(args.model))
+    zoo = args.all or (args.model and not is_factory(args.model))
     if zoo and (args.input_size or args.mean or args.std):
         raise SourceError("--input-size, --mean and --std apply to file and ONNX models; zoo models fix their own")
     if args.onnx and (args.weights or args.input_size):
@@ -129,11 +127,12 @@ def _check_flags(args) -> None:
         parse_cores(args.profile_arm)  # an unknown core fails before the export, not after
     if args.std and any(s <= 0 for s in args.std):
         raise SourceError(f"--std must be positive, got {','.join(map(str, args.std))}")
+    if args.input_size and (problem := input_size_problem(args.input_size, f"--input-size {args.input_size}")):
+        raise SourceError(problem)
 
 
-def _request(args, argv: list[str]) -> ExportRequest:
-    modes = list(QUANT_MODES) if args.quant == "all" else [args.quant]
-    thresholds = {
+def _thresholds(args) -> dict[str, Thresholds]:
+    return {
         m: thresholds_for(
             m,
             args.min_sqnr if m == "int8" and args.min_sqnr is not None else getattr(args, f"min_sqnr_{m}"),
@@ -142,72 +141,62 @@ def _request(args, argv: list[str]) -> ExportRequest:
         )
         for m in ("onnx", *QUANT_MODES)
     }
-    labels = read_labels(args.labels) if args.labels else None
-    command = "python -m pipeline.export " + shlex.join(argv)
-    return ExportRequest(
-        modes,
-        args.out,
-        thresholds,
-        command,
-        args.calib_dir,
-        args.calib_samples,
-        labels,
-        optimize=not args.no_optimize,
+
+
+def _options(args, argv: list[str]) -> dict:
+    """export_model's keyword arguments for these flags."""
+    return dict(
+        quant=args.quant,
+        labels=args.labels,
+        calib_dir=args.calib_dir,
+        calib_samples=args.calib_samples,
+        out=args.out,
+        min_sqnr=args.min_sqnr,
+        thresholds=_thresholds(args),
         equalize=not args.no_equalize,
         percentile_ranges=not args.no_percentile_ranges,
         bias_correction=not args.no_bias_correction,
-        min_sqnr=args.min_sqnr,
+        optimize=not args.no_optimize,
+        command="python -m pipeline.export " + shlex.join(argv),
     )
 
 
-def _source(args, model: str):
-    if args.onnx:
-        return from_onnx(args.onnx, args.mean, args.std)
-    if _is_factory(model):
-        return from_factory(model, args.input_size, args.weights, args.mean, args.std)
-    return from_registry(model, args.weights)
-
-
-def _export_one(args, request: ExportRequest) -> int:
-    source = _source(args, args.model)
-    timer = StageTimer(f"Exporting {source.name} ({', '.join(request.modes)})")
-    result = run_export(source, request, timer)
+def _export_one(args, argv: list[str]) -> int:
+    model = args.onnx or args.model
+    result = export_model(
+        model, weights=args.weights, input_size=args.input_size, mean=args.mean, std=args.std, **_options(args, argv)
+    )
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     for row in result.rows:
         status = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
-        timer.note(
-            f"{row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
+        console.print(
+            f"  {row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
             f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}"
         )
-    timer.note(f"artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
+    console.print(f"  artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
     if args.profile:
-        with timer.stage("profile"):
-            request_profile = ProfileRequest(
-                host=True, cores=parse_cores(args.profile_arm) if args.profile_arm else [], arm_cache=default_cache()
-            )
-            profile_run(
-                [result.out_dir / f"{result.name}_{m}.tflite" for m in result.summaries],
-                request_profile,
-                result.out_dir,
-            )
+        cores = parse_cores(args.profile_arm) if args.profile_arm else []
+        request = ProfileRequest(host=True, cores=cores, arm_cache=default_cache())
+        profile_run(list(result.files.values()), request, result.out_dir)
     if not result.passed:
-        print(f"error: parity failed for {source.name}: see {result.out_dir / 'report.md'}", file=sys.stderr)
+        print(f"error: parity failed for {result.name}: see {result.report}", file=sys.stderr)
         return EXIT_PARITY_FAILED
     return 0
 
 
-def _export_all(request: ExportRequest) -> int:
+def _export_all(args, argv: list[str]) -> int:
     rows, worst = [], 0
-    mode = request.modes[-1]
+    mode = QUANT_MODES[-1] if args.quant == "all" else args.quant
     for name in list_models():
         try:
-            result = run_export(from_registry(name, None), request, StageTimer(f"Exporting {name} ({mode})"))
+            result = export_model(name, **_options(args, argv))
             rows.append(summary_row(result, mode))
             worst = max(worst, 0 if result.passed else EXIT_PARITY_FAILED)
         except Exception as exc:  # one model's failure must not lose the others' summary
             print(f"error: {name}: {exc}", file=sys.stderr)
             rows.append(failed_row(name, str(exc)))
             worst = max(worst, EXIT_USER_ERROR if isinstance(exc, USER_ERRORS) else EXIT_INTERNAL_ERROR)
-    path = write_summary(request.out_root, rows, mode)
+    path = write_summary(args.out, rows, mode)
     print(path.read_text())
     return worst
 
@@ -223,26 +212,35 @@ def _print_zoo() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.list:
-        _print_zoo()
-        return 0
-    try:
-        _check_flags(args)
-        request = _request(args, argv)
-        return _export_all(request) if args.all else _export_one(args, request)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Exception as exc:
-        if os.environ.get("MVE_DEBUG"):
-            raise
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with MVE_DEBUG=1 for the traceback "
-            "and report it)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL_ERROR
+
+    def export() -> int:
+        args = build_parser().parse_args(argv)
+        if args.list:
+            _print_zoo()
+            return 0
+        try:
+            _check_flags(args)
+            if args.labels:
+                read_labels(args.labels)  # an unreadable file fails before the export, not after
+            return _export_all(args, argv) if args.all else _export_one(args, argv)
+        except USER_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except Exception as exc:
+            if os.environ.get("MVE_DEBUG"):
+                raise
+            print(
+                f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with MVE_DEBUG=1 for the traceback "
+                "and report it)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL_ERROR
+
+    # Ctrl-C and SIGTERM (CI cancellation, `timeout`) unwind like KeyboardInterrupt: the converter's process group
+    # is stopped and the partial folder removed, then one line and exit 130 (SIGINT) or 143 (SIGTERM).
+    return run_interruptible(
+        export, "stopped the export and its converter; an unfinished export leaves no model folder behind"
+    )
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from export.files import write_text_atomic
 from export.images import ImageDataError
 from export.tflite_inspect import NotTfliteError
 from pipeline.arguments import positive_int
-from pipeline.staging import write_text_atomic
+from pipeline.signals import run_interruptible
 from profiling.arm_setup import default_cache
 from profiling.cores import UnknownCoreError, parse_cores
 from profiling.device import DeviceError
@@ -62,6 +63,13 @@ def run(models: list[Path], request: ProfileRequest, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
+    return run_interruptible(
+        lambda: _main(argv), "stopped profiling (and the runs it had started) before writing profile.json"
+    )
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cores = parse_cores(args.arm) if args.arm else []

@@ -22,7 +22,7 @@ class StageTimer:
         try:
             with self.console.status(f"{name} ..."):
                 yield
-        except BaseException:
+        except Exception:
             self.console.print(f"  [red]x[/red] {name} failed after {time.perf_counter() - start:.1f} s")
             raise
         self.timings[name] = time.perf_counter() - start

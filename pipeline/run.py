@@ -82,6 +82,19 @@ class ExportResult:
     macs: int | None
     channel_shuffles: int | None
 
+    @property
+    def files(self) -> dict[str, Path]:
+        """The .tflite of each variant written."""
+        return {mode: self.out_dir / f"{self.name}_{mode}.tflite" for mode in self.summaries}
+
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "report.md"
+
+    def parity(self, variant: str) -> VariantParity:
+        """The parity row of `variant` ('onnx' is ONNX Runtime against PyTorch)."""
+        return next(row for row in self.rows if row.variant == variant)
+
 
 def run_stages(job: s.Job, timer: StageTimer) -> s.Job:
     for stage in STAGES:

@@ -16,6 +16,10 @@ from models.complexity import count_macs, count_parameters
 from models.random_init import estimate_batchnorm_stats
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from models.weights import load_weights, sha256_file
+from pipeline.arguments import input_size_problem
+
+RANDOM_INIT = "random initialization (seed 0)"
+RANDOM_CAVEAT = "parity is meaningful, accuracy is not"
 
 
 class SourceError(ValueError):
@@ -33,7 +37,7 @@ class ModelSource:
     onnx_path: Path | None = None
     weights: str = "as built"
     weights_sha256: str | None = None
-    random_weights: bool = False  # a zoo model without a checkpoint: accuracy means nothing
+    random_weights: bool = False  # no checkpoint and randomly initialised (zoo or factory): accuracy means nothing
     channel_shuffles: int | None = None
 
     def complexity(self) -> tuple[int | None, int | None]:
@@ -57,9 +61,9 @@ def from_registry(name: str, weights: str | None) -> ModelSource:
         channel_shuffles=spec.channel_shuffles,
     )
     if weights is None:
-        source.weights, source.random_weights = "random initialization (seed 0)", True
+        source.weights, source.random_weights = RANDOM_INIT, True
     else:
-        path = load_weights(model, name, weights)
+        path = load_weights(model, name, weights, spec.weights_source)
         source.weights = f"imagenet ({path})" if weights == "imagenet" else str(path)
         source.weights_sha256 = sha256_file(path)
     return source
@@ -81,6 +85,28 @@ def _import_file(path: Path):
     return module
 
 
+def _call_factory(factory, target: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SourceError(f"{target}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise SourceError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _state_differs(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two builds of a model differ in any floating-point parameter or buffer (or in their keys)."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    if state_a.keys() != state_b.keys():
+        return True
+    return any(
+        t.is_floating_point() and (t.shape != state_b[k].shape or not torch.equal(t, state_b[k]))
+        for k, t in state_a.items()
+    )
+
+
 def from_factory(target: str, input_size: int | None, weights: str | None, mean, std) -> ModelSource:
     """Load `path/to/file.py:factory`, call it, and check it returns an nn.Module."""
     file_part, _, factory_name = target.rpartition(":")
@@ -89,18 +115,19 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
         raise SourceError(f"model file not found: {path} (expected path/to/file.py:factory)")
     if input_size is None:
         raise SourceError(f"--input-size is required with a model from a file ({target})")
+    if problem := input_size_problem(input_size, f"--input-size {input_size}"):
+        raise SourceError(problem)
     if weights == "imagenet":
         raise SourceError("--weights imagenet only applies to zoo models; pass a checkpoint path")
     factory = getattr(_import_file(path), factory_name, None)
     if not callable(factory):
         raise SourceError(f"{path} has no callable '{factory_name}': name a function that returns an nn.Module")
-    torch.manual_seed(0)
-    try:
-        model = factory()
-    except Exception as exc:
-        raise SourceError(f"{target}() raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise SourceError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+    # Without a checkpoint, build it twice under different seeds: weights that change with the seed come from the
+    # random number generator, and a random network's parity is trivial unless it is treated like the zoo's.
+    probe = _call_factory(factory, target, seed=1) if weights is None else None
+    model = _call_factory(factory, target, seed=0)
+    random_weights = probe is not None and _state_differs(model, probe)
+    del probe
     name = f"{path.stem}_{factory_name}"
     source = ModelSource(
         name,
@@ -109,7 +136,8 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
         tuple(mean or IMAGENET_MEAN),
         tuple(std or IMAGENET_STD),
         module=model.eval(),
-        weights=f"as returned by {factory_name}()",
+        weights=f"{RANDOM_INIT} from {factory_name}()" if random_weights else f"as returned by {factory_name}()",
+        random_weights=random_weights,
     )
     if weights is not None:
         loaded = load_weights(model, name, weights)
@@ -117,10 +145,29 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
     return source
 
 
+def from_module(model: nn.Module, name: str | None, input_size: int | None, mean, std) -> ModelSource:
+    """A torch.nn.Module passed in by a caller of the Python API, taken as trained (it cannot be rebuilt)."""
+    if input_size is None:
+        raise SourceError("input_size is required with a torch.nn.Module")
+    if problem := input_size_problem(input_size, f"input_size {input_size}", "choose a smaller input_size"):
+        raise SourceError(problem)
+    return ModelSource(
+        name or type(model).__name__.lower(),
+        f"Python object {type(model).__name__}",
+        input_size,
+        tuple(mean or IMAGENET_MEAN),
+        tuple(std or IMAGENET_STD),
+        module=model.eval(),
+        weights="as passed in",
+    )
+
+
 def from_onnx(path: Path, mean, std) -> ModelSource:
     if not path.is_file():
         raise SourceError(f"ONNX file not found: {path}")
     size = describe_onnx(path).input_size
+    if problem := input_size_problem(size, f"the {size}x{size} input of {path}", "export it at a smaller size"):
+        raise SourceError(problem)
     return ModelSource(
         path.stem,
         f"ONNX file {path}",
@@ -134,7 +181,8 @@ def from_onnx(path: Path, mean, std) -> ModelSource:
 
 
 def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> None:
-    """Give a randomly initialised zoo model image-dependent outputs (see models.random_init)."""
+    """Give a randomly initialised model (zoo or factory) image-dependent outputs (see models.random_init)."""
     count = estimate_batchnorm_stats(source.module, images_nchw)
     detail = f", BatchNorm statistics of {count} layers estimated on the calibration photos" if count else ""
-    source.weights = f"random initialization (seed 0){detail}: parity is meaningful, accuracy is not"
+    origin = source.weights.split(", BatchNorm statistics")[0].split(": parity is")[0]  # the same on a second call
+    source.weights = f"{origin}{detail}: {RANDOM_CAVEAT}"

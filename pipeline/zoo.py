@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from export.files import write_text_atomic
 from pipeline.run import ExportResult
-from pipeline.staging import OutputError, write_text_atomic
+from pipeline.staging import OutputError
 
 
 def summary_row(result: ExportResult, mode: str) -> dict:

@@ -36,6 +36,7 @@ def contract_classes(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
     _javac(tmp_path, f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
     proc = subprocess.run(
@@ -59,6 +60,7 @@ def test_contract_module_has_no_android_imports():
         assert "import android." not in source.read_text(), source
 
 
+@pytest.mark.slow
 def test_app_compiles_against_android_jar(contract_classes, tmp_path):
     if not ANDROID_JAR.is_file():
         pytest.fail(f"{ANDROID_JAR} is missing: run bash scripts/setup_android.sh")

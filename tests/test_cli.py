@@ -22,6 +22,7 @@ def test_network_guard_catches_a_download(tmp_path):
     assert "getaddrinfo 'example.org'" in network_attempts(tmp_path)
 
 
+@pytest.mark.slow
 def test_default_model_exports_to_validated_int8_offline(tmp_path):
     """The README's main command: shufflenet_v2_x0_5 to int8, with no network at any stage."""
     proc = run_cli(
@@ -80,6 +81,7 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     assert "onnx2tf -> int8" in proc.stderr  # the progress display names each stage
 
 
+@pytest.mark.slow
 def test_custom_model_file_all_variants(tmp_path, tiny_model):
     proc = run_cli(
         "pipeline.export",
@@ -107,6 +109,7 @@ def test_custom_model_file_all_variants(tmp_path, tiny_model):
     assert fp32["metrics"]["top1_agreement"] == 1.0 and fp32["metrics"]["max_abs"] < 1e-4
 
 
+@pytest.mark.slow
 def test_existing_onnx_file_and_custom_labels(tmp_path):
     torch.manual_seed(0)
     onnx_path = export_onnx(build(), 64, tmp_path / "mine.onnx").path
@@ -132,6 +135,7 @@ def test_existing_onnx_file_and_custom_labels(tmp_path):
     assert (out / "labels.txt").read_text().splitlines()[3] == "thing 3"
 
 
+@pytest.mark.slow
 def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
     proc = run_cli(
         "pipeline.export",
@@ -154,6 +158,7 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
     assert "FAILED" in (tmp_path / "out" / "tiny_model_build" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     """Real weights: the int8 model still classifies the labelled held-out photos, and keeps the int8 fixes' gain."""
     proc = run_cli(
@@ -180,6 +185,7 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     assert rows["int8"]["metrics"]["sqnr_db"] >= 13.0
 
 
+@pytest.mark.slow
 def test_layout_pass_runs_by_default_and_can_be_turned_off(tmp_path, tiny_model):
     args = ["--model", f"{tiny_model}:build_shuffle", "--input-size", "64", "--quant", "int8", "--calib-samples", "16"]
     proc = run_cli("pipeline.export", *args, "--out", "on", tmp_path=tmp_path)

@@ -38,6 +38,7 @@ def _negate_weights(src, dst, op_index: int) -> None:
     write_model(model, dst)
 
 
+@pytest.mark.slow
 def test_a_deliberately_broken_layer_is_named(tiny_variants, tmp_path):
     float_model, int8_model = tiny_variants
     ops = [op for op, _, _ in op_outputs(int8_model)]
@@ -55,6 +56,7 @@ def test_a_deliberately_broken_layer_is_named(tiny_variants, tmp_path):
     assert before.sqnr_db == pytest.approx(next(la for la in healthy.layers if la.index == target - 1).sqnr_db)
 
 
+@pytest.mark.slow
 def test_cli_writes_html_and_json(tiny_variants, tmp_path, capsys):
     float_model, int8_model = tiny_variants
     assert diagnose_main([str(int8_model), "--float", str(float_model), "--images", "4", "--out", str(tmp_path)]) == 0

@@ -7,14 +7,14 @@ import numpy as np
 import onnx
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, narrow_ranges
-from int8.bias_correction import shift_biases
-from int8.equalize import channel_stats, equalize_onnx
 
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
 from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
 from export.tflite_model import read_model, write_model
+from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, narrow_ranges
+from int8.bias_correction import shift_biases
+from int8.equalize import channel_stats, equalize_onnx
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
@@ -76,6 +76,7 @@ def _shift_bias(src, dst, op_index: int, lsb: int) -> None:
     write_model(model, dst)
 
 
+@pytest.mark.slow
 def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"  # no equalization: the int8 graph's float twin
@@ -135,6 +136,7 @@ def test_percentile_cut_drops_rare_extremes_and_keeps_zero_inside():
     assert _percentile_codes(counts, 99.99, zero_point=20) == (10, 71)  # 0.0 (code 20) stays representable
 
 
+@pytest.mark.slow
 def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
@@ -152,6 +154,7 @@ def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants,
     assert repaired > damaged + 3
 
 
+@pytest.mark.slow
 def test_narrowed_ranges_keep_the_contract_and_shared_quantization(shufflenet_variants, tmp_path):
     """Tensors that a layout op passes through unchanged keep one scale; the app's input and output keep theirs."""
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
@@ -178,6 +181,7 @@ def test_narrowed_ranges_keep_the_contract_and_shared_quantization(shufflenet_va
     assert checked > 50  # shufflenet's transposes, reshapes, slices and concatenations
 
 
+@pytest.mark.slow
 def test_export_records_bias_correction(shufflenet_variants):
     info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]
     correction = info["int8_bias_correction"]
@@ -207,6 +211,7 @@ def _export_unbalanced(tiny_model: Path, tmp_path: Path, *flags: str) -> tuple[i
     return proc.returncode, tmp_path / "out" / "tiny_model_build_unbalanced"
 
 
+@pytest.mark.slow
 def test_export_keeps_the_better_int8_of_plain_and_equalized(tiny_model, tmp_path):
     returncode, folder = _export_unbalanced(tiny_model, tmp_path)
     assert returncode == 0
@@ -218,6 +223,7 @@ def test_export_keeps_the_better_int8_of_plain_and_equalized(tiny_model, tmp_pat
     assert "## int8 range equalization" in (folder / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_min_sqnr_falls_back_worst_layers_to_float(tiny_model, tmp_path):
     """An unreachable target: layers fall back until the steps run out, the report says so, and parity fails."""
     returncode, folder = _export_unbalanced(tiny_model, tmp_path, "--min-sqnr", "90")

@@ -66,6 +66,7 @@ def arm_cache(tmp_path_factory):
     return cache
 
 
+@pytest.mark.slow
 def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
     data = json.loads((shufflenet_variants / "profile.json").read_text())
     assert [m["model"] for m in data["models"]] == [
@@ -76,6 +77,7 @@ def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
     assert "## Parity" in report and "### Host (wall time, this machine's x86 CPU)" in report
 
 
+@pytest.mark.slow
 def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
     model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     assert (
@@ -85,6 +87,7 @@ def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
     assert "ARM emulation is not set up" in line and "python -m profiling.arm_setup" in line
 
 
+@pytest.mark.slow
 def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shufflenet_variants):
     models = [shufflenet_variants / f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "int8")]
     code = profile_main(
@@ -124,6 +127,7 @@ def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shuff
     assert "### ARM, emulated (instructions per inference, not milliseconds)" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_adb_without_a_device_measures_nothing(tmp_path, capsys, shufflenet_variants):
     model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     missing = tmp_path / "benchmark_model"

@@ -91,6 +91,7 @@ def test_describe_onnx_rejects_what_the_pipeline_cannot_take(tmp_path):
         describe_onnx(tmp_path / "junk.onnx")
 
 
+@pytest.mark.slow
 def test_onnx2tf_writes_every_variant_offline(tmp_path, monkeypatch):
     # onnx2tf runs as a child process: the network guard is loaded into it through PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests" / "netguard"))

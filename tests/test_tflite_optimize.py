@@ -38,6 +38,7 @@ def _params(q):
     return [list(v) if v is not None else [] for v in (q.scale, q.zeroPoint, q.min, q.max)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fp32", "int8"])
 @pytest.mark.parametrize("nhwc_shuffles", [False, True])
 def test_islands_go_and_outputs_stay(tiny_shuffle, tmp_path, mode, nhwc_shuffles):
@@ -60,6 +61,7 @@ def test_islands_go_and_outputs_stay(tiny_shuffle, tmp_path, mode, nhwc_shuffles
     assert all(after[name] == before[name] for name in after if name in before)
 
 
+@pytest.mark.slow
 def test_shufflenet_islands_with_slices_rewrite_exactly(shufflenet_variants, tmp_path):
     """The full rewrite on a real ShuffleNet V2: shuffles become one 5-D TRANSPOSE each, slices move to NHWC."""
     x = normalize(heldout_batch(heldout_photos()[:4], 224), MEAN, STD)

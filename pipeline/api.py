@@ -1,0 +1,87 @@
+"""The Python API: `export_model(...)` does what `python -m pipeline.export` does and returns the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from export.contract import read_labels
+from export.tflite_stage import QUANT_MODES
+from pipeline.progress import StageTimer
+from pipeline.request import ExportRequest
+from pipeline.run import ExportResult, run_export
+from pipeline.sources import ModelSource, SourceError, from_factory, from_module, from_onnx, from_registry
+from validate.thresholds import Thresholds, thresholds_for
+
+
+def is_factory(model: str) -> bool:
+    """'path/to/file.py:factory' names a function in a user's file, not a zoo model."""
+    return ":" in model and model.rsplit(":", 1)[0].endswith(".py")
+
+
+def model_source(model, weights=None, input_size=None, mean=None, std=None, name=None) -> ModelSource:
+    """A zoo name, 'file.py:factory', an ONNX file (a Path ending in .onnx) or a torch.nn.Module."""
+    if isinstance(model, nn.Module):
+        if weights is not None:
+            raise SourceError("weights= applies to zoo and file models: load them into the module before passing it")
+        return from_module(model, name, input_size, mean, std)
+    if isinstance(model, Path) or str(model).endswith(".onnx"):
+        return from_onnx(Path(model), mean, std)
+    if is_factory(str(model)):
+        return from_factory(str(model), input_size, weights, mean, std)
+    return from_registry(str(model), weights)
+
+
+def export_model(
+    model: str | Path | nn.Module,
+    *,
+    quant: str = "int8",
+    weights: str | None = None,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    name: str | None = None,
+    labels: Path | list[str] | None = None,
+    calib_dir: Path | None = None,
+    calib_samples: int = 100,
+    out: Path = Path("artifacts"),
+    min_sqnr: float | None = None,
+    thresholds: dict[str, Thresholds] | None = None,
+    equalize: bool = True,
+    percentile_ranges: bool = True,
+    bias_correction: bool = True,
+    optimize: bool = True,
+    command: str | None = None,
+) -> ExportResult:
+    """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
+    `out`/<name>/. Raises the tool's one-line errors (ValueError/OSError subclasses) on bad input."""
+    if quant not in (*QUANT_MODES, "all"):
+        raise SourceError(f"unknown quant '{quant}': use one of {', '.join(QUANT_MODES)} or all")
+    modes = list(QUANT_MODES) if quant == "all" else [quant]
+    limits = {m: thresholds_for(m) for m in ("onnx", *QUANT_MODES)}
+    if min_sqnr is not None:
+        limits["int8"] = thresholds_for("int8", min_sqnr)
+    limits.update(thresholds or {})
+    source = model_source(model, weights, input_size, mean, std, name)
+    request = ExportRequest(
+        modes,
+        Path(out),
+        limits,
+        command or f"export_model({source.name!r}, quant={quant!r})",
+        Path(calib_dir) if calib_dir else None,
+        calib_samples,
+        read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels,
+        optimize=optimize,
+        equalize=equalize,
+        percentile_ranges=percentile_ranges,
+        bias_correction=bias_correction,
+        min_sqnr=min_sqnr,
+    )
+    timer = StageTimer(f"Exporting {source.name} ({', '.join(modes)})")
+    if source.random_weights:
+        timer.note(
+            f"warning: {source.name} has random weights: parity is meaningful, top-1 accuracy is not; "
+            "pass --weights with a trained checkpoint"
+        )
+    return run_export(source, request, timer)
