@@ -23,6 +23,7 @@ class Stage:
     name: str
     run: Callable[[s.Job], s.Job]
     skip: Callable[[s.Job], str | None] = lambda job: None  # why the stage does not run for this job, or None
+    title: Callable[[s.Job], str] | None = None  # what the console and the timings call it, if not `name`
 
 
 def _no_int8(job: s.Job) -> str | None:
@@ -59,7 +60,7 @@ STAGES = (
     Stage("class names", s.name_classes),
     Stage("int8 selection crops", s.hold_out_selection_crops, _no_int8),
     Stage("range equalization (int8 graph)", s.equalize, _no_equalize),
-    Stage("onnx2tf", s.convert),
+    Stage("onnx2tf", s.convert, title=s.convert_title),
     Stage("graph optimization", s.optimize_layout, _no_optimize),
     Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
     Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
@@ -102,7 +103,7 @@ def run_stages(job: s.Job, timer: StageTimer) -> s.Job:
         if reason is not None:
             job = replace(job, skipped={**job.skipped, stage.name: reason})
             continue
-        with timer.stage(stage.name):
+        with timer.stage(stage.title(job) if stage.title else stage.name):
             job = stage.run(job)
     return job
 

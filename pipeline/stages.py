@@ -164,6 +164,11 @@ def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteCo
         raise
 
 
+def convert_title(job: Job) -> str:
+    graphs = " (plain and equalized graphs)" if job.graphs.equalized is not None else ""
+    return f"onnx2tf -> {', '.join(job.request.modes)}{graphs}"
+
+
 def convert(job: Job) -> Job:
     """Every requested .tflite. With int8 the fp32 file of the same run is kept as the int8 graph's float twin;
     with an equalized graph, int8 is converted from both graphs and the one closer to float on the selection crops
