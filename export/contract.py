@@ -85,7 +85,7 @@ def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteS
         "std": list(std),
         "normalize": "x = (pixel / 255 - mean[c]) / std[c]",
         "quantize_input": "q = clamp(round_half_even(x / scale) + zero_point, -128, 127)  (int8 variants)",
-        "dequantize_output": "y = (q - zero_point) * scale  (int8 variants)",
+        "dequantize_output": "y = (q - zero_point) * scale  (variants whose output is int8)",
         "output": {"kind": "logits", "classes": num_classes, "softmax_applied": False, "labels": "labels.txt"},
         "variants": {mode: {"file": s.path.name, **_io(s)} for mode, s in summaries.items()},
     }

@@ -26,6 +26,46 @@ def op_name(model: schema.ModelT, op: schema.OperatorT) -> str:
     return op_type_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
 
 
+def add_opcode(model: schema.ModelT, builtin: int, version: int = 1) -> int:
+    """The index of an operator code for `builtin` (at least `version`), added if the model has none."""
+    for index, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def add_tensor(model: schema.ModelT, like: schema.TensorT, name: str, buffer: schema.BufferT | None = None) -> int:
+    """A new tensor shaped like `like`: float32 without data, or holding `buffer` with `like`'s type and
+    quantization; returns its index in the main subgraph."""
+    tensor = schema.TensorT()
+    tensor.shape = np.array(like.shape, np.int32)
+    tensor.shapeSignature = None if like.shapeSignature is None else np.array(like.shapeSignature, np.int32)
+    tensor.type = like.type if buffer is not None else schema.TensorType.FLOAT32
+    tensor.name = name.encode()
+    tensor.buffer = 0
+    if buffer is not None:
+        model.buffers.append(buffer)
+        tensor.buffer = len(model.buffers) - 1
+        tensor.quantization = like.quantization
+    graph = model.subgraphs[0]
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def unary_op(model: schema.ModelT, builtin: int, source: int, target: int) -> schema.OperatorT:
+    """A new one-input, one-output op (QUANTIZE, DEQUANTIZE) from tensor `source` to `target`."""
+    op = schema.OperatorT()
+    op.opcodeIndex = add_opcode(model, builtin)
+    op.inputs = np.array([source], np.int32)
+    op.outputs = np.array([target], np.int32)
+    return op
+
+
 def read_model(path: Path) -> schema.ModelT:
     return schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
 

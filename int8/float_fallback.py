@@ -16,7 +16,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import op_inputs, op_outputs, paired_layers
-from export.tflite_model import BIASED_OPS, compact, read_model, write_model
+from export.tflite_model import BIASED_OPS, add_opcode, add_tensor, compact, read_model, unary_op, write_model
 from int8.crops import Crops
 from profiling.host import measure_host
 from profiling.run import model_input
@@ -32,42 +32,6 @@ MIN_GAIN_DB = 0.1  # a layer stays in float only if it gains at least this much 
 class FallbackRewrite:
     ops: list[int]  # int8 op indices now in float
     float_weights: int  # constant values now stored as float32
-
-
-def _opcode(model: schema.ModelT, builtin: int, version: int = 1) -> int:
-    for index, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = version
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
-def _new_tensor(model: schema.ModelT, like: schema.TensorT, name: str, buffer: schema.BufferT | None = None) -> int:
-    tensor = schema.TensorT()
-    tensor.shape = np.array(like.shape, np.int32)
-    tensor.shapeSignature = None if like.shapeSignature is None else np.array(like.shapeSignature, np.int32)
-    tensor.type = like.type if buffer is not None else schema.TensorType.FLOAT32
-    tensor.name = name.encode()
-    tensor.buffer = 0
-    if buffer is not None:
-        model.buffers.append(buffer)
-        tensor.buffer = len(model.buffers) - 1
-        tensor.quantization = like.quantization
-    graph = model.subgraphs[0]
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
-def _simple_op(model: schema.ModelT, builtin: int, source: int, target: int) -> schema.OperatorT:
-    op = schema.OperatorT()
-    op.opcodeIndex = _opcode(model, builtin)
-    op.inputs = np.array([source], np.int32)
-    op.outputs = np.array([target], np.int32)
-    return op
 
 
 def fall_back(int8_path: Path, float_twin: Path, op_indices: set[int], dst: Path) -> FallbackRewrite:
@@ -102,20 +66,20 @@ def fall_back(int8_path: Path, float_twin: Path, op_indices: set[int], dst: Path
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()
                 buffer.data = np.array(twin_data, np.uint8)
-                new_inputs.append(_new_tensor(model, source, f"{source.name.decode()}/float", buffer))
+                new_inputs.append(add_tensor(model, source, f"{source.name.decode()}/float", buffer))
                 float_weights += int(np.prod(source.shape)) if source.type == schema.TensorType.FLOAT32 else 0
             else:
                 if t not in float_of:  # made by an op left in int8 (a chosen producer came first and made it)
-                    float_of[t] = _new_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
-                    before[index].append(_simple_op(model, schema.BuiltinOperator.DEQUANTIZE, t, float_of[t]))
+                    float_of[t] = add_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
+                    before[index].append(unary_op(model, schema.BuiltinOperator.DEQUANTIZE, t, float_of[t]))
                 new_inputs.append(float_of[t])
         out = int(op.outputs[0])
-        float_of[out] = _new_tensor(model, graph.tensors[out], f"{graph.tensors[out].name.decode()}/float")
+        float_of[out] = add_tensor(model, graph.tensors[out], f"{graph.tensors[out].name.decode()}/float")
         if out in outputs or not consumers.get(out, set()) <= op_indices:
-            after[index].append(_simple_op(model, schema.BuiltinOperator.QUANTIZE, float_of[out], out))
+            after[index].append(unary_op(model, schema.BuiltinOperator.QUANTIZE, float_of[out], out))
         replacement = copy.copy(twin_op)
         code = twin.operatorCodes[twin_op.opcodeIndex]
-        replacement.opcodeIndex = _opcode(model, max(code.builtinCode, code.deprecatedBuiltinCode), code.version)
+        replacement.opcodeIndex = add_opcode(model, max(code.builtinCode, code.deprecatedBuiltinCode), code.version)
         replacement.inputs = np.array(new_inputs, np.int32)
         replacement.outputs = np.array([float_of[out]], np.int32)
         graph.operators[index] = replacement

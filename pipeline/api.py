@@ -12,7 +12,7 @@ from pipeline.progress import StageTimer
 from pipeline.request import ExportRequest
 from pipeline.run import ExportResult, run_export
 from pipeline.sources import ModelSource, SourceError, from_factory, from_module, from_onnx, from_registry
-from validate.thresholds import Thresholds, thresholds_for
+from validate.thresholds import thresholds_for
 
 
 def is_factory(model: str) -> bool:
@@ -47,7 +47,8 @@ def export_model(
     calib_samples: int = 100,
     out: Path = Path("artifacts"),
     min_sqnr: float | None = None,
-    thresholds: dict[str, Thresholds] | None = None,
+    int8_output: str = "int8",
+    thresholds: dict[str, dict[str, float]] | None = None,
     equalize: bool = True,
     percentile_ranges: bool = True,
     bias_correction: bool = True,
@@ -55,15 +56,20 @@ def export_model(
     command: str | None = None,
 ) -> ExportResult:
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
-    `out`/<name>/. Raises the tool's one-line errors (ValueError/OSError subclasses) on bad input."""
+    `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
+    min_sqnr, min_cosine, min_top1). Raises the tool's one-line errors (ValueError/OSError subclasses) on bad
+    input."""
     if quant not in (*QUANT_MODES, "all"):
         raise SourceError(f"unknown quant '{quant}': use one of {', '.join(QUANT_MODES)} or all")
+    if int8_output not in ("int8", "float"):
+        raise SourceError(f"unknown int8_output '{int8_output}': use int8 or float")
     modes = list(QUANT_MODES) if quant == "all" else [quant]
-    limits = {m: thresholds_for(m) for m in ("onnx", *QUANT_MODES)}
-    if min_sqnr is not None:
-        limits["int8"] = thresholds_for("int8", min_sqnr)
-    limits.update(thresholds or {})
     source = model_source(model, weights, input_size, mean, std, name)
+    overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
+    if min_sqnr is not None:
+        overrides["int8"]["min_sqnr"] = min_sqnr
+    trained = not source.random_weights
+    limits = {m: thresholds_for(m, **overrides[m], trained=trained) for m in overrides}
     request = ExportRequest(
         modes,
         Path(out),
@@ -77,6 +83,7 @@ def export_model(
         percentile_ranges=percentile_ranges,
         bias_correction=bias_correction,
         min_sqnr=min_sqnr,
+        int8_output=int8_output,
     )
     timer = StageTimer(f"Exporting {source.name} ({', '.join(modes)})")
     if source.random_weights:

@@ -28,7 +28,6 @@ from pipeline.zoo import failed_row, summary_row, write_summary
 from profiling.arm_setup import default_cache
 from profiling.cores import parse_cores
 from profiling.run import ProfileRequest
-from validate.thresholds import Thresholds, thresholds_for
 
 USER_ERRORS = (
     UnknownModelError,
@@ -85,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration crops; the held-out parity must then reach it too (replaces --min-sqnr-int8)",
     )
     p.add_argument(
+        "--int8-output",
+        choices=["int8", "float"],
+        default="int8",
+        help="the int8 file's output: int8 (default) or float32 logits from a dynamic-range output layer (int8 input "
+        "either way)",
+    )
+    p.add_argument(
         "--no-percentile-ranges",
         action="store_true",
         help="keep the converter's min-max int8 activation ranges (no percentile narrowing)",
@@ -121,6 +127,8 @@ def _check_flags(args) -> None:
         raise SourceError("give either --min-sqnr (a target with float fallback) or --min-sqnr-int8 (a threshold)")
     if args.min_sqnr is not None and args.quant not in ("int8", "all"):
         raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
+    if args.int8_output == "float" and args.quant not in ("int8", "all"):
+        raise SourceError("--int8-output applies to the int8 file: use it with --quant int8 or --quant all")
     if args.profile_arm and not args.profile:
         raise SourceError("--profile-arm goes with --profile")
     if args.profile_arm:
@@ -131,16 +139,13 @@ def _check_flags(args) -> None:
         raise SourceError(problem)
 
 
-def _thresholds(args) -> dict[str, Thresholds]:
-    return {
-        m: thresholds_for(
-            m,
-            args.min_sqnr if m == "int8" and args.min_sqnr is not None else getattr(args, f"min_sqnr_{m}"),
-            getattr(args, f"min_cosine_{m}"),
-            getattr(args, f"min_top1_{m}"),
-        )
-        for m in ("onnx", *QUANT_MODES)
-    }
+def _thresholds(args) -> dict[str, dict[str, float]]:
+    """The thresholds given on the command line, per variant (the rest keep their defaults)."""
+    given = {}
+    for m in ("onnx", *QUANT_MODES):
+        flags = {key: getattr(args, f"{key}_{m}") for key in ("min_sqnr", "min_cosine", "min_top1")}
+        given[m] = {key: value for key, value in flags.items() if value is not None}
+    return given
 
 
 def _options(args, argv: list[str]) -> dict:
@@ -152,6 +157,7 @@ def _options(args, argv: list[str]) -> dict:
         calib_samples=args.calib_samples,
         out=args.out,
         min_sqnr=args.min_sqnr,
+        int8_output=args.int8_output,
         thresholds=_thresholds(args),
         equalize=not args.no_equalize,
         percentile_ranges=not args.no_percentile_ranges,

@@ -18,6 +18,7 @@ INT8_STEPS = (
     ("int8_activation_ranges", "ranges", "int8 percentile activation ranges"),
     ("int8_bias_correction", "bias_correction", "int8 bias correction"),
     ("int8_float_fallback", "fallback", "int8 float fallback"),
+    ("int8_output", "output", "int8 output in float"),
 )
 
 

@@ -22,6 +22,7 @@ class ExportRequest:
     percentile_ranges: bool = True
     bias_correction: bool = True
     min_sqnr: float | None = None  # int8 target: layers fall back to float, worst first, until it holds
+    int8_output: str = "int8"  # "float": the int8 file gives float32 logits (its output layer in dynamic range)
 
     @property
     def int8(self) -> bool:

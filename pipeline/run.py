@@ -51,6 +51,7 @@ _no_equalize = _int8_step("turned off (--no-equalize)", lambda r: r.equalize)
 _no_percentile = _int8_step("turned off (--no-percentile-ranges)", lambda r: r.percentile_ranges)
 _no_bias_correction = _int8_step("turned off (--no-bias-correction)", lambda r: r.bias_correction)
 _no_target = _int8_step("no target (--min-sqnr)", lambda r: r.min_sqnr is not None)
+_int8_output = _int8_step("int8 output (the default)", lambda r: r.int8_output == "float")
 
 STAGES = (
     Stage("load photos", s.load_photos),
@@ -65,6 +66,7 @@ STAGES = (
     Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
     Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
     Stage("int8 float fallback", s.fall_back_to_float, _no_target),
+    Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("parity", s.parity),
     Stage("per-layer int8 diagnosis", s.diagnose_int8, _not_fp32_and_int8),

@@ -22,6 +22,7 @@ from int8.bias_correction import BiasCorrection, correct_biases
 from int8.crops import SELECTION_IMAGES, Crops
 from int8.equalize import Equalization, GraphChoice, equalize_for_int8
 from int8.float_fallback import FloatFallback, reach_min_sqnr
+from int8.output import FloatOutput, float_output
 from pipeline.request import ExportRequest
 from pipeline.sources import ModelSource, calibrate_random_weights
 from validate.diagnose import Diagnosis, diagnose
@@ -76,6 +77,7 @@ class Job:
     ranges: ActivationRanges | None = None
     bias_correction: BiasCorrection | None = None
     fallback: FloatFallback | None = None
+    output: FloatOutput | None = None
     rows: list[VariantParity] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     diagnosis: Diagnosis | None = None
@@ -248,6 +250,13 @@ def correct_int8_biases(job: Job) -> Job:
 
 def fall_back_to_float(job: Job) -> Job:
     return replace(job, fallback=reach_min_sqnr(job.int8, job.tflites.float_twin, job.crops, job.request.min_sqnr))
+
+
+def float_logits(job: Job) -> Job:
+    candidate = job.int8.with_name(f".{job.int8.name}.float_output")
+    summary = float_output(job.int8, candidate)
+    candidate.replace(job.int8)
+    return replace(job, output=summary)
 
 
 def drop_float_twin(job: Job) -> Job:

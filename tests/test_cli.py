@@ -53,6 +53,7 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     )
     int8 = next(r for r in parity["parity"] if r["variant"] == "int8")
     assert int8["metrics"]["samples"] == len(heldout_photos()) and int8["metrics"]["sqnr_db"] > 10
+    assert int8["thresholds"]["min_top1"] == 0  # random weights: agreement means nothing, SQNR and cosine gate it
 
     # Following preprocess.json alone reproduces the parity figures: same input, same outputs.
     contract = json.loads((out / "preprocess.json").read_text())
@@ -183,6 +184,8 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     # range equalization and percentile ranges: plain onnx2tf int8 reaches 9.8 dB on these photos, the default 14.5
     assert parity["model"]["int8_equalization"]["applied"] and parity["model"]["int8_activation_ranges"]["applied"]
     assert rows["int8"]["metrics"]["sqnr_db"] >= 13.0
+    # trained weights: top-1 agreement with float is gated too (plain onnx2tf int8, 75 %, would fail it)
+    assert rows["int8"]["thresholds"]["min_top1"] == 0.8 and rows["int8"]["metrics"]["top1_agreement"] >= 0.8
 
 
 @pytest.mark.slow

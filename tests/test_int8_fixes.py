@@ -15,6 +15,7 @@ from export.tflite_model import read_model, write_model
 from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, narrow_ranges
 from int8.bias_correction import shift_biases
 from int8.equalize import channel_stats, equalize_onnx
+from int8.output import float_output
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
@@ -27,6 +28,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def unbalanced_onnx(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("equalize")
     return export_onnx(build_unbalanced(), 64, tmp / "unbalanced.onnx").path
+
+
+def _nchw_of(normalized):
+    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
 
 
 def _nchw(batch):
@@ -240,3 +245,25 @@ def test_min_sqnr_falls_back_worst_layers_to_float(tiny_model, tmp_path):
     int8_row = next(r for r in info["parity"] if r["variant"] == "int8")
     assert int8_row["thresholds"]["min_sqnr_db"] == 90 and not int8_row["passed"]
     assert "## int8 float fallback (--min-sqnr)" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    dst = tmp_path / "float_output.tflite"
+    result = float_output(int8, dst)
+    before, after = inspect_tflite(int8), inspect_tflite(dst)
+    assert result.how == "dynamic-range" and after.outputs[0].dtype == "float32"
+    assert after.inputs[0] == before.inputs[0]  # the app still feeds the same int8 input
+    assert after.ops["DEQUANTIZE"] == before.ops.get("DEQUANTIZE", 0) + 1
+    assert after.ops["FULLY_CONNECTED"] == before.ops["FULLY_CONNECTED"]
+    assert after.size_bytes <= before.size_bytes  # int8 weights kept; the int32 bias became a float32 one
+    heldout = normalize(heldout_batch(heldout_photos(), 224), MEAN, STD)
+    reference = run_onnx(shufflenet_variants / "shufflenet_v2_x0_5_simplified.onnx", _nchw_of(heldout))
+    quantized, floating = run_tflite(int8, heldout), run_tflite(dst, heldout)
+    step, zero = before.outputs[0].scale, before.outputs[0].zero_point
+    codes = np.rint(quantized / step) + zero
+    inside = (codes > -128) & (codes < 127)  # where the int8 output did not saturate
+    assert inside.mean() > 0.99 and np.abs(floating - quantized)[inside].max() < 2 * step  # the same function
+    assert np.abs(floating - quantized).max() > 0.1 * step  # without the output rounding (and clipping)
+    assert sqnr_db(reference, floating) > sqnr_db(reference, quantized)

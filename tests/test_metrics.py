@@ -42,6 +42,8 @@ def test_thresholds_defaults_overrides_and_failures():
     reasons = failures(m, strict)
     assert any("SQNR" in r for r in reasons)
     assert failures(compare(ref, ref), strict) == []
+    trained = thresholds_for("int8", trained=True)
+    assert trained.min_top1 == 0.8 and thresholds_for("int8", min_top1=0.5, trained=True).min_top1 == 0.5
 
 
 def test_top5_with_fewer_than_five_classes_and_nan():
