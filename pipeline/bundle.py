@@ -28,7 +28,8 @@ class BundleError(ValueError):
 
 
 def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
-    """Decoded pixels, the pipeline's int8 input, the model's int8 output and top-5 for a few real photos."""
+    """Decoded pixels, the pipeline's int8 input, the model's output (int8, or float32 logits) and top-5 for a few
+    real photos."""
     variant = contract["variants"]["int8"]
     info = inspect_tflite(model).inputs[0]
     interpreter = Interpreter(model_path=str(model))
@@ -43,10 +44,14 @@ def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q)
         interpreter.invoke()
         output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
-        logits = (output.astype(np.float32) - variant["output"]["zero_point"]) * np.float32(variant["output"]["scale"])
+        if variant["output"]["dtype"] == "float32":  # --int8-output float: float32 logits, little-endian
+            logits, raw = output.astype(np.float32), output.astype("<f4").tobytes()
+        else:
+            zero, scale = variant["output"]["zero_point"], np.float32(variant["output"]["scale"])
+            logits, raw = (output.astype(np.float32) - zero) * scale, output.astype(np.int8).tobytes()
         (out_dir / f"{name}.rgb").write_bytes(pixels.tobytes())
         (out_dir / f"{name}.input.bin").write_bytes(q.tobytes())
-        (out_dir / f"{name}.output.bin").write_bytes(output.astype(np.int8).tobytes())
+        (out_dir / f"{name}.output.bin").write_bytes(raw)
         top5 = [int(i) for i in np.argsort(-logits, kind="stable")[:5]]
         cases.append(
             {
@@ -101,6 +106,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--model", default="mobilenet_v2", help="zoo model to bundle (default mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="weights for the export (default imagenet)")
     p.add_argument("--quant", default="int8", choices=["int8"], help="the app runs the full-integer model")
+    p.add_argument(
+        "--int8-output", choices=["int8", "float"], default="int8", help="the model's output for an export made here"
+    )
     p.add_argument("--android", type=Path, default=Path("android_demo"), help="the Android project folder")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where exports live (default artifacts)")
     args = p.parse_args(argv)
@@ -108,7 +116,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         if not (folder / f"{args.model}_int8.tflite").is_file():
             weights = [] if args.weights == "none" else ["--weights", args.weights]
-            code = export_main(["--model", args.model, *weights, "--quant", "int8", "--out", str(args.artifacts)])
+            flags = ["--quant", "int8", "--int8-output", args.int8_output, "--out", str(args.artifacts)]
+            code = export_main(["--model", args.model, *weights, *flags])
             if code != 0:
                 return code
         cases = bundle(folder, args.android)

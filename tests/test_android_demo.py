@@ -1,14 +1,16 @@
 """The Android demo's checks that run without Google's Maven: the contract module's JUnit tests against golden
 vectors, and a compile of the app against Debian's android.jar (set up by scripts/setup_android.sh)."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pipeline.bundle import bundle
 from pipeline.bundle import main as bundle_main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 DEMO = ROOT / "android_demo"
 ANDROID_JAR = (
@@ -81,3 +83,34 @@ def test_bundle_refuses_a_folder_without_an_export(tmp_path, capsys):
     (tmp_path / "artifacts" / "mobilenet_v2" / "mobilenet_v2_int8.tflite").write_bytes(b"x")
     code = bundle_main(["--artifacts", str(tmp_path / "artifacts"), "--android", str(tmp_path / "app")])
     assert code == 2 and "has no int8 export" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_float_output_contract_round_trips_through_java(contract_classes, tmp_path, tiny_model):
+    """--int8-output float: the app contract says float32 logits, and the Java module reads them to the same top-5."""
+    args = ["--model", f"{tiny_model}:build", "--input-size", "64", "--quant", "int8", "--int8-output", "float"]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    app = tmp_path / "app_copy"
+    (app / "app" / "src" / "main").mkdir(parents=True)
+    (app / "contract").mkdir()
+    cases = bundle(tmp_path / "out" / "tiny_model_build", app)
+    golden = app / "contract" / "src" / "test" / "resources" / "golden"
+    output = json.loads((golden / "preprocess.json").read_text())["variants"]["int8"]["output"]
+    assert output["dtype"] == "float32" and "scale" not in output
+    assert all((golden / c["output"]).stat().st_size == 4 * 10 for c in cases)  # 10 float32 logits
+    _javac(tmp_path / "test", f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
+    proc = subprocess.run(
+        [
+            "java",
+            f"-Dgolden.dir={golden}",
+            "-cp",
+            f"{contract_classes}:{tmp_path / 'test'}:{JUNIT}",
+            "org.junit.runner.JUnitCore",
+            "mve.contract.GoldenVectorTest",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "OK (3 tests)" in proc.stdout

@@ -182,12 +182,15 @@ public class MainActivity extends Activity {
         byte[] tensor = Preprocess.toInt8(Preprocess.rgbFromArgb(argb), w, h, contract);
         input = ByteBuffer.allocateDirect(tensor.length).order(ByteOrder.nativeOrder());
         input.put(tensor);
-        byte[][] output = new byte[1][labels.length];
+        ByteBuffer output = outputBuffer();
         long start = SystemClock.elapsedRealtimeNanos();
         input.rewind();
         interpreter.run(input, output);
         double ms = (SystemClock.elapsedRealtimeNanos() - start) / 1e6;
-        List<Postprocess.Prediction> top = Postprocess.topK(Postprocess.dequantize(output[0], contract), labels, 5);
+        byte[] raw = new byte[output.capacity()];
+        output.rewind();
+        output.get(raw);
+        List<Postprocess.Prediction> top = Postprocess.topK(Postprocess.logits(raw, contract), labels, 5);
         StringBuilder text = new StringBuilder();
         for (Postprocess.Prediction p : top) {
             text.append(String.format("%5.1f%%  %s%n", 100 * p.probability, p.label));
@@ -196,17 +199,24 @@ public class MainActivity extends Activity {
         result.setText(text.toString());
     }
 
+    /** The output tensor: int8 codes, or little-endian float32 logits (--int8-output float). */
+    private ByteBuffer outputBuffer() {
+        int bytes = labels.length * (contract.isOutputQuantized() ? 1 : 4);
+        return ByteBuffer.allocateDirect(bytes).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
     private void benchmark() {
         if (input == null) {
             result.setText("Classify a photo first.");
             return;
         }
-        byte[][] output = new byte[1][labels.length];
+        ByteBuffer output = outputBuffer();
         input.rewind();
         interpreter.run(input, output);  // warm-up
         long start = SystemClock.elapsedRealtimeNanos();
         for (int i = 0; i < BENCHMARK_RUNS; i++) {
             input.rewind();
+            output.rewind();
             interpreter.run(input, output);
         }
         double average = (SystemClock.elapsedRealtimeNanos() - start) / 1e6 / BENCHMARK_RUNS;

@@ -59,6 +59,11 @@ public final class Contract {
         return inputScale != 0;
     }
 
+    /** Whether the model's output is int8 to dequantize (false: float32 logits, e.g. --int8-output float). */
+    public boolean isOutputQuantized() {
+        return outputScale != 0;
+    }
+
     private static double number(Object value) {
         return value == null ? 0 : (Double) value;
     }

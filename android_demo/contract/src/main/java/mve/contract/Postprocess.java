@@ -1,5 +1,7 @@
 package mve.contract;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -19,6 +21,16 @@ public final class Postprocess {
             this.label = label;
             this.probability = probability;
         }
+    }
+
+    /** Logits from the output tensor's raw bytes: int8 codes to dequantize, or float32 little-endian values. */
+    public static float[] logits(byte[] raw, Contract contract) {
+        if (contract.isOutputQuantized()) {
+            return dequantize(raw, contract);
+        }
+        float[] out = new float[raw.length / 4];
+        ByteBuffer.wrap(raw).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out);
+        return out;
     }
 
     public static float[] dequantize(byte[] q, Contract contract) {

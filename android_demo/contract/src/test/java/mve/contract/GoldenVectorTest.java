@@ -17,7 +17,8 @@ import org.junit.Test;
 
 /**
  * Golden vectors written by `python -m pipeline.bundle` from real photos: the decoded RGB pixels, the int8 input
- * tensor the export pipeline computes from them, the int8 output the model gives, and the top-5 classes.
+ * tensor the export pipeline computes from them, the output the model gives (int8, or float32 with
+ * --int8-output float), and the top-5 classes.
  */
 public class GoldenVectorTest {
     private static final Path GOLDEN = Paths.get(System.getProperty("golden.dir", "src/test/resources/golden"));
@@ -67,7 +68,7 @@ public class GoldenVectorTest {
         Contract contract = contract();
         String[] labels = read(GOLDEN.resolve("labels.txt")).split("\n");
         for (Map<String, Object> c : cases()) {
-            float[] logits = Postprocess.dequantize(bytes(c, "output"), contract);
+            float[] logits = Postprocess.logits(bytes(c, "output"), contract);
             List<Postprocess.Prediction> top = Postprocess.topK(logits, labels, 5);
             int[] got = new int[top.size()];
             for (int i = 0; i < got.length; i++) {
