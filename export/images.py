@@ -15,26 +15,6 @@ log = logging.getLogger(__name__)
 
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
 
-# Photographs that scikit-image's wheel bundles (no download), used only for calibration.
-_SKIMAGE_PHOTOS = [
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "hubble_deep_field.jpg",
-    "ihc.png",
-    "retina.jpg",
-    "brick.png",
-    "grass.png",
-    "gravel.png",
-    "camera.png",
-    "coins.png",
-    "moon.png",
-    "page.png",
-]
-
-
 class ImageDataError(ValueError):
     """A folder or file that yields no usable images."""
 
@@ -59,30 +39,35 @@ def _foolbox_photos(prefix: str) -> list[Photo]:
     return [Photo(p, int(p.stem.rsplit("_", 1)[1])) for p in sorted(folder.glob(f"{prefix}_*"))]
 
 
+def _photo_cache() -> Path:
+    """Where scripts/setup_photos.sh unpacks the photo sets (MVE_PHOTO_CACHE overrides it)."""
+    return Path(os.environ.get("MVE_PHOTO_CACHE") or Path.home() / ".cache" / "mobile-vision-export" / "photos")
+
+
+def _cached_set(folder: Path, what: str) -> list[Photo]:
+    if not (folder / ".complete").is_file():
+        raise ImageDataError(f"the {what} are missing from {folder}: run scripts/setup.sh")
+    return [Photo(p) for p in sorted(folder.iterdir()) if p.name != ".complete"]
+
+
 def calibration_photos() -> list[Photo]:
-    """The built-in calibration set: scikit-image photographs and the CIFAR-100 photos foolbox ships."""
-    folder = _package_dir("skimage") / "data"
-    return [Photo(folder / n) for n in _SKIMAGE_PHOTOS] + [Photo(p.path) for p in _foolbox_photos("cifar100")]
+    """The built-in calibration set: 548 full-resolution photos of objects, animals, monuments, landscapes, cities
+    and underwater scenes from Debian packages (gcompris-qt-data 1.0, endless-sky-data, krank), none of them a
+    held-out photo or a near-duplicate of one (scripts/unpack_photos.py)."""
+    return _cached_set(_photo_cache() / "calibration", "calibration photos")
 
 
 def natural_photo_dir() -> Path:
-    """Where scripts/setup_photos.sh unpacks the natural held-out photos (MVE_PHOTO_CACHE overrides the cache)."""
-    cache = os.environ.get("MVE_PHOTO_CACHE") or Path.home() / ".cache" / "mobile-vision-export" / "photos"
-    return Path(cache) / "natural"
-
-
-def _natural_photos() -> list[Photo]:
-    folder = natural_photo_dir()
-    if not (folder / ".complete").is_file():
-        raise ImageDataError(f"the held-out photos are missing from {folder}: run scripts/setup.sh")
-    return [Photo(p) for p in sorted(folder.iterdir()) if p.name != ".complete"]
+    """Where the natural held-out photos are unpacked."""
+    return _photo_cache() / "natural"
 
 
 def heldout_photos() -> list[Photo]:
     """Photos never used for calibration: 20 labelled ImageNet photos, the natural photos of gcompris-qt-data
     (animals, everyday objects, fish; full resolution), then 20 CIFAR-10 photos (32 x 32, upscaled)."""
     imagenet = _foolbox_photos("imagenet")
-    return imagenet + _natural_photos() + [Photo(p.path) for p in _foolbox_photos("cifar10")]
+    natural = _cached_set(natural_photo_dir(), "held-out photos")
+    return imagenet + natural + [Photo(p.path) for p in _foolbox_photos("cifar10")]
 
 
 def photos_in_dir(folder: Path) -> list[Photo]:

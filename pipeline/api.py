@@ -9,7 +9,7 @@ from torch import nn
 from export.contract import read_labels
 from export.tflite_stage import QUANT_MODES
 from pipeline.progress import StageTimer
-from pipeline.request import ExportRequest
+from pipeline.request import CALIBRATION_CROPS, ExportRequest
 from pipeline.run import ExportResult, run_export
 from pipeline.sources import ModelSource, SourceError, from_factory, from_module, from_onnx, from_registry
 from validate.thresholds import thresholds_for
@@ -44,7 +44,7 @@ def export_model(
     name: str | None = None,
     labels: Path | list[str] | None = None,
     calib_dir: Path | None = None,
-    calib_samples: int = 100,
+    calib_samples: int = CALIBRATION_CROPS,
     out: Path = Path("artifacts"),
     min_sqnr: float | None = None,
     int8_output: str = "int8",

@@ -21,6 +21,7 @@ from pipeline.api import export_model, is_factory
 from pipeline.arguments import input_size_problem, positive_int
 from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
 from pipeline.profile import run as profile_run
+from pipeline.request import CALIBRATION_CROPS
 from pipeline.signals import run_interruptible
 from pipeline.sources import SourceError
 from pipeline.staging import OutputError
@@ -69,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for a file or ONNX model (default ImageNet)")
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
-    p.add_argument("--calib-samples", type=positive_int, default=100, help="calibration crops (default 100)")
+    p.add_argument(
+        "--calib-samples",
+        type=positive_int,
+        default=CALIBRATION_CROPS,
+        help=f"calibration crops (default {CALIBRATION_CROPS})",
+    )
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
         "--no-equalize",

@@ -7,6 +7,11 @@ from pathlib import Path
 
 from validate.thresholds import Thresholds
 
+# Calibration crops by default. On mobilenet_v2 (ImageNet weights, 194 held-out photos) 200 crops of the built-in
+# set agreed with float on 87.1 % (15.8 dB), 100 crops on 85.1 % (15.6 dB), 300 on 86.6 % (15.8 dB); 200 costs
+# 46 s more per export than 100.
+CALIBRATION_CROPS = 200
+
 
 @dataclass(frozen=True)
 class ExportRequest:
@@ -15,7 +20,7 @@ class ExportRequest:
     thresholds: dict[str, Thresholds]
     command: str
     calib_dir: Path | None = None
-    calib_samples: int = 100
+    calib_samples: int = CALIBRATION_CROPS
     labels: list[str] | None = None
     optimize: bool = True
     equalize: bool = True

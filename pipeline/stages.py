@@ -95,7 +95,7 @@ def _nchw(batch_nhwc: np.ndarray) -> np.ndarray:
 def load_photos(job: Job) -> Job:
     request, source, size = job.request, job.source, job.source.input_size
     photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
-    where = str(request.calib_dir) if request.calib_dir else "built-in scikit-image and CIFAR-100 photos"
+    where = str(request.calib_dir) if request.calib_dir else "built-in photos: gcompris-qt-data 1.0, endless-sky, krank"
     calib = imgs.calibration_batch(photos, size, request.calib_samples)
     heldout_photos = imgs.heldout_photos()
     heldout = imgs.normalize(imgs.heldout_batch(heldout_photos, size), source.mean, source.std)

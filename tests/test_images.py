@@ -1,3 +1,6 @@
+import hashlib
+import importlib.util
+import io
 import logging
 
 import numpy as np
@@ -14,14 +17,18 @@ from export.images import (
     natural_photo_dir,
     photos_in_dir,
 )
+from tests.conftest import ROOT
 
 
 def test_calibration_and_validation_photos_never_overlap():
-    calib = {p.path.resolve() for p in calibration_photos()}
-    held = {p.path.resolve() for p in heldout_photos()}
-    assert len(calib) >= 30 and len(held) == 20 + len(list(natural_photo_dir().glob("*.webp"))) + 20
+    calib = {hashlib.sha256(p.path.read_bytes()).hexdigest() for p in calibration_photos()}
+    held = {hashlib.sha256(p.path.read_bytes()).hexdigest() for p in heldout_photos()}
+    assert len(calib) >= 500  # full-resolution photos, each once
+    assert len(held) == 20 + len(list(natural_photo_dir().glob("*.webp"))) + 20
     assert len(held) >= 190  # 20 labelled ImageNet, >= 150 natural full-resolution photos, 20 CIFAR-10
-    assert not calib & held
+    assert not calib & held  # by content, not by name
+    sizes = [min(Image.open(p.path).size) for p in calibration_photos()]
+    assert np.median(sizes) >= 360  # what a camera sees, not thumbnails
     assert sum(p.label is not None for p in heldout_photos()) == 20
 
 
@@ -66,3 +73,29 @@ def test_calib_dir_without_images_is_an_error(tmp_path):
         photos_in_dir(tmp_path)
     with pytest.raises(ImageDataError, match="not found"):
         photos_in_dir(tmp_path / "absent")
+
+
+def test_missing_calibration_photos_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVE_PHOTO_CACHE", str(tmp_path))
+    with pytest.raises(ImageDataError, match="calibration photos are missing .* run scripts/setup.sh"):
+        calibration_photos()
+
+
+def test_near_duplicates_of_heldout_photos_are_recognised(tmp_path):
+    """The set-up drops calibration photos that are a re-crop or re-encode of a held-out photo."""
+    spec = importlib.util.spec_from_file_location("unpack_photos", ROOT / "scripts" / "unpack_photos.py")
+    unpack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack)
+    photos = [p.path for p in heldout_photos()[20:40]]
+    original = photos[0].read_bytes()
+    with Image.open(photos[0]) as img:
+        w, h = img.size
+        buffer = io.BytesIO()
+        img.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(buffer, "JPEG", quality=80)
+    hashes = unpack._hashes(original)
+
+    def distance(blob: bytes) -> int:
+        return int((unpack._hashes(blob)[:, None, :] != hashes[None, :, :]).sum(-1).min())
+
+    assert distance(buffer.getvalue()) <= unpack.NEAR_DUPLICATE_BITS
+    assert min(distance(p.read_bytes()) for p in photos[1:]) > unpack.NEAR_DUPLICATE_BITS

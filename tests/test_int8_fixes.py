@@ -16,6 +16,7 @@ from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, n
 from int8.bias_correction import shift_biases
 from int8.equalize import channel_stats, equalize_onnx
 from int8.output import float_output
+from pipeline.request import CALIBRATION_CROPS
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 from validate.metrics import sqnr_db
@@ -193,7 +194,7 @@ def test_export_records_bias_correction(shufflenet_variants):
     assert correction["layers_corrected"] > 0
     # the shipped int8 file is the better of the corrected and uncorrected ones on the crops the choice was made on
     # (nothing runs after the correction for shufflenet; its fp32 file is the int8 graph's float twin)
-    crops = normalize(calibration_batch(calibration_photos(), 224, 100), MEAN, STD)[:16]
+    crops = normalize(calibration_batch(calibration_photos(), 224, CALIBRATION_CROPS), MEAN, STD)[:16]
     reference = run_tflite(shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite", crops)
     shipped = sqnr_db(reference, run_tflite(shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite", crops))
     best = max(correction["calibration_sqnr_db_before"], correction["calibration_sqnr_db_after"])

