@@ -45,6 +45,8 @@ def export_model(
     labels: Path | list[str] | None = None,
     calib_dir: Path | None = None,
     calib_samples: int = CALIBRATION_CROPS,
+    val_dir: Path | None = None,
+    max_accuracy_drop: float | None = None,
     out: Path = Path("artifacts"),
     min_sqnr: float | None = None,
     int8_output: str = "int8",
@@ -84,6 +86,8 @@ def export_model(
         bias_correction=bias_correction,
         min_sqnr=min_sqnr,
         int8_output=int8_output,
+        val_dir=Path(val_dir) if val_dir else None,
+        max_accuracy_drop=max_accuracy_drop,
     )
     timer = StageTimer(f"Exporting {source.name} ({', '.join(modes)})")
     if source.random_weights:

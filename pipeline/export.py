@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=CALIBRATION_CROPS,
         help=f"calibration crops (default {CALIBRATION_CROPS})",
     )
+    p.add_argument(
+        "--val-dir",
+        type=Path,
+        help="your labelled photos: one subfolder per class (named as in --labels, or the class index) or a CSV "
+        "of path,label; reports the accuracy of PyTorch, ONNX Runtime and every variant on them",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="with --val-dir: fail (exit 1) when a variant's top-1 is more than POINTS below the reference's",
+    )
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
         "--no-equalize",
@@ -135,6 +147,8 @@ def _check_flags(args) -> None:
         raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
     if args.int8_output == "float" and args.quant not in ("int8", "all"):
         raise SourceError("--int8-output applies to the int8 file: use it with --quant int8 or --quant all")
+    if args.max_accuracy_drop is not None and not args.val_dir:
+        raise SourceError("--max-accuracy-drop needs --val-dir (the labelled photos it is measured on)")
     if args.profile_arm and not args.profile:
         raise SourceError("--profile-arm goes with --profile")
     if args.profile_arm:
@@ -164,6 +178,8 @@ def _options(args, argv: list[str]) -> dict:
         out=args.out,
         min_sqnr=args.min_sqnr,
         int8_output=args.int8_output,
+        val_dir=args.val_dir,
+        max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
         equalize=not args.no_equalize,
         percentile_ranges=not args.no_percentile_ranges,

@@ -73,10 +73,13 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
         for p in sorted(stage_dir.iterdir())
         if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")
     }
-    record = parity_json(model, inputs, job.rows, artifacts, job.request.command)
+    record = parity_json(model, inputs, job.rows, artifacts, job.request.command, job.passed)
+    if job.accuracy is not None:
+        record["accuracy_on_your_photos"] = job.accuracy.as_dict()
     write_text_atomic(stage_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
-    sections = [s.markdown() for s in (getattr(job, attribute) for _, attribute, _ in INT8_STEPS) if s]
-    report = render_report(model, inputs, job.rows, summaries, timings, [s for s in sections if s])
+    steps = [job.accuracy] + [getattr(job, attribute) for _, attribute, _ in INT8_STEPS]
+    sections = [section for section in (s.markdown() for s in steps if s) if section]
+    report = render_report(model, inputs, job.rows, summaries, timings, sections, job.passed)
     if job.diagnosis is not None:
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)

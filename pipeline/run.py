@@ -43,6 +43,10 @@ def _no_optimize(job: s.Job) -> str | None:
     return None if job.request.optimize else "turned off (--no-optimize)"
 
 
+def _no_val_dir(job: s.Job) -> str | None:
+    return None if job.request.val_dir else "no labelled photos (--val-dir)"
+
+
 def _not_fp32_and_int8(job: s.Job) -> str | None:
     return None if {"fp32", "int8"} <= set(job.request.modes) else "needs the fp32 and int8 variants"
 
@@ -59,6 +63,7 @@ STAGES = (
     Stage("ONNX export", s.to_onnx),
     Stage("onnxsim", s.simplify),
     Stage("class names", s.name_classes),
+    Stage("your labelled photos", s.read_labelled_photos, _no_val_dir),
     Stage("int8 selection crops", s.hold_out_selection_crops, _no_int8),
     Stage("range equalization (int8 graph)", s.equalize, _no_equalize),
     Stage("onnx2tf", s.convert, title=s.convert_title),
@@ -69,6 +74,7 @@ STAGES = (
     Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("parity", s.parity),
+    Stage("accuracy on your labelled photos", s.measure_accuracy, _no_val_dir),
     Stage("per-layer int8 diagnosis", s.diagnose_int8, _not_fp32_and_int8),
 )
 
@@ -119,7 +125,7 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         summaries = job.tflites.summaries()
         write_reports(job, summaries, dict(timer.timings), params, macs)
     (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure
-    passed = all(r.passed for r in job.rows)
+    passed = job.passed
     return ExportResult(
         source.name, out_dir, passed, job.rows, summaries, dict(timer.timings), params, macs, source.channel_shuffles
     )

@@ -27,9 +27,10 @@ from pipeline.request import ExportRequest
 from pipeline.sources import ModelSource, calibrate_random_weights
 from validate.diagnose import Diagnosis, diagnose
 from validate.diagnose_report import write_diagnosis
+from validate.labelled import LabelledAccuracy, LabelledSet, accuracy, check_disjoint, read_labelled
 from validate.metrics import sqnr_db
 from validate.parity import VariantParity, check_parity
-from validate.runners import run_onnx, run_tflite
+from validate.runners import run_onnx, run_tflite, run_torch
 
 IMAGENET_CLASSES = 1000
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
@@ -80,8 +81,14 @@ class Job:
     output: FloatOutput | None = None
     rows: list[VariantParity] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    labelled: LabelledSet | None = None  # --val-dir
+    accuracy: LabelledAccuracy | None = None
     diagnosis: Diagnosis | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows) and not (self.accuracy and self.accuracy.failures)
 
     @property
     def int8(self) -> Path:
@@ -136,6 +143,30 @@ def simplify(job: Job) -> Job:
 def name_classes(job: Job) -> Job:
     """Class names for every output, checked before the long conversion."""
     return replace(job, labels=labels_for(job.graphs.simplified.num_classes, job.request.labels))
+
+
+def read_labelled_photos(job: Job) -> Job:
+    """The user's labelled photos, refused if calibration saw any of them."""
+    labelled = read_labelled(job.request.val_dir, job.labels)
+    calibration = imgs.photos_in_dir(job.request.calib_dir) if job.request.calib_dir else imgs.calibration_photos()
+    check_disjoint(labelled.photos, calibration)
+    return replace(job, labelled=labelled)
+
+
+def measure_accuracy(job: Job) -> Job:
+    """Top-1/top-5 of PyTorch (else ONNX Runtime), ONNX Runtime and every .tflite on the user's labelled photos."""
+    source, labels = job.source, job.labelled.labels
+    x = imgs.normalize(imgs.heldout_batch(job.labelled.photos, source.input_size), source.mean, source.std)
+    outputs = {}
+    if source.module is not None:
+        outputs["pytorch"] = run_torch(source.module, _nchw(x))
+    outputs["onnxruntime"] = run_onnx(job.graphs.simplified.path, _nchw(x))
+    outputs.update({mode: run_tflite(path, x) for mode, path in job.tflites.files.items()})
+    names = list(outputs)
+    reference = accuracy(names[0], outputs[names[0]], labels)
+    rows = [reference] + [accuracy(name, outputs[name], labels, reference) for name in names[1:]]
+    summary = LabelledAccuracy(job.labelled.description, rows, job.labels, job.request.max_accuracy_drop)
+    return replace(job, accuracy=summary)
 
 
 def hold_out_selection_crops(job: Job) -> Job:

@@ -1,18 +1,19 @@
 """The command line, end to end, with real conversions and the network blocked."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
 
-from export.images import heldout_batch, heldout_photos
+from export.images import heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx
 from tests.conftest import error_lines, network_attempts, run_cli
 from tests.data.tiny_model import build
 from validate.metrics import compare
-from validate.runners import run_onnx
+from validate.runners import run_onnx, run_tflite
 
 
 def test_network_guard_catches_a_download(tmp_path):
@@ -161,7 +162,12 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
-    """Real weights: the int8 model still classifies the labelled held-out photos, and keeps the int8 fixes' gain."""
+    """Real weights: the int8 model still classifies the labelled held-out photos, and keeps the int8 fixes' gain;
+    --val-dir and pipeline.evaluate count the accuracy on a user's labelled folder as the .tflite files give it."""
+    labelled = [p for p in heldout_photos() if p.label is not None]
+    for photo in labelled:  # an ImageFolder with one folder per class index
+        (tmp_path / "val" / str(photo.label)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo.path, tmp_path / "val" / str(photo.label) / photo.path.name)
     proc = run_cli(
         "pipeline.export",
         "--model",
@@ -170,11 +176,28 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
         "imagenet",
         "--quant",
         "int8",
+        "--val-dir",
+        "val",
+        "--max-accuracy-drop",
+        "20",
         "--out",
         "out",
         tmp_path=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "mobilenet_v2"
+    counted = json.loads((out / "parity.json").read_text())["accuracy_on_your_photos"]
+    models = {m["model"]: m for m in counted["models"]}
+    x = normalize(heldout_batch(labelled, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    labels = np.array([p.label for p in labelled])
+    independent = float(np.mean(run_tflite(out / "mobilenet_v2_int8.tflite", x).argmax(1) == labels))
+    assert models["int8"]["top1"] == independent
+    assert models["pytorch"]["top1"] >= 0.85 and counted["passed"]
+    evaluated = run_cli(
+        "pipeline.evaluate", str(out / "mobilenet_v2_int8.tflite"), "--val-dir", "val", tmp_path=tmp_path
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((out / "evaluate.json").read_text())["accuracy"]["top1"] == models["int8"]["top1"]
     assert network_attempts(tmp_path) == ""
     parity = json.loads((tmp_path / "out" / "mobilenet_v2" / "parity.json").read_text())
     rows = {r["variant"]: r for r in parity["parity"]}

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 NOT_SHIPPED = {"tests"}
 CORE_PACKAGES = {"models", "export", "validate", "profiling", "pipeline"}
 PACKAGE_DATA = ["profiling/qemu_plugin/insn_window.c"]
-SCRIPTS = ["mobile-vision-export", "mve-profile", "mve-diagnose", "mve-bundle", "mve-arm-setup"]
+SCRIPTS = ["mobile-vision-export", "mve-profile", "mve-diagnose", "mve-bundle", "mve-arm-setup", "mve-evaluate"]
 # Never packaged; left out of the copy the wheel is built from (setuptools writes build/ and *.egg-info into it).
 NOT_SOURCE = (".venv", ".git", "__pycache__", "*.egg-info", "build", "dist", "artifacts", "android_demo")
 

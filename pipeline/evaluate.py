@@ -1,0 +1,73 @@
+"""python -m pipeline.evaluate MODEL.tflite --val-dir DIR: accuracy of an exported model on your labelled photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from export.contract import LabelsError, normalization_beside, read_labels
+from export.files import write_text_atomic
+from export.images import ImageDataError, heldout_batch, normalize
+from export.tflite_inspect import NotTfliteError, inspect_tflite
+from models.weights import sha256_file
+from pipeline.signals import run_interruptible
+from validate.labelled import accuracy, content_hashes, read_labelled
+from validate.report import tool_versions
+from validate.runners import run_tflite
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
+    return run_interruptible(lambda: _main(argv), "stopped the evaluation before writing evaluate.json")
+
+
+def _main(argv: list[str] | None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__)
+    p.add_argument("model", type=Path, help="an exported .tflite (preprocess.json and labels.txt beside it)")
+    p.add_argument("--val-dir", type=Path, required=True, help="one subfolder per class, or a CSV of path,label")
+    p.add_argument("--labels", type=Path, help="class names, one per line (default: labels.txt beside the model)")
+    p.add_argument("--out", type=Path, help="folder for evaluate.json (default: beside the model)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        if not args.model.is_file():
+            raise ImageDataError(f"model not found: {args.model}")
+        summary = inspect_tflite(args.model)
+        labels_file = args.labels or args.model.parent / "labels.txt"
+        if not labels_file.is_file():
+            raise LabelsError(f"no labels file at {labels_file}: pass --labels with one class name per line")
+        labels = read_labels(labels_file)
+        mean, std, where = normalization_beside(args.model)
+        labelled = read_labelled(args.val_dir, labels)
+        size = summary.inputs[0].shape[1]
+        x = normalize(heldout_batch(labelled.photos, size), mean, std)
+        result = accuracy(args.model.name, run_tflite(args.model, x), labelled.labels)
+    except (ImageDataError, LabelsError, NotTfliteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = len(labelled.photos)
+    print(f"{args.model.name} on {labelled.description}; normalization from {where}")
+    print(f"top-1 {result.top1:.1%}  top-5 {result.top5:.1%}  (one photo moves top-1 by {100 / n:.1f} points)")
+    for c, acc in sorted(result.per_class.items(), key=lambda item: item[1])[:5]:
+        print(f"  {labels[c]:<30} top-1 {acc:.0%}")
+    record = {
+        "model": str(args.model),
+        "model_sha256": sha256_file(args.model),
+        "photos": labelled.description,
+        "photos_sha256": sorted(content_hashes(labelled.photos)),
+        "normalization": {"mean": list(mean), "std": list(std), "from": where},
+        "versions": tool_versions(),
+        "accuracy": result.as_dict(),
+    }
+    out = args.out or args.model.parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "evaluate.json", json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out / 'evaluate.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The user's own labelled photos: reading them (ImageFolder or CSV), and accuracy with honest error bars."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.images import ImageDataError, Photo, photos_in_dir
+
+log = logging.getLogger(__name__)
+
+FEW_PHOTOS = 100  # below this, say how much one photo moves the accuracy
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    photos: list[Photo]  # each with its class index as label
+    description: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([p.label for p in self.photos])
+
+
+def _class_index(name: str, labels: list[str]) -> int | None:
+    """A folder or CSV label: a class name (case-insensitive, '_' for ' ') or a class index."""
+    wanted = name.strip().lower().replace("_", " ")
+    for index, label in enumerate(labels):
+        if label.strip().lower().replace("_", " ") == wanted:
+            return index
+    if name.strip().isdigit() and int(name) < len(labels):
+        return int(name)
+    return None
+
+
+def _from_csv(path: Path, labels: list[str]) -> list[Photo]:
+    photos, unknown = [], set()
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or row[0].strip().lower() == "path":
+                continue
+            index = _class_index(row[1], labels)
+            if index is None:
+                unknown.add(row[1].strip())
+                continue
+            photos.append(Photo((path.parent / row[0].strip()).resolve(), index))
+    if unknown:
+        raise ImageDataError(
+            f"{path}: labels {sorted(unknown)[:5]} match no class name or index of the model's {len(labels)} classes"
+        )
+    missing = [p.path for p in photos if not p.path.is_file()]
+    if missing:
+        raise ImageDataError(f"{path} lists {len(missing)} photos that do not exist, e.g. {missing[0]}")
+    return photos
+
+
+def _from_folders(folder: Path, labels: list[str]) -> list[Photo]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise ImageDataError(f"{folder} has no class subfolders: use one folder per class, or a CSV of path,label")
+    unmatched = [c.name for c in classes if _class_index(c.name, labels) is None]
+    if unmatched:
+        raise ImageDataError(
+            f"{len(unmatched)} folders in {folder} match no class name or index: {unmatched[:5]}; name each folder "
+            "after a line of the labels file (or its index)"
+        )
+    photos = []
+    for c in classes:
+        index = _class_index(c.name, labels)
+        photos += [Photo(p.path, index) for p in photos_in_dir(c)]
+    return photos
+
+
+def read_labelled(where: Path, labels: list[str]) -> LabelledSet:
+    """Photos and class indices from an ImageFolder layout (one subfolder per class) or a CSV of path,label."""
+    if where.is_file() and where.suffix.lower() == ".csv":
+        photos = _from_csv(where, labels)
+    elif where.is_dir():
+        photos = _from_folders(where, labels)
+    else:
+        raise ImageDataError(f"--val-dir {where} is neither a folder of class subfolders nor a .csv file")
+    if not photos:
+        raise ImageDataError(f"no labelled photos in {where}")
+    classes = len({p.label for p in photos})
+    if len(photos) < FEW_PHOTOS:
+        log.warning(
+            "%d labelled photos: one photo moves accuracy by %.1f points; the 95 %% intervals in the report say "
+            "how noisy the figures are",
+            len(photos),
+            100 / len(photos),
+        )
+    return LabelledSet(photos, f"{len(photos)} labelled photos of {classes} classes ({where})")
+
+
+def content_hashes(photos: list[Photo]) -> dict[str, Path]:
+    return {hashlib.sha256(p.path.read_bytes()).hexdigest(): p.path for p in photos}
+
+
+def check_disjoint(validation: list[Photo], calibration: list[Photo]) -> None:
+    """Refuse validation photos that calibration saw: their accuracy would flatter the int8 model."""
+    shared = content_hashes(validation).keys() & content_hashes(calibration).keys()
+    if shared:
+        example = content_hashes(validation)[sorted(shared)[0]]
+        raise ImageDataError(
+            f"{len(shared)} validation photos are also calibration photos (same content), e.g. {example}: "
+            "keep --val-dir and --calib-dir apart"
+        )
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracy of one model on the labelled photos, and its drop against the reference model."""
+
+    model: str
+    top1: float
+    top5: float
+    per_class: dict[int, float]
+    drop_points: float = 0.0  # reference top-1 minus this top-1, in points
+    drop_ci95: tuple[float, float] = (0.0, 0.0)  # paired bootstrap over photos
+    correct: np.ndarray = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "top1": self.top1,
+            "top5": self.top5,
+            "drop_points": self.drop_points,
+            "drop_ci95": list(self.drop_ci95),
+            "per_class_top1": {str(k): v for k, v in sorted(self.per_class.items())},
+        }
+
+
+def accuracy(model: str, logits: np.ndarray, labels: np.ndarray, reference: Accuracy | None = None) -> Accuracy:
+    order = np.argsort(-logits, axis=1, kind="stable")
+    correct = order[:, 0] == labels
+    top5 = np.mean([label in row[:5] for row, label in zip(order, labels)])
+    per_class = {int(c): float(correct[labels == c].mean()) for c in np.unique(labels)}
+    if reference is None:
+        return Accuracy(model, float(correct.mean()), float(top5), per_class, correct=correct)
+    diff = reference.correct.astype(np.float64) - correct
+    rng = np.random.default_rng(0)
+    samples = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_RESAMPLES, len(diff)))].mean(axis=1) * 100
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return Accuracy(
+        model,
+        float(correct.mean()),
+        float(top5),
+        per_class,
+        float(diff.mean() * 100),
+        (float(low), float(high)),
+        correct,
+    )
+
+
+@dataclass(frozen=True)
+class LabelledAccuracy:
+    """Every model's accuracy on the user's labelled photos, against the reference (PyTorch, else ONNX Runtime)."""
+
+    description: str
+    rows: list[Accuracy]  # the reference first
+    class_names: list[str]
+    max_drop_points: float | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        if self.max_drop_points is None:
+            return []
+        return [
+            f"{r.model} top-1 drops {r.drop_points:.1f} points > {self.max_drop_points:g} on your photos"
+            for r in self.rows[1:]
+            if r.drop_points > self.max_drop_points
+        ]
+
+    def as_dict(self) -> dict:
+        return {
+            "photos": self.description,
+            "reference": self.rows[0].model,
+            "max_drop_points": self.max_drop_points,
+            "passed": not self.failures,
+            "models": [r.as_dict() for r in self.rows],
+        }
+
+    def markdown(self) -> list[str]:
+        n = len(self.rows[0].correct)
+        lines = [
+            "## Accuracy on your labelled photos",
+            "",
+            f"{self.description}. Drop: top-1 of {self.rows[0].model} minus the model's, in points, with a 95 % "
+            f"interval from a paired bootstrap over the photos (one photo moves accuracy by {100 / n:.1f} points).",
+            "",
+            "| model | top-1 | top-5 | drop (points) | 95 % interval | classes losing most |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        reference = self.rows[0]
+        for r in self.rows:
+            losses = sorted(
+                ((reference.per_class[c] - acc, c) for c, acc in r.per_class.items() if reference.per_class[c] > acc),
+                reverse=True,
+            )[:3]
+            worst = ", ".join(f"{self.class_names[c]} -{100 * loss:.0f}" for loss, c in losses) or "-"
+            interval = "-" if r is reference else f"{r.drop_ci95[0]:+.1f} .. {r.drop_ci95[1]:+.1f}"
+            drop = "-" if r is reference else f"{r.drop_points:+.1f}"
+            lines.append(f"| {r.model} | {r.top1:.1%} | {r.top5:.1%} | {drop} | {interval} | {worst} |")
+        if self.max_drop_points is not None:
+            verdict = "; ".join(self.failures) or f"every variant within {self.max_drop_points:g} points"
+            lines += ["", f"--max-accuracy-drop {self.max_drop_points:g}: {verdict}."]
+        return lines
