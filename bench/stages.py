@@ -36,6 +36,7 @@ def run_stage(stage: str, model: str, work: Path) -> float:
     from export.onnx_stage import describe_onnx, export_onnx, simplify_onnx
     from export.tflite_stage import convert_tflite
     from models import get_spec
+    from pipeline.request import CALIBRATION_CROPS
     from pipeline.sources import calibrate_random_weights, from_registry
     from validate.parity import check_parity
     from validate.thresholds import DEFAULTS
@@ -45,7 +46,9 @@ def run_stage(stage: str, model: str, work: Path) -> float:
         source = from_registry(model, WEIGHTS.get(model))
         if source.random_weights:
             calib = imgs.normalize(
-                imgs.calibration_batch(imgs.calibration_photos(), source.input_size, 100), source.mean, source.std
+                imgs.calibration_batch(imgs.calibration_photos(), source.input_size, CALIBRATION_CROPS),
+                source.mean,
+                source.std,
             )
             calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(calib.transpose(0, 3, 1, 2))))
         if stage == "onnx_export":
@@ -55,7 +58,7 @@ def run_stage(stage: str, model: str, work: Path) -> float:
         simplify_onnx(describe_onnx(work / "model.onnx"), work / "model_sim.onnx")
     elif stage == "onnx2tf_int8":
         onnx_model = describe_onnx(work / "model_sim.onnx")
-        calib = imgs.calibration_batch(imgs.calibration_photos(), onnx_model.input_size, 100)
+        calib = imgs.calibration_batch(imgs.calibration_photos(), onnx_model.input_size, CALIBRATION_CROPS)
         start = time.perf_counter()
         spec = get_spec(model)
         conversion = convert_tflite(onnx_model, work / "convert", ["int8"], calib, spec.mean, spec.std)
