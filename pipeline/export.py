@@ -147,6 +147,8 @@ def _check_flags(args) -> None:
         raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
     if args.int8_output == "float" and args.quant not in ("int8", "all"):
         raise SourceError("--int8-output applies to the int8 file: use it with --quant int8 or --quant all")
+    if args.val_dir and not args.val_dir.exists():
+        raise SourceError(f"--val-dir {args.val_dir} does not exist: give a folder of class subfolders or a .csv file")
     if args.max_accuracy_drop is not None and not args.val_dir:
         raise SourceError("--max-accuracy-drop needs --val-dir (the labelled photos it is measured on)")
     if args.profile_arm and not args.profile:
