@@ -164,7 +164,8 @@ def measure_accuracy(job: Job) -> Job:
     outputs.update({mode: run_tflite(path, x) for mode, path in job.tflites.files.items()})
     names = list(outputs)
     reference = accuracy(names[0], outputs[names[0]], labels)
-    rows = [reference] + [accuracy(name, outputs[name], labels, reference) for name in names[1:]]
+    ref = outputs[names[0]]
+    rows = [reference] + [accuracy(name, outputs[name], labels, reference, ref) for name in names[1:]]
     summary = LabelledAccuracy(job.labelled.description, rows, job.labels, job.request.max_accuracy_drop)
     return replace(job, accuracy=summary)
 

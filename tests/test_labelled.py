@@ -67,6 +67,7 @@ def test_accuracy_drop_and_its_paired_interval():
     assert reference.top1 == 1.0 and same.drop_points == 0.0 and same.drop_ci95 == (0.0, 0.0)
     wrong = right.copy()
     wrong[:20] = np.roll(wrong[:20], 1, axis=1)  # 20 of 200 photos now wrong: 10 points
-    worse = accuracy("int8", wrong, labels, reference)
+    worse = accuracy("int8", wrong, labels, reference, right)
     assert worse.drop_points == pytest.approx(10.0) and worse.drop_ci95[0] < 10.0 < worse.drop_ci95[1]
+    assert worse.agreement == pytest.approx(0.9)  # parity on the user's photos: 180 of 200 answers agree
     assert worse.drop_ci95[0] > 5.0  # paired: only the 20 changed photos vary

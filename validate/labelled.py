@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from export.images import ImageDataError, Photo, photos_in_dir
+from validate.metrics import compare
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class Accuracy:
     per_class: dict[int, float]
     drop_points: float = 0.0  # reference top-1 minus this top-1, in points
     drop_ci95: tuple[float, float] = (0.0, 0.0)  # paired bootstrap over photos
+    agreement: float = 1.0  # top-1 agreement with the reference on these photos (parity on the user's data)
+    sqnr_db: float = float("inf")  # of the logits against the reference's
     correct: np.ndarray = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
@@ -132,11 +135,21 @@ class Accuracy:
             "top5": self.top5,
             "drop_points": self.drop_points,
             "drop_ci95": list(self.drop_ci95),
+            "top1_agreement_with_reference": self.agreement,
+            "sqnr_db_vs_reference": self.sqnr_db if np.isfinite(self.sqnr_db) else None,
             "per_class_top1": {str(k): v for k, v in sorted(self.per_class.items())},
         }
 
 
-def accuracy(model: str, logits: np.ndarray, labels: np.ndarray, reference: Accuracy | None = None) -> Accuracy:
+def accuracy(
+    model: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    reference: Accuracy | None = None,
+    reference_logits: np.ndarray | None = None,
+) -> Accuracy:
+    """Top-1/top-5 of `logits` against `labels`; with a `reference` (and its logits), the paired drop and the
+    parity of the two models on these photos."""
     order = np.argsort(-logits, axis=1, kind="stable")
     correct = order[:, 0] == labels
     top5 = np.mean([label in row[:5] for row, label in zip(order, labels)])
@@ -147,14 +160,11 @@ def accuracy(model: str, logits: np.ndarray, labels: np.ndarray, reference: Accu
     rng = np.random.default_rng(0)
     samples = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_RESAMPLES, len(diff)))].mean(axis=1) * 100
     low, high = np.percentile(samples, [2.5, 97.5])
+    drop, interval = float(diff.mean() * 100), (float(low), float(high))
+    parity = compare(reference_logits, logits) if reference_logits is not None else None
+    agreement, sqnr = (parity.top1_agreement, parity.sqnr_db) if parity else (float("nan"), float("nan"))
     return Accuracy(
-        model,
-        float(correct.mean()),
-        float(top5),
-        per_class,
-        float(diff.mean() * 100),
-        (float(low), float(high)),
-        correct,
+        model, float(correct.mean()), float(top5), per_class, drop, interval, agreement, sqnr, correct=correct
     )
 
 
@@ -192,10 +202,12 @@ class LabelledAccuracy:
             "## Accuracy on your labelled photos",
             "",
             f"{self.description}. Drop: top-1 of {self.rows[0].model} minus the model's, in points, with a 95 % "
-            f"interval from a paired bootstrap over the photos (one photo moves accuracy by {100 / n:.1f} points).",
+            f"interval from a paired bootstrap over the photos (one photo moves accuracy by {100 / n:.1f} points). "
+            f"Top-1 agreement and SQNR: each model's logits against {self.rows[0].model}'s on the same photos.",
             "",
-            "| model | top-1 | top-5 | drop (points) | 95 % interval | classes losing most |",
-            "|---|---:|---:|---:|---|---|",
+            "| model | top-1 | top-5 | drop (points) | 95 % interval | top-1 agreement | SQNR dB | classes losing most"
+            " |",
+            "|---|---:|---:|---:|---|---:|---:|---|",
         ]
         reference = self.rows[0]
         for r in self.rows:
@@ -206,7 +218,8 @@ class LabelledAccuracy:
             worst = ", ".join(f"{self.class_names[c]} -{100 * loss:.0f}" for loss, c in losses) or "-"
             interval = "-" if r is reference else f"{r.drop_ci95[0]:+.1f} .. {r.drop_ci95[1]:+.1f}"
             drop = "-" if r is reference else f"{r.drop_points:+.1f}"
-            lines.append(f"| {r.model} | {r.top1:.1%} | {r.top5:.1%} | {drop} | {interval} | {worst} |")
+            parity = "- | -" if r is reference else f"{r.agreement:.1%} | {r.sqnr_db:.1f}"
+            lines.append(f"| {r.model} | {r.top1:.1%} | {r.top5:.1%} | {drop} | {interval} | {parity} | {worst} |")
         if self.max_drop_points is not None:
             verdict = "; ".join(self.failures) or f"every variant within {self.max_drop_points:g} points"
             lines += ["", f"--max-accuracy-drop {self.max_drop_points:g}: {verdict}."]
