@@ -25,7 +25,7 @@ from pipeline.request import CALIBRATION_CROPS
 from pipeline.signals import run_interruptible
 from pipeline.sources import SourceError
 from pipeline.staging import OutputError
-from pipeline.zoo import failed_row, summary_row, write_summary
+from pipeline.zoo import export_many, write_summary
 from profiling.arm_setup import default_cache
 from profiling.cores import parse_cores
 from profiling.run import ProfileRequest
@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="profile every variant written (host latency; see --profile-arm)"
     )
     p.add_argument("--profile-arm", help="with --profile: also emulated ARM cores, e.g. a53,a76")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="with --all: export this many models at a time, each in its own process (output in OUT/<model>.log)",
+    )
     for mode in ("onnx", *QUANT_MODES):
         p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
         p.add_argument(f"--min-cosine-{mode}", type=float, help=f"override the {mode} mean-cosine threshold")
@@ -151,6 +157,8 @@ def _check_flags(args) -> None:
         raise SourceError(f"--val-dir {args.val_dir} does not exist: give a folder of class subfolders or a .csv file")
     if args.max_accuracy_drop is not None and not args.val_dir:
         raise SourceError("--max-accuracy-drop needs --val-dir (the labelled photos it is measured on)")
+    if args.jobs > 1 and not args.all:
+        raise SourceError("--jobs applies to --all (one export uses the converter's own threads)")
     if args.profile_arm and not args.profile:
         raise SourceError("--profile-arm goes with --profile")
     if args.profile_arm:
@@ -217,15 +225,13 @@ def _export_one(args, argv: list[str]) -> int:
 def _export_all(args, argv: list[str]) -> int:
     rows, worst = [], 0
     mode = QUANT_MODES[-1] if args.quant == "all" else args.quant
-    for name in list_models():
-        try:
-            result = export_model(name, **_options(args, argv))
-            rows.append(summary_row(result, mode))
-            worst = max(worst, 0 if result.passed else EXIT_PARITY_FAILED)
-        except Exception as exc:  # one model's failure must not lose the others' summary
-            print(f"error: {name}: {exc}", file=sys.stderr)
-            rows.append(failed_row(name, str(exc)))
+    for row, exc, passed in export_many(list_models(), _options(args, argv), mode, args.jobs):
+        rows.append(row)
+        if exc is not None:
+            print(f"error: {row['model']}: {exc}", file=sys.stderr)
             worst = max(worst, EXIT_USER_ERROR if isinstance(exc, USER_ERRORS) else EXIT_INTERNAL_ERROR)
+        else:
+            worst = max(worst, 0 if passed else EXIT_PARITY_FAILED)
     path = write_summary(args.out, rows, mode)
     print(path.read_text())
     return worst

@@ -1,12 +1,18 @@
-"""One summary table for a batch of exports (python -m pipeline.export --all)."""
+"""A batch of exports (python -m pipeline.export --all): in parallel processes if asked, one summary table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import re
+import signal
 from pathlib import Path
 
 from export.files import write_text_atomic
+from pipeline.api import export_model
 from pipeline.run import ExportResult
+from pipeline.signals import Interrupted
 from pipeline.staging import OutputError
 
 
@@ -61,3 +67,54 @@ def write_summary(out_root: Path, rows: list[dict], mode: str) -> Path:
     path = out_root / "zoo_summary.md"
     write_text_atomic(path, render_summary(rows, mode))
     return path
+
+
+_LOG_NAME = re.compile(r"[^\w.-]")  # characters a model string may hold that a file name should not
+
+
+def _export(model: str, options: dict, mode: str) -> tuple[dict, Exception | None, bool]:
+    try:
+        result = export_model(model, **options)
+        return summary_row(result, mode), None, result.passed
+    except Exception as exc:  # one model's failure must not lose the others' summary
+        return failed_row(model, str(exc)), exc, False
+
+
+def _export_logged(task: tuple[str, dict, str, Path]) -> tuple[dict, Exception | None, bool]:
+    """One export in a worker process, its console output kept apart in its own log file."""
+    model, options, mode, log_path = task
+    with open(log_path, "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        row, exc, passed = _export(model, options, mode)
+        if exc is not None:
+            print(f"error: {exc}", file=log)
+    return row, exc, passed
+
+
+def _stop_on_sigterm() -> None:
+    """In a worker: SIGTERM unwinds like Ctrl-C, so the converter is stopped and the partial folder removed."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
+    """Export each of `models` with export_model(**options); yield (row, exception or None, passed) in the order
+    of `models`. With jobs > 1 they run in that many processes, each export's output in OUT/<model>.log."""
+    if jobs == 1:
+        for model in models:
+            yield _export(model, options, mode)
+        return
+    out = Path(options["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [(model, options, mode, out / (_LOG_NAME.sub("_", Path(model).name) + ".log")) for model in models]
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_stop_on_sigterm, maxtasksperchild=1)
+    try:
+        yield from pool.imap(_export_logged, tasks)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # SIGTERM to the workers: each stops its converter and removes its partial folder
+        raise
+    finally:
+        pool.join()
