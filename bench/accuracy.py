@@ -169,6 +169,7 @@ def main() -> None:
                     f"latency x{g['latency_ratio']:.3f}"
                 )
     payload = {"host": platform.processor() or platform.machine(), "versions": tool_versions(), "models": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
