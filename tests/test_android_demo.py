@@ -38,15 +38,15 @@ def contract_classes(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
-def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
-    _javac(tmp_path, f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
+def _golden_vector_tests(contract_classes: Path, golden: Path, work: Path) -> None:
+    """Compile and run the contract module's JUnit golden-vector tests against the vectors in `golden`."""
+    _javac(work, f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
     proc = subprocess.run(
         [
             "java",
-            f"-Dgolden.dir={DEMO / 'contract/src/test/resources/golden'}",
+            f"-Dgolden.dir={golden}",
             "-cp",
-            f"{contract_classes}:{tmp_path}:{JUNIT}",
+            f"{contract_classes}:{work}:{JUNIT}",
             "org.junit.runner.JUnitCore",
             "mve.contract.GoldenVectorTest",
         ],
@@ -55,6 +55,11 @@ def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "OK (3 tests)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_contract_module_matches_golden_vectors(contract_classes, tmp_path):
+    _golden_vector_tests(contract_classes, DEMO / "contract/src/test/resources/golden", tmp_path)
 
 
 def test_contract_module_has_no_android_imports():
@@ -99,18 +104,4 @@ def test_float_output_contract_round_trips_through_java(contract_classes, tmp_pa
     output = json.loads((golden / "preprocess.json").read_text())["variants"]["int8"]["output"]
     assert output["dtype"] == "float32" and "scale" not in output
     assert all((golden / c["output"]).stat().st_size == 4 * 10 for c in cases)  # 10 float32 logits
-    _javac(tmp_path / "test", f"{contract_classes}:{JUNIT}", sorted((DEMO / "contract/src/test/java").rglob("*.java")))
-    proc = subprocess.run(
-        [
-            "java",
-            f"-Dgolden.dir={golden}",
-            "-cp",
-            f"{contract_classes}:{tmp_path / 'test'}:{JUNIT}",
-            "org.junit.runner.JUnitCore",
-            "mve.contract.GoldenVectorTest",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "OK (3 tests)" in proc.stdout
+    _golden_vector_tests(contract_classes, golden, tmp_path / "test")
