@@ -184,5 +184,4 @@ def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> 
     """Give a randomly initialised model (zoo or factory) image-dependent outputs (see models.random_init)."""
     count = estimate_batchnorm_stats(source.module, images_nchw)
     detail = f", BatchNorm statistics of {count} layers estimated on the calibration photos" if count else ""
-    origin = source.weights.split(", BatchNorm statistics")[0].split(": parity is")[0]  # the same on a second call
-    source.weights = f"{origin}{detail}: {RANDOM_CAVEAT}"
+    source.weights = f"{source.weights}{detail}: {RANDOM_CAVEAT}"
