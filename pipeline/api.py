@@ -66,6 +66,7 @@ def export_model(
     if int8_output not in ("int8", "float"):
         raise SourceError(f"unknown int8_output '{int8_output}': use int8 or float")
     modes = list(QUANT_MODES) if quant == "all" else [quant]
+    labels = read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels  # fails before any model work
     source = model_source(model, weights, input_size, mean, std, name)
     overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
     if min_sqnr is not None:
@@ -79,7 +80,7 @@ def export_model(
         command or f"export_model({source.name!r}, quant={quant!r})",
         Path(calib_dir) if calib_dir else None,
         calib_samples,
-        read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels,
+        labels,
         optimize=optimize,
         equalize=equalize,
         percentile_ranges=percentile_ranges,

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from export.contract import LabelsError, read_labels
+from export.contract import LabelsError
 from export.images import ImageDataError
 from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
 from models import UnknownModelError, get_spec, list_models
 from models.weights import WeightsError
 from pipeline.api import export_model, is_factory
-from pipeline.arguments import input_size_problem, positive_int
+from pipeline.arguments import positive_int
 from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
 from pipeline.profile import run as profile_run
 from pipeline.request import CALIBRATION_CROPS
@@ -165,8 +165,6 @@ def _check_flags(args) -> None:
         parse_cores(args.profile_arm)  # an unknown core fails before the export, not after
     if args.std and any(s <= 0 for s in args.std):
         raise SourceError(f"--std must be positive, got {','.join(map(str, args.std))}")
-    if args.input_size and (problem := input_size_problem(args.input_size, f"--input-size {args.input_size}")):
-        raise SourceError(problem)
 
 
 def _thresholds(args) -> dict[str, dict[str, float]]:
@@ -256,8 +254,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             _check_flags(args)
-            if args.labels:
-                read_labels(args.labels)  # an unreadable file fails before the export, not after
             return _export_all(args, argv) if args.all else _export_one(args, argv)
         except USER_ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -59,6 +59,16 @@ def interrupts_raise():
             signal.signal(signum, old)
 
 
+def sigterm_raises() -> None:
+    """For a worker process: SIGTERM unwinds like Ctrl-C (Interrupted), so its converter is stopped and its partial
+    folder removed."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_interruptible(body: Callable[[], int], stopped: str) -> int:
     """Run a CLI's `body`; on SIGINT or SIGTERM print `error: interrupted (SIGNAME): <stopped>` and return 128+N
     (130 for Ctrl-C, 143 for SIGTERM) instead of a traceback."""

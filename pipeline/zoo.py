@@ -6,13 +6,12 @@ import contextlib
 import json
 import multiprocessing
 import re
-import signal
 from pathlib import Path
 
 from export.files import write_text_atomic
 from pipeline.api import export_model
 from pipeline.run import ExportResult
-from pipeline.signals import Interrupted
+from pipeline.signals import sigterm_raises
 from pipeline.staging import OutputError
 
 
@@ -90,15 +89,6 @@ def _export_logged(task: tuple[str, dict, str, Path]) -> tuple[dict, Exception |
     return row, exc, passed
 
 
-def _stop_on_sigterm() -> None:
-    """In a worker: SIGTERM unwinds like Ctrl-C, so the converter is stopped and the partial folder removed."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
     """Export each of `models` with export_model(**options); yield (row, exception or None, passed) in the order
     of `models`. With jobs > 1 they run in that many processes, each export's output in OUT/<model>.log."""
@@ -109,7 +99,7 @@ def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
     out = Path(options["out"])
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(model, options, mode, out / (_LOG_NAME.sub("_", Path(model).name) + ".log")) for model in models]
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_stop_on_sigterm, maxtasksperchild=1)
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=sigterm_raises, maxtasksperchild=1)
     try:
         yield from pool.imap(_export_logged, tasks)
         pool.close()
