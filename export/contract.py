@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from export.images import CROP_FRACTION
+from export.metadata import MetadataError, read_metadata
 from export.tflite_inspect import TfliteSummary
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -61,12 +62,17 @@ def _io(summary: TfliteSummary) -> dict:
 
 
 def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
-    """(mean, std, where they came from) for a .tflite: its preprocess.json if one lies beside it, else ImageNet's."""
+    """(mean, std, where they came from) for a .tflite: its preprocess.json if one lies beside it, else its own
+    TFLite Metadata, else ImageNet's."""
     contract_path = model.parent / "preprocess.json"
     if contract_path.is_file():
         contract = json.loads(contract_path.read_text())
         return contract["mean"], contract["std"], "preprocess.json"
-    return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet mean/std (no preprocess.json beside the model)"
+    try:
+        metadata = read_metadata(model)
+        return metadata.mean, metadata.std, "the model's TFLite Metadata"
+    except MetadataError:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet mean/std (no preprocess.json, no metadata)"
 
 
 def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int) -> dict:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
 
+
 class ImageDataError(ValueError):
     """A folder or file that yields no usable images."""
 

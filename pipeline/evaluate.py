@@ -11,6 +11,7 @@ from pathlib import Path
 from export.contract import LabelsError, normalization_beside, read_labels
 from export.files import write_text_atomic
 from export.images import ImageDataError, heldout_batch, normalize
+from export.metadata import LABELS_FILE, labels_in
 from export.tflite_inspect import NotTfliteError, inspect_tflite
 from models.weights import sha256_file
 from pipeline.signals import run_interruptible
@@ -24,11 +25,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_interruptible(lambda: _main(argv), "stopped the evaluation before writing evaluate.json")
 
 
+def _labels(model: Path, given: Path | None) -> list[str]:
+    """--labels, else labels.txt beside the model, else the labels packed in its metadata."""
+    beside = model.parent / LABELS_FILE
+    if given is not None or beside.is_file():
+        return read_labels(given or beside)
+    labels = labels_in(model)
+    if labels is None:
+        raise LabelsError(f"no {beside} and no labels in the model's metadata: pass --labels, one name per line")
+    return labels
+
+
 def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__)
-    p.add_argument("model", type=Path, help="an exported .tflite (preprocess.json and labels.txt beside it)")
+    p.add_argument(
+        "model", type=Path, help="an exported .tflite (with metadata, or preprocess.json and labels.txt beside it)"
+    )
     p.add_argument("--val-dir", type=Path, required=True, help="one subfolder per class, or a CSV of path,label")
-    p.add_argument("--labels", type=Path, help="class names, one per line (default: labels.txt beside the model)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="class names, one per line (default: labels.txt beside the model, else its metadata)",
+    )
     p.add_argument("--out", type=Path, help="folder for evaluate.json (default: beside the model)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -36,10 +54,7 @@ def _main(argv: list[str] | None) -> int:
         if not args.model.is_file():
             raise ImageDataError(f"model not found: {args.model}")
         summary = inspect_tflite(args.model)
-        labels_file = args.labels or args.model.parent / "labels.txt"
-        if not labels_file.is_file():
-            raise LabelsError(f"no labels file at {labels_file}: pass --labels with one class name per line")
-        labels = read_labels(labels_file)
+        labels = _labels(args.model, args.labels)
         mean, std, where = normalization_beside(args.model)
         labelled = read_labelled(args.val_dir, labels)
         size = summary.inputs[0].shape[1]

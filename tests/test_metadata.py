@@ -1,0 +1,53 @@
+"""TFLite Metadata in every exported variant, read back with the official reader (tflite-support's
+MetadataDisplayer), and kept equal to preprocess.json and labels.txt."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from export.metadata import disagreements, read_metadata
+from export.tflite_model import read_model, write_model
+from validate.runners import run_tflite
+
+
+@pytest.mark.slow
+def test_every_variant_carries_labels_and_normalization(shufflenet_variants):
+    contract = json.loads((shufflenet_variants / "preprocess.json").read_text())
+    labels = (shufflenet_variants / "labels.txt").read_text().splitlines()
+    assert set(contract["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
+    for mode, variant in contract["variants"].items():
+        model = shufflenet_variants / variant["file"]
+        metadata = read_metadata(model)
+        assert metadata.name == f"shufflenet_v2_x0_5 ({mode})" and metadata.output == "logits"
+        assert metadata.labels[:2] == ["tench", "goldfish"] and len(metadata.labels) == 1000
+        assert metadata.color_space == "RGB" and metadata.size == (224, 224)
+        assert disagreements(metadata, contract, labels) == [], mode
+
+
+@pytest.mark.slow
+def test_a_contract_that_drifts_from_the_metadata_is_caught(shufflenet_variants):
+    contract = json.loads((shufflenet_variants / "preprocess.json").read_text())
+    labels = (shufflenet_variants / "labels.txt").read_text().splitlines()
+    metadata = read_metadata(shufflenet_variants / contract["variants"]["int8"]["file"])
+    drifted = {**contract, "mean": [0.5, 0.5, 0.5], "input_size": 256}
+    problems = disagreements(metadata, drifted, labels[::-1])
+    assert [p.split(":")[0] for p in problems] == ["mean", "size", "labels"]
+    assert disagreements(replace(metadata, color_space="BGR"), contract, labels)[0].startswith("color")
+
+
+@pytest.mark.slow
+def test_metadata_leaves_the_model_unchanged(shufflenet_variants, tmp_path):
+    """The metadata is an extra buffer: the interpreter computes the same logits as from the bare graph."""
+    contract = json.loads((shufflenet_variants / "preprocess.json").read_text())
+    model = shufflenet_variants / contract["variants"]["int8"]["file"]
+    graph = read_model(model)
+    assert b"TFLITE_METADATA" in [m.name for m in graph.metadata]
+    graph.metadata = [m for m in graph.metadata if m.name != b"TFLITE_METADATA"]
+    bare = tmp_path / "bare.tflite"
+    write_model(graph, bare)
+    with pytest.raises(ValueError, match="no TFLite Metadata"):
+        read_metadata(bare)
+    x = np.random.default_rng(0).uniform(-2, 2, (2, 224, 224, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_tflite(model, x), run_tflite(bare, x))
