@@ -40,7 +40,7 @@ def _foolbox_photos(prefix: str) -> list[Photo]:
     return [Photo(p, int(p.stem.rsplit("_", 1)[1])) for p in sorted(folder.glob(f"{prefix}_*"))]
 
 
-def _photo_cache() -> Path:
+def photo_cache() -> Path:
     """Where scripts/setup_photos.sh unpacks the photo sets (MVE_PHOTO_CACHE overrides it)."""
     return Path(os.environ.get("MVE_PHOTO_CACHE") or Path.home() / ".cache" / "mobile-vision-export" / "photos")
 
@@ -55,12 +55,12 @@ def calibration_photos() -> list[Photo]:
     """The built-in calibration set: 548 full-resolution photos of objects, animals, monuments, landscapes, cities
     and underwater scenes from Debian packages (gcompris-qt-data 1.0, endless-sky-data, krank), none of them a
     held-out photo or a near-duplicate of one (scripts/unpack_photos.py)."""
-    return _cached_set(_photo_cache() / "calibration", "calibration photos")
+    return _cached_set(photo_cache() / "calibration", "calibration photos")
 
 
 def natural_photo_dir() -> Path:
     """Where the natural held-out photos are unpacked."""
-    return _photo_cache() / "natural"
+    return photo_cache() / "natural"
 
 
 def heldout_photos() -> list[Photo]:

@@ -9,8 +9,12 @@ from export.files import write_text_atomic
 from export.tflite_inspect import TfliteSummary
 from models.weights import sha256_file
 from pipeline.stages import DIAGNOSIS_IMAGES, Job
-from validate.diagnose_report import report_section
+from validate.diagnose_report import report_section, sqnr_curve
+from validate.html_report import Bar, bar_chart, contact_sheet, render_html, sqnr_text
 from validate.report import parity_json, render_report, sha256_array
+
+SHEET_PHOTOS = 48  # changed answers shown in report.html's contact sheet
+WORST_CLASSES = 15
 
 # parity.json key and report order of each int8 step's summary
 INT8_STEPS = (
@@ -83,3 +87,69 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)
     write_text_atomic(stage_dir / "report.md", report)
+    write_text_atomic(stage_dir / "report.html", render_html(report, _figures(job)))
+
+
+def _figures(job: Job) -> dict[str, list[str]]:
+    """report.html's plots, by the report.md section they follow."""
+    rows = job.rows
+    finite = [r.metrics.sqnr_db for r in rows if r.metrics.sqnr_db < float("inf")]
+    figures = {
+        "Parity": [
+            bar_chart(
+                "SQNR of each variant against its reference on the held-out photos (longer is closer)",
+                [Bar(f"{r.variant} vs {r.reference}", r.metrics.sqnr_db, sqnr_text(r.metrics.sqnr_db)) for r in rows],
+                max(finite + [1.0]),
+            ),
+            bar_chart(
+                "Top-1 agreement with the reference on the held-out photos",
+                [Bar(r.variant, r.metrics.top1_agreement, f"{r.metrics.top1_agreement:.1%}") for r in rows],
+                1.0,
+            ),
+        ]
+    }
+    if job.accuracy is not None:
+        figures["Accuracy on your labelled photos"] = _accuracy_figures(job)
+    if job.diagnosis is not None:
+        figures["Per-layer int8 error"] = [
+            f"<figure>{sqnr_curve(job.diagnosis)}<figcaption>SQNR of each int8 layer's "
+            "output against float, in graph order (red: largest drops)</figcaption>"
+            "</figure>"
+        ]
+    return figures
+
+
+def _accuracy_figures(job: Job) -> list[str]:
+    rows, names = job.accuracy.rows, job.accuracy.class_names
+    reference, photos = rows[0], job.labelled.photos
+    figures = [
+        bar_chart(
+            f"Top-1 accuracy on your {len(photos)} labelled photos",
+            [Bar(r.model, r.top1, f"{r.top1:.1%}") for r in rows],
+            1.0,
+        )
+    ]
+    int8 = [r for r in rows if r.model == "int8"]
+    worst = int8[0] if int8 else max(rows[1:], key=lambda r: r.drop_points, default=None)
+    if worst is None:
+        return figures
+    drops = sorted(((reference.per_class[c] - acc, c) for c, acc in worst.per_class.items()), reverse=True)
+    drops = [(d, c) for d, c in drops if d > 0][:WORST_CLASSES]
+    if drops:
+        figures.append(
+            bar_chart(
+                f"Classes that lose most top-1 in {worst.model} against {reference.model} (points)",
+                [Bar(names[c], d, f"-{100 * d:.0f}") for d, c in drops],
+                1.0,
+            )
+        )
+    changed = [k for k in range(len(photos)) if worst.predicted[k] != reference.predicted[k]][:SHEET_PHOTOS]
+    captions = [
+        f"{photos[k].path.name}: true {names[int(job.labelled.labels[k])]}; {reference.model} "
+        f"{names[int(reference.predicted[k])]}; {worst.model} {names[int(worst.predicted[k])]}"
+        for k in changed
+    ]
+    if changed:
+        title = f"Photos where {worst.model} answers differently from {reference.model} ({len(changed)} shown)"
+        figures.append(contact_sheet(title, [(photos[k].path, caption) for k, caption in zip(changed, captions)]))
+    return figures

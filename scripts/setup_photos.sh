@@ -4,6 +4,8 @@
 #   natural/      held-out photos: gcompris-qt-data (bookworm) animals, everyday objects, fish, windmills
 #   calibration/  calibration photos: gcompris-qt-data 1.0 (bullseye), endless-sky-data (landscapes, cities),
 #                 krank (underwater); near-duplicates of held-out photos dropped
+#   fashion-mnist/ Fashion-MNIST (dataset-fashion-mnist, MIT): 70k labelled 28x28 photos of clothes, for the test
+#                 that trains a small user model and takes it through export, --val-dir and metadata
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/apt_download.sh
@@ -23,6 +25,14 @@ if [ ! -f "$CACHE/calibration/.complete" ]; then
     for deb in "$CACHE"/deb/*.deb; do dpkg -x "$deb" "$CACHE/x"; done
     .venv/bin/python scripts/unpack_photos.py calibration "$CACHE/x" "$CACHE/calibration" "$CACHE/natural"
     touch "$CACHE/calibration/.complete"
+    rm -rf "$CACHE/deb" "$CACHE/x"
+fi
+if [ ! -f "$CACHE/fashion-mnist/.complete" ]; then
+    rm -rf "$CACHE/deb" "$CACHE/x" "$CACHE/fashion-mnist"
+    apt_download "$CACHE/deb" default dataset-fashion-mnist
+    dpkg -x "$CACHE"/deb/dataset-fashion-mnist_*.deb "$CACHE/x"
+    mv "$CACHE/x/usr/share/datasets/fashion-mnist" "$CACHE/fashion-mnist"
+    touch "$CACHE/fashion-mnist/.complete"
     rm -rf "$CACHE/deb" "$CACHE/x"
 fi
 count() { find "$1" -type f ! -name .complete | wc -l; }

@@ -47,3 +47,25 @@ def shufflenet_variants(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp / "out" / "shufflenet_v2_x0_5"
+
+
+def open_in_browser(page: Path, screenshot: Path) -> list[str]:
+    """Load `page` in headless Chromium and save a screenshot; return the console messages it logged."""
+    proc = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,3000",
+            f"--screenshot={screenshot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert screenshot.is_file(), proc.stderr[-2000:]
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]

@@ -15,7 +15,7 @@ from validate.report import tool_versions
 _W, _H, _PAD = 900, 300, 40
 
 
-def _plot(diagnosis: Diagnosis) -> str:
+def sqnr_curve(diagnosis: Diagnosis) -> str:
     finite = [layer.sqnr_db for layer in diagnosis.layers if math.isfinite(layer.sqnr_db)]
     top = max(finite + [1.0])
     bottom = min(finite + [0.0])
@@ -66,7 +66,7 @@ td:last-child{{text-align:left}} tr.bad{{background:#fdd}}</style></head><body>
 SQNR of each layer's dequantized int8 output against the float output (errors accumulate along the graph);
 "drop" is the SQNR lost against the previous layer.</p>
 <p><b>{jump_text}</b>. Worst layers: {worst}.</p>
-{_plot(diagnosis)}
+{sqnr_curve(diagnosis)}
 <table><tr><th>#</th><th>op</th><th>SQNR dB</th><th>drop dB</th><th>cosine</th><th>output tensor</th></tr>{rows}</table>
 </body></html>
 """

@@ -127,6 +127,7 @@ class Accuracy:
     agreement: float = 1.0  # top-1 agreement with the reference on these photos (parity on the user's data)
     sqnr_db: float = float("inf")  # of the logits against the reference's
     correct: np.ndarray = field(default=None, repr=False, compare=False)
+    predicted: np.ndarray = field(default=None, repr=False, compare=False)  # top-1 class per photo
 
     def as_dict(self) -> dict:
         return {
@@ -155,7 +156,7 @@ def accuracy(
     top5 = np.mean([label in row[:5] for row, label in zip(order, labels)])
     per_class = {int(c): float(correct[labels == c].mean()) for c in np.unique(labels)}
     if reference is None:
-        return Accuracy(model, float(correct.mean()), float(top5), per_class, correct=correct)
+        return Accuracy(model, float(correct.mean()), float(top5), per_class, correct=correct, predicted=order[:, 0])
     diff = reference.correct.astype(np.float64) - correct
     rng = np.random.default_rng(0)
     samples = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_RESAMPLES, len(diff)))].mean(axis=1) * 100
@@ -164,7 +165,16 @@ def accuracy(
     parity = compare(reference_logits, logits) if reference_logits is not None else None
     agreement, sqnr = (parity.top1_agreement, parity.sqnr_db) if parity else (float("nan"), float("nan"))
     return Accuracy(
-        model, float(correct.mean()), float(top5), per_class, drop, interval, agreement, sqnr, correct=correct
+        model,
+        float(correct.mean()),
+        float(top5),
+        per_class,
+        drop,
+        interval,
+        agreement,
+        sqnr,
+        correct=correct,
+        predicted=order[:, 0],
     )
 
 
