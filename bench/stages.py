@@ -1,8 +1,9 @@
-"""Wall time and peak memory of each export stage, for shufflenet_v2_x0_5 and mobilenet_v2.
+"""The whole default export against onnx2tf -oiqt alone, on the same simplified ONNX and calibration data.
 
-Each stage runs in its own Python process so its peak resident memory (max RSS, which includes the
-libraries it imports and, for onnx2tf, the converter's own process) can be read with wait4().
-Usage: python bench/stages.py [--models a,b] [--out bench/results/stages.json]
+For each model and --quant mode: wall time and peak RSS of `python -m pipeline.export` (photos, ONNX, onnxsim,
+conversion, int8 steps, metadata, parity, reports) and of `onnx2tf -oiqt` run by itself on the export's own
+simplified ONNX with its calibration crops. Both in the same run, one after the other, so the ratio is what to read.
+Usage: python bench/stages.py [--models a,b] [--quants int8,all] [--out bench/results/stages.json]
 """
 
 from __future__ import annotations
@@ -17,110 +18,84 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export import images as imgs  # noqa: E402
 from export.files import write_text_atomic  # noqa: E402
+from export.onnx_stage import describe_onnx  # noqa: E402
+from export.tflite_stage import write_onnx2tf_sample  # noqa: E402
+from models import get_spec  # noqa: E402
+from pipeline.request import CALIBRATION_CROPS  # noqa: E402
 from validate.report import tool_versions  # noqa: E402
 
-STAGES = ("load_model", "onnx_export", "onnxsim", "onnx2tf_int8", "parity_int8")
 WEIGHTS = {"mobilenet_v2": "imagenet"}
+RATIO_TARGET = {"int8": 1.0, "all": 1.3}
 
 
-def run_stage(stage: str, model: str, work: Path) -> float:
-    """Run one stage in this process, reading and writing files in `work`; return its wall seconds."""
-    import numpy as np
-    import torch
-
-    from export import images as imgs
-    from export.onnx_stage import describe_onnx, export_onnx, simplify_onnx
-    from export.tflite_stage import convert_tflite
-    from models import get_spec
-    from pipeline.request import CALIBRATION_CROPS
-    from pipeline.sources import calibrate_random_weights, from_registry
-    from validate.parity import check_parity
-    from validate.thresholds import DEFAULTS
-
+def timed(cmd: list[str], cwd: Path) -> dict:
+    """Run `cmd`; return its wall seconds and peak RSS (the largest of it and its children, from wait4)."""
     start = time.perf_counter()
-    if stage in ("load_model", "onnx_export"):
-        source = from_registry(model, WEIGHTS.get(model))
-        if source.random_weights:
-            calib = imgs.normalize(
-                imgs.calibration_batch(imgs.calibration_photos(), source.input_size, CALIBRATION_CROPS),
-                source.mean,
-                source.std,
-            )
-            calibrate_random_weights(source, torch.from_numpy(np.ascontiguousarray(calib.transpose(0, 3, 1, 2))))
-        if stage == "onnx_export":
-            start = time.perf_counter()
-            export_onnx(source.module, source.input_size, work / "model.onnx")
-    elif stage == "onnxsim":
-        simplify_onnx(describe_onnx(work / "model.onnx"), work / "model_sim.onnx")
-    elif stage == "onnx2tf_int8":
-        onnx_model = describe_onnx(work / "model_sim.onnx")
-        calib = imgs.calibration_batch(imgs.calibration_photos(), onnx_model.input_size, CALIBRATION_CROPS)
-        start = time.perf_counter()
-        spec = get_spec(model)
-        conversion = convert_tflite(onnx_model, work / "convert", ["int8"], calib, spec.mean, spec.std)
-        conversion.files["int8"].rename(work / "model_int8.tflite")
-    elif stage == "parity_int8":
-        photos = imgs.heldout_photos()
-        spec = get_spec(model)
-        x = imgs.normalize(imgs.heldout_batch(photos, spec.input_size), spec.mean, spec.std)
-        check_parity(
-            work / "model_sim.onnx", {"int8": work / "model_int8.tflite"}, x, [p.label for p in photos], DEFAULTS
-        )
-    return time.perf_counter() - start
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: parity failed, still a complete export
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd[:4])} failed: {log.read()[-2000:]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
-def measure(stage: str, model: str, work: Path) -> dict:
-    """Run `stage` in a child process; return its stage seconds, process seconds and peak RSS."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", stage, model, str(work)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (and its waited-for children's)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"stage {stage} of {model} failed (exit {proc.returncode}): {err.read()[-2000:]}")
+def measure(model: str, quant: str, work: Path) -> dict:
+    export = [sys.executable, "-m", "pipeline.export", "--model", model, "--quant", quant, "--out", "out"]
+    if model in WEIGHTS:
+        export += ["--weights", WEIGHTS[model]]
+    ours = timed(export, work)
+    spec = get_spec(model)
+    calib = imgs.calibration_batch(imgs.calibration_photos(), spec.input_size, CALIBRATION_CROPS)
+    np_path = work / "calibration.npy"
+    np.save(np_path, calib.astype(np.float32))
+    write_onnx2tf_sample(work, calib)  # or onnx2tf would try to download it
+    simplified = work / "out" / model / f"{model}_simplified.onnx"
+    mean, std = (f"[[[[{','.join(map(str, v))}]]]]" for v in (spec.mean, spec.std))
+    onnx2tf = [sys.executable, "-m", "onnx2tf", "-i", str(simplified), "-o", str(work / "onnx2tf"), "-nuo"]
+    onnx2tf += ["-v", "error", "-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8"]
+    onnx2tf += ["-cind", describe_onnx(simplified).input_name, str(np_path), mean, std]
+    alone = timed(onnx2tf, work)
     return {
-        "stage": stage,
-        "stage_s": round(json.loads(out.strip().splitlines()[-1])["seconds"], 2),
-        "process_s": round(time.perf_counter() - start, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "model": model,
+        "quant": quant,
+        "export": ours,
+        "onnx2tf_oiqt_alone": alone,
+        "ratio": round(ours["seconds"] / alone["seconds"], 2),
+        "ratio_target": RATIO_TARGET[quant],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="shufflenet_v2_x0_5,mobilenet_v2")
+    parser.add_argument("--quants", default="int8,all")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stages.json")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        stage, model, work = args.worker
-        print(json.dumps({"seconds": run_stage(stage, model, Path(work))}))
-        return
+    rows = []
+    print(f"{'model':<20} {'quant':<6} {'export s':>9} {'onnx2tf s':>10} {'ratio':>6} {'export RSS MiB':>15}")
+    for model in args.models.split(","):
+        for quant in args.quants.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                r = measure(model, quant, Path(tmp))
+            rows.append(r)
+            print(
+                f"{model:<20} {quant:<6} {r['export']['seconds']:>9.1f} {r['onnx2tf_oiqt_alone']['seconds']:>10.1f} "
+                f"{r['ratio']:>6.2f} {r['export']['peak_rss_mib']:>15.0f}"
+            )
     results = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "versions": tool_versions(),
-        "models": {},
+        "rows": rows,
     }
-    for model in args.models.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = [measure(stage, model, Path(tmp)) for stage in STAGES]
-        results["models"][model] = rows
-        print(f"\n{model}\n{'stage':<14} {'stage s':>8} {'process s':>10} {'peak RSS MiB':>13}")
-        for r in rows:
-            print(f"{r['stage']:<14} {r['stage_s']:>8.2f} {r['process_s']:>10.2f} {r['peak_rss_mib']:>13.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -1,0 +1,94 @@
+"""onnx2tf, building only the files asked for. Run as a child process (`python -m export.onnx2tf_int8`) so it can be
+stopped with its process group.
+
+onnx2tf's `-oiqt` converts with its int8 graph choices (MaxPool pads with 0 rather than the float minimum, which
+would wreck a calibration range) and then writes seven files, four of them calibrated on every photo. Here the
+same conversion runs with `-oiqt`, but the TFLite conversions onnx2tf attempts with a representative dataset (and
+its dynamic-range one, unless asked for) are turned away, which onnx2tf logs as failed and skips; the full-integer
+file is then built once from its SavedModel with the converter settings onnx2tf uses for `*_full_integer_quant`,
+giving the same bytes.
+Usage: python -m export.onnx2tf_int8 [--dynamic] CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE -- ONNX2TF_ARGS...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+TURNED_AWAY = "turned away by export.onnx2tf_int8: not a requested variant"
+
+
+@contextmanager
+def _unwanted_turned_away(dynamic: bool):
+    """While inside, TFLite conversions with a representative dataset (and dynamic-range ones unless `dynamic`)
+    raise RuntimeError, which onnx2tf catches, logs and moves past."""
+    import tensorflow as tf
+    from tensorflow.lite.python import lite
+
+    classes = (lite.TFLiteSavedModelConverterV2, lite.TFLiteKerasModelConverterV2, lite.TFLiteFrozenGraphConverterV2)
+    originals = {cls: cls.__dict__["convert"] for cls in classes}
+
+    def guard(convert):
+        def guarded(self, *args, **kwargs):
+            float16 = list(self.target_spec.supported_types) == [tf.float16]
+            if self.representative_dataset is not None or (self.optimizations and not float16 and not dynamic):
+                raise RuntimeError(TURNED_AWAY)
+            return convert(self, *args, **kwargs)
+
+        return guarded
+
+    for cls, convert in originals.items():
+        cls.convert = guard(convert)
+    try:
+        yield
+    finally:
+        for cls, convert in originals.items():
+            cls.convert = convert
+
+
+def convert_full_integer(saved_model: Path, calib_npy: Path, mean, std, out: Path) -> None:
+    """Calibrate on `calib_npy` (NHWC 0..1, normalized with mean/std as onnx2tf does) and write int8-in/out `out`."""
+    import tensorflow as tf
+
+    calib = np.load(calib_npy)
+    mean = np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
+    std = np.asarray(std, np.float32).reshape(1, 1, 1, -1)
+    signature = tf.saved_model.load(str(saved_model)).signatures[SIGNATURE]
+    (input_name,) = signature.structured_input_signature[1]
+
+    def representative_dataset():
+        for i in range(len(calib)):
+            yield {input_name: tf.cast(tf.convert_to_tensor((calib[i : i + 1] - mean) / std), tf.float32)}
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter._experimental_disable_per_channel = False
+    converter.unfold_batchmatmul = False
+    converter.representative_dataset = representative_dataset
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(converter.convert())
+    tmp.replace(out)
+
+
+def main(argv: list[str]) -> None:
+    dynamic = argv[0] == "--dynamic"
+    ours, onnx2tf_args = argv[int(dynamic) : argv.index("--")], argv[argv.index("--") + 1 :]
+    calib_npy, mean, std, out = Path(ours[0]), json.loads(ours[1]), json.loads(ours[2]), Path(ours[3])
+    from onnx2tf import onnx2tf
+
+    sys.argv = ["onnx2tf", *onnx2tf_args]
+    with _unwanted_turned_away(dynamic):
+        onnx2tf.main()
+    convert_full_integer(Path(onnx2tf_args[onnx2tf_args.index("-o") + 1]), calib_npy, mean, std, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,50 @@
+"""export.onnx2tf_int8: onnx2tf -oiqt's files, byte for byte, without the calibrated files nobody asked for."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from export.onnx_stage import export_onnx
+from export.tflite_stage import convert_tflite, write_onnx2tf_sample
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.mark.slow
+def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(  # MaxPool: its padding is one of -oiqt's int8 choices in the graph itself
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(8, 16, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+    onnx_model = export_onnx(model, 64, tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).uniform(0, 1, (16, 64, 64, 3)).astype(np.float32)
+    ours = convert_tflite(onnx_model, tmp_path / "ours", ["fp32", "dynamic", "int8"], calib, MEAN, STD)
+
+    np.save(tmp_path / "calib.npy", calib)
+    write_onnx2tf_sample(tmp_path, calib)
+    mean, std = (f"[[[[{','.join(map(str, v))}]]]]" for v in (MEAN, STD))
+    cmd = [sys.executable, "-m", "onnx2tf", "-i", str(onnx_model.path), "-o", "alone", "-nuo", "-v", "error"]
+    cmd += ["-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8"]
+    cmd += ["-cind", onnx_model.input_name, "calib.npy", mean, std]
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    suffix = {"fp32": "float32", "dynamic": "dynamic_range_quant", "int8": "full_integer_quant"}
+    for mode, path in ours.files.items():
+        assert path.read_bytes() == (tmp_path / "alone" / f"m_{suffix[mode]}.tflite").read_bytes(), mode
+    built = {p.name for p in ours.files["int8"].parent.glob("*.tflite")}
+    assert built == {
+        "m_float32.tflite",
+        "m_float16.tflite",
+        "m_dynamic_range_quant.tflite",
+        "m_full_integer_quant.tflite",
+    }
