@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,13 +96,20 @@ def _failure_message(log_text: str) -> str:
     return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
 
 
+_running: set[subprocess.Popen] = set()  # converters started by any thread of this process
+_running_lock = threading.Lock()
+
+
 def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, log_path: Path) -> int:
     """Run the converter in its own session and process group; return its exit code.
 
     Its own session keeps a terminal's Ctrl-C away from it (this process decides), and on any exception here
     (KeyboardInterrupt, SIGTERM turned into one by pipeline.signals, the timeout) the whole group is stopped, so
-    no converter or child of it keeps running once this function has returned or raised."""
+    no converter or child of it keeps running once this function has returned or raised. A converter waited on by
+    another thread is stopped by `stop_converters`."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with _running_lock:
+        _running.add(proc)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -110,6 +118,17 @@ def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, lo
     except BaseException:
         _stop_group(proc)
         raise
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+
+
+def stop_converters() -> None:
+    """Stop every converter still running, whichever thread started it (the main thread's exception is not theirs)."""
+    with _running_lock:
+        running = list(_running)
+    for proc in running:
+        _stop_group(proc)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:

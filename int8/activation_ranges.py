@@ -121,8 +121,10 @@ def _groups(model: schema.ModelT) -> dict[int, list[int]]:
     return out
 
 
-def _code_counts(int8_path: Path, tensors: list[int], images_nhwc: np.ndarray) -> dict[int, np.ndarray]:
-    """For each tensor, how often each of the 256 int8 codes occurs over `images_nhwc` (normalized photos)."""
+def code_counts(int8_path: Path, images_nhwc: np.ndarray) -> dict[int, np.ndarray]:
+    """For each changeable activation tensor, how often each of the 256 int8 codes occurs over `images_nhwc`
+    (normalized photos): what every cut is computed from, counted once."""
+    tensors = [t for group in _groups(read_single_graph(int8_path)).values() for t in group]
     interpreter = tensor_keeping_interpreter(int8_path)
     q_input = inspect_tflite(int8_path).inputs[0]
     counts = {t: np.zeros(256, np.int64) for t in tensors}
@@ -144,13 +146,12 @@ def _percentile_codes(counts: np.ndarray, percentile: float, zero_point: int) ->
     return min(low, zero_point), max(high, zero_point)
 
 
-def narrow_ranges(int8_path: Path, images_nhwc: np.ndarray, percentile: float, dst: Path) -> RangeChange:
-    """Write `int8_path` to `dst` with every changeable activation range cut to `percentile` of its values on
-    `images_nhwc` (normalized calibration photos)."""
+def narrow_ranges(int8_path: Path, counts: dict[int, np.ndarray], percentile: float, dst: Path) -> RangeChange:
+    """Write `int8_path` to `dst` with every changeable activation range cut to `percentile` of its code `counts`
+    (code_counts on calibration photos)."""
     model = read_single_graph(int8_path)
     graph = model.subgraphs[0]
     groups = _groups(model)
-    counts = _code_counts(int8_path, [t for tensors in groups.values() for t in tensors], images_nhwc)
     old_scale: dict[int, float] = {}  # tensor -> its scale before
     ratios = []
     for tensors in groups.values():
@@ -250,10 +251,11 @@ def cut_activation_ranges(int8: Path, crops: Crops) -> ActivationRanges:
     """Cut every changeable range of `int8` (in place) to the one of PERCENTILES, counted on `crops.fit`, that is
     closest to float on `crops.selection`, if it beats min-max there by MIN_GAIN_DB."""
     scores = {"min-max": float(sqnr_db(crops.reference, run_tflite(int8, crops.selection)))}
+    counts = code_counts(int8, crops.fit)
     candidates = {}
     for percentile in PERCENTILES:
         path = int8.with_name(f".{int8.name}.p{percentile:g}")
-        candidates[percentile] = (path, narrow_ranges(int8, crops.fit, percentile, path))
+        candidates[percentile] = (path, narrow_ranges(int8, counts, percentile, path))
         scores[f"{percentile:g}"] = float(sqnr_db(crops.reference, run_tflite(path, crops.selection)))
     best = max(candidates, key=lambda p: scores[f"{p:g}"])
     applied = scores[f"{best:g}"] >= scores["min-max"] + MIN_GAIN_DB

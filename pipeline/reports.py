@@ -37,6 +37,7 @@ def _model_info(job: Job, params, macs) -> dict:
         "std": list(source.std),
         "params": params,
         "macs": macs,
+        "channel_shuffles": source.channel_shuffles,
         "onnx_exporter": graphs.raw.exporter,
         "opset": graphs.raw.opset,
         "onnx_nodes": graphs.raw.nodes,
@@ -77,6 +78,11 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
         if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")
     }
     record = parity_json(model, inputs, job.rows, artifacts, job.request.command, job.passed)
+    record["variants"] = {
+        mode: {"size_bytes": s.size_bytes, "ops": s.op_count, "transpose": s.ops.get("TRANSPOSE", 0)}
+        for mode, s in summaries.items()
+    }
+    record["timings_s"] = {stage: round(seconds, 2) for stage, seconds in timings.items()}
     if job.accuracy is not None:
         record["accuracy_on_your_photos"] = job.accuracy.as_dict()
     write_text_atomic(stage_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")

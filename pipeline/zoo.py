@@ -1,41 +1,50 @@
-"""A batch of exports (python -m pipeline.export --all): in parallel processes if asked, one summary table."""
+"""A batch of exports (python -m pipeline.export --all): in parallel processes if asked, one summary table; and
+`python -m pipeline.zoo DIR...`, the same table merged from exports made apart (one CI job per model)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import multiprocessing
 import re
+import sys
 from pathlib import Path
 
 from export.files import write_text_atomic
+from models import list_models
 from pipeline.api import export_model
-from pipeline.run import ExportResult
 from pipeline.signals import sigterm_raises
 from pipeline.staging import OutputError
 
 
-def summary_row(result: ExportResult, mode: str) -> dict:
-    summary = result.summaries.get(mode)
-    row = next((r for r in result.rows if r.variant == mode), None)
+def summary_row(record: dict, mode: str) -> dict:
+    """One model's row of the summary, from its parity.json."""
+    variant = record.get("variants", {}).get(mode)
+    row = next((r for r in record["parity"] if r["variant"] == mode), None)
+    model = record["model"]
     return {
-        "model": result.name,
-        "params": result.params,
-        "macs": result.macs,
-        "size_kib": round(summary.size_bytes / 1024) if summary else None,
-        "ops": summary.op_count if summary else None,
-        "transpose": summary.ops.get("TRANSPOSE", 0) if summary else None,
-        "channel_shuffles": result.channel_shuffles,
-        "sqnr_db": row.metrics.sqnr_db if row else None,
-        "cosine": row.metrics.cosine_mean if row else None,
-        "top1_agreement": row.metrics.top1_agreement if row else None,
-        "parity": "pass" if result.passed else "FAIL",
-        "seconds": round(sum(result.timings.values()), 1),
+        "model": model["name"],
+        "params": model["params"],
+        "macs": model["macs"],
+        "size_kib": round(variant["size_bytes"] / 1024) if variant else None,
+        "ops": variant["ops"] if variant else None,
+        "transpose": variant["transpose"] if variant else None,
+        "channel_shuffles": model.get("channel_shuffles"),
+        "sqnr_db": row["metrics"]["sqnr_db"] if row else None,
+        "cosine": row["metrics"]["cosine_mean"] if row else None,
+        "top1_agreement": row["metrics"]["top1_agreement"] if row else None,
+        "parity": "pass" if record["passed"] else "FAIL",
+        "seconds": round(sum(record.get("timings_s", {}).values()), 1),
     }
 
 
 def failed_row(name: str, error: str) -> dict:
     return {"model": name, "parity": "ERROR", "error": error}
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None or value == float("inf") else f"{value:.1f}"
 
 
 def render_summary(rows: list[dict], mode: str) -> str:
@@ -51,7 +60,7 @@ def render_summary(rows: list[dict], mode: str) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.0f} | {r['size_kib']} | {r['ops']} | "
-            f"{r['transpose']} | {r['channel_shuffles']} | {r['sqnr_db']:.1f} | {r['cosine']:.4f} | "
+            f"{r['transpose']} | {r['channel_shuffles']} | {_db(r['sqnr_db'])} | {r['cosine']:.4f} | "
             f"{r['top1_agreement']:.0%} | {r['parity']} | {r['seconds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -74,7 +83,8 @@ _LOG_NAME = re.compile(r"[^\w.-]")  # characters a model string may hold that a 
 def _export(model: str, options: dict, mode: str) -> tuple[dict, Exception | None, bool]:
     try:
         result = export_model(model, **options)
-        return summary_row(result, mode), None, result.passed
+        record = json.loads((result.out_dir / "parity.json").read_text())
+        return summary_row(record, mode), None, result.passed
     except Exception as exc:  # one model's failure must not lose the others' summary
         return failed_row(model, str(exc)), exc, False
 
@@ -108,3 +118,34 @@ def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
         raise
     finally:
         pool.join()
+
+
+def merge(dirs: list[Path], out: Path, mode: str) -> tuple[Path, list[dict]]:
+    """One summary from the <model>/parity.json of exports made elsewhere (one CI job per model, say)."""
+    records = [json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("*/parity.json"))]
+    if not records:
+        raise OutputError(f"no <model>/parity.json under {', '.join(map(str, dirs))}: nothing to merge")
+    order = {name: i for i, name in enumerate(list_models())}
+    rows = sorted((summary_row(r, mode) for r in records), key=lambda row: order.get(row["model"], len(order)))
+    return write_summary(out, rows, mode), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.zoo", description="Merge exports' parity.json into zoo_summary.md and .json."
+    )
+    p.add_argument("dirs", nargs="+", type=Path, help="folders holding <model>/parity.json")
+    p.add_argument("--out", type=Path, required=True, help="where zoo_summary.md and .json go")
+    p.add_argument("--quant", default="int8", help="the variant the table shows (default: int8)")
+    args = p.parse_args(argv)
+    try:
+        path, rows = merge(args.dirs, args.out, args.quant)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path.read_text(), end="")
+    return 0 if all(r["parity"] == "pass" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

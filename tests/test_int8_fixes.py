@@ -12,7 +12,7 @@ from export.images import calibration_batch, calibration_photos, heldout_batch, 
 from export.onnx_stage import export_onnx
 from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
 from export.tflite_model import read_model, write_model
-from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, narrow_ranges
+from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, code_counts, narrow_ranges
 from int8.bias_correction import shift_biases
 from int8.equalize import channel_stats, equalize_onnx
 from int8.output import float_output
@@ -154,7 +154,7 @@ def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants,
     damaged = sqnr_db(reference, run_tflite(wide, heldout))
     assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt
 
-    change = narrow_ranges(wide, calib, 99.999, tmp_path / "narrowed_int8.tflite")
+    change = narrow_ranges(wide, code_counts(wide, calib), 99.999, tmp_path / "narrowed_int8.tflite")
     repaired = sqnr_db(reference, run_tflite(tmp_path / "narrowed_int8.tflite", heldout))
     assert change.tensors > 0 and change.biases > 0
     assert repaired > damaged + 3
@@ -166,7 +166,7 @@ def test_narrowed_ranges_keep_the_contract_and_shared_quantization(shufflenet_va
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     narrowed = tmp_path / "narrowed_int8.tflite"
     calib = normalize(calibration_batch(calibration_photos(), 224, 8), MEAN, STD)
-    change = narrow_ranges(int8, calib, 99.99, narrowed)
+    change = narrow_ranges(int8, code_counts(int8, calib), 99.99, narrowed)
     assert change.groups > 0 and change.median_step_ratio < 1
     before, after = inspect_tflite(int8), inspect_tflite(narrowed)
     assert (before.inputs, before.outputs) == (after.inputs, after.outputs)

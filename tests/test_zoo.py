@@ -1,8 +1,12 @@
-"""A batch of exports in parallel processes gives the same summary as one after another, each log kept apart."""
+"""A batch of exports in parallel processes gives the same summary as one after another, each log kept apart; the
+same summary merges from exports made apart (the workflow's one job per model)."""
+
+import json
+import shutil
 
 import pytest
 
-from pipeline.zoo import export_many
+from pipeline.zoo import export_many, main
 
 OPTIONS = {"input_size": 32, "quant": "fp32", "calib_samples": 8}
 
@@ -24,3 +28,24 @@ def test_parallel_batch_matches_the_serial_one(tmp_path, tiny_model):
     assert len(logs) == 3 and all((tmp_path / "parallel" / name).stat().st_size > 0 for name in logs)
     assert "tiny_model_build" in (tmp_path / "parallel" / "tiny_model.py_build.log").read_text()
     assert (tmp_path / "parallel" / "tiny_model_build" / "parity.json").is_file()
+
+    # Exports made apart (one CI job per model) merge into the same rows.
+    assert main([str(tmp_path / "parallel"), "--out", str(tmp_path / "merged"), "--quant", "fp32"]) == 0
+    merged = json.loads((tmp_path / "merged" / "zoo_summary.json").read_text())["models"]
+    assert merged == [row for row, exc, _ in parallel if exc is None]
+
+
+@pytest.mark.slow
+def test_merge_reads_each_models_parity_json(tmp_path, shufflenet_variants, capsys):
+    one = tmp_path / "job_1" / "shufflenet_v2_x0_5"
+    one.mkdir(parents=True)
+    shutil.copy(shufflenet_variants / "parity.json", one)
+    assert main([str(tmp_path / "job_1"), "--out", str(tmp_path / "summary")]) == 0
+    row = json.loads((tmp_path / "summary" / "zoo_summary.json").read_text())["models"][0]
+    record = json.loads((shufflenet_variants / "parity.json").read_text())
+    int8 = next(r for r in record["parity"] if r["variant"] == "int8")
+    assert row["model"] == "shufflenet_v2_x0_5" and row["sqnr_db"] == int8["metrics"]["sqnr_db"]
+    assert row["channel_shuffles"] == 16 and row["ops"] > 0 and row["seconds"] > 0
+    assert "| shufflenet_v2_x0_5 |" in capsys.readouterr().out
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "summary")]) == 2
+    assert capsys.readouterr().err.startswith("error: no <model>/parity.json under")
