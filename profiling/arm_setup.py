@@ -20,6 +20,9 @@ from profiling.cores import CORES
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_window.c"
 ARM_PACKAGES = ["python3.11:arm64", "libstdc++6:arm64"]
+# The newest aarch64 LiteRT when this was written; the Android demo builds against the same release
+# (com.google.ai.edge.litert:litert in android_demo/app/build.gradle), so the profile measures what apps ship.
+EMULATED_LITERT = "2.3.0"
 _SKIP_PACKAGES = ("dpkg:", "install-info:", "tar:", "perl:", "perl-base:")
 
 
@@ -107,9 +110,10 @@ def ensure_sysroot(cache: Path) -> Path:
 
 
 def ensure_wheels(cache: Path) -> Path:
-    """aarch64 LiteRT (the host's version, so kernels match) and numpy, installed with pip --target."""
+    """aarch64 LiteRT (EMULATED_LITERT, the release apps ship, whatever the host pins) and numpy, installed with
+    pip --target."""
     target = cache / "site-aarch64"
-    wanted = f"ai-edge-litert=={version('ai-edge-litert')}"
+    wanted = f"ai-edge-litert=={EMULATED_LITERT}"
     marker = target / ".installed"
     if marker.is_file() and marker.read_text() == wanted:
         return target
@@ -138,6 +142,12 @@ def ensure_wheels(cache: Path) -> Path:
     )
     marker.write_text(wanted)
     return target
+
+
+def emulated_litert(cache: Path) -> str:
+    """The LiteRT release the emulated runs use, as installed (for the profile's versions)."""
+    marker = cache / "site-aarch64" / ".installed"
+    return marker.read_text().split("==")[-1] if marker.is_file() else "not installed"
 
 
 def _plugin_header(cache: Path) -> Path:

@@ -14,6 +14,7 @@ from export.images import heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import inspect_tflite, quantize
 from models.weights import sha256_file
 from profiling import device
+from profiling.arm_setup import emulated_litert
 from profiling.cores import Core
 from profiling.emulated import find_environment, run_emulated
 from profiling.host import measure_host
@@ -69,6 +70,12 @@ def compare_outputs(arm: np.ndarray, x86: np.ndarray) -> dict:
     max_diff = float(np.max(np.abs(arm.astype(np.float64) - x86)))
     limit = FP32_RTOL * max(1.0, float(np.max(np.abs(x86))))
     return {"match": max_diff <= limit, "rule": f"max |arm - x86| <= {limit:.3g}", "max_abs_diff": max_diff}
+
+
+def _emulated_litert(request: ProfileRequest) -> str:
+    if not request.cores or request.arm_cache is None:
+        return "not used (no emulated cores)"
+    return emulated_litert(request.arm_cache)
 
 
 def _qemu_version() -> str:
@@ -155,7 +162,11 @@ def profile_models(models: list[Path], request: ProfileRequest) -> dict:
                 if a["core"] == b["core"]
             }
     return {
-        "versions": {**tool_versions(), "qemu": _qemu_version()},
+        "versions": {
+            **tool_versions(),
+            "qemu": _qemu_version(),
+            "ai-edge-litert (emulated ARM runs)": _emulated_litert(request),
+        },
         "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "
         "host figures are wall time on this machine's CPU; device figures come from benchmark_model",
         "int8_over_fp32_instructions": ratios,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.profile import main as profile_main
+from profiling.arm_setup import EMULATED_LITERT
 from profiling.cores import UnknownCoreError, parse_cores
 from profiling.device import DeviceError, parse_benchmark_output
 from profiling.symbols import executable_mappings, family_of
@@ -125,6 +126,8 @@ def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shuff
     ratios = data["int8_over_fp32_instructions"]["shufflenet_v2_x0_5"]
     assert set(ratios) == {"a53", "a76"} and all(0 < r < 1 for r in ratios.values())
     assert "### ARM, emulated (instructions per inference, not milliseconds)" in (tmp_path / "report.md").read_text()
+    # the LiteRT release apps ship (the Android demo's), whatever the host pins; int8 stays bit-exact across the two
+    assert data["versions"]["ai-edge-litert (emulated ARM runs)"] == EMULATED_LITERT
 
 
 @pytest.mark.slow
