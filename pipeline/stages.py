@@ -13,9 +13,9 @@ import onnx
 import torch
 
 from export import images as imgs
-from export.contract import labels_for
+from export.contract import labels_for, preprocess_contract
 from export.files import write_text_atomic
-from export.metadata import LABELS_FILE, write_metadata
+from export.metadata import LABELS_FILE, MetadataError, disagreements, read_metadata, write_metadata
 from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
 from export.tflite_inspect import TfliteSummary, inspect_tflite
 from export.tflite_optimize import optimize_tflite
@@ -341,15 +341,22 @@ VARIANT_TEXT = {
 
 
 def embed_metadata(job: Job) -> Job:
-    """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite."""
+    """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite, read back with the
+    official reader and checked against the contract preprocess.json will state."""
     source, labels_file = job.source, job.stage_dir / LABELS_FILE
     write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
     caveat = " Random weights: for testing the export only." if source.random_weights else ""
+    contract = preprocess_contract(
+        source.input_size, source.mean, source.std, job.tflites.summaries(), job.graphs.simplified.num_classes
+    )
     for mode, path in job.tflites.files.items():
         description = (
             f"{source.name}, {VARIANT_TEXT[mode]}, from {source.description}; {len(job.labels)} classes.{caveat}"
         )
         write_metadata(path, f"{source.name} ({mode})", description, source.mean, source.std, labels_file)
+        problems = disagreements(read_metadata(path), contract, job.labels)
+        if problems:
+            raise MetadataError(f"{path.name}: its metadata disagrees with preprocess.json ({problems[0]})")
     return job
 
 
