@@ -309,7 +309,7 @@ def narrow_activation_ranges(job: Job) -> Job:
 
 
 def correct_int8_biases(job: Job) -> Job:
-    return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.photos.calib_x))
+    return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.crops))
 
 
 def fall_back_to_float(job: Job) -> Job:

@@ -14,6 +14,7 @@ from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
 from export.tflite_model import read_model, write_model
 from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, code_counts, narrow_ranges
 from int8.bias_correction import shift_biases
+from int8.crops import SELECTION_IMAGES
 from int8.equalize import channel_stats, equalize_onnx
 from int8.output import float_output
 from pipeline.request import CALIBRATION_CROPS
@@ -192,10 +193,11 @@ def test_export_records_bias_correction(shufflenet_variants):
     info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]
     correction = info["int8_bias_correction"]
     assert correction["layers_corrected"] > 0
-    # the shipped int8 file is the better of the corrected and uncorrected ones on the crops the choice was made on
-    # (nothing runs after the correction for shufflenet; its fp32 file is the int8 graph's float twin)
-    crops = normalize(calibration_batch(calibration_photos(), 224, CALIBRATION_CROPS), MEAN, STD)[:16]
-    reference = run_tflite(shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite", crops)
+    # the shipped int8 file is the better of the corrected and uncorrected ones on the selection crops, against
+    # ONNX Runtime (nothing runs after the correction for shufflenet)
+    crops = normalize(calibration_batch(calibration_photos(), 224, CALIBRATION_CROPS), MEAN, STD)[:SELECTION_IMAGES]
+    simplified = shufflenet_variants / "shufflenet_v2_x0_5_simplified.onnx"
+    reference = run_onnx(simplified, np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
     shipped = sqnr_db(reference, run_tflite(shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite", crops))
     best = max(correction["calibration_sqnr_db_before"], correction["calibration_sqnr_db_after"])
     assert abs(shipped - best) < 1e-3
