@@ -60,7 +60,7 @@ def check_converter_supports(path: Path) -> None:
             )
 
 
-def _onnx2tf_args(
+def onnx2tf_args(
     onnx_model: OnnxModel, out_dir: Path, modes: list[str], calib_npy: Path | None, mean, std
 ) -> list[str]:
     args = ["-i", str(onnx_model.path), "-o", str(out_dir), "-nuo", "-v", "error"]
@@ -97,6 +97,7 @@ def _failure_message(log_text: str) -> str:
 
 
 _running: set[subprocess.Popen] = set()  # converters started by any thread of this process
+_stopped: set[subprocess.Popen] = set()  # ... that stop_converters stopped: their exit is not a conversion failure
 _running_lock = threading.Lock()
 
 
@@ -111,7 +112,10 @@ def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, lo
     with _running_lock:
         _running.add(proc)
     try:
-        return proc.wait(timeout=timeout_s)
+        returncode = proc.wait(timeout=timeout_s)
+        if proc in _stopped:  # no log kept: the converter did not fail, it was told to stop
+            raise ConversionError("onnx2tf was stopped: another conversion failed or the export was interrupted")
+        return returncode
     except subprocess.TimeoutExpired:
         _stop_group(proc)
         raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
@@ -121,12 +125,14 @@ def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, lo
     finally:
         with _running_lock:
             _running.discard(proc)
+            _stopped.discard(proc)
 
 
 def stop_converters() -> None:
     """Stop every converter still running, whichever thread started it (the main thread's exception is not theirs)."""
     with _running_lock:
         running = list(_running)
+        _stopped.update(running)
     for proc in running:
         _stop_group(proc)
 
@@ -166,7 +172,7 @@ def convert_tflite(
         calib_npy = work_dir / "calibration_nhwc.npy"
         np.save(calib_npy, calib_nhwc01.astype(np.float32))
     out_dir = work_dir / "onnx2tf"
-    args = _onnx2tf_args(onnx_model, out_dir, modes, calib_npy, mean, std)
+    args = onnx2tf_args(onnx_model, out_dir, modes, calib_npy, mean, std)
     log_path = work_dir / "onnx2tf.log"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
