@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from export import images as imgs  # noqa: E402
 from export.files import write_text_atomic  # noqa: E402
 from export.onnx_stage import describe_onnx  # noqa: E402
-from export.tflite_stage import write_onnx2tf_sample  # noqa: E402
+from export.tflite_stage import onnx2tf_args, write_onnx2tf_sample  # noqa: E402
 from models import get_spec  # noqa: E402
 from pipeline.request import CALIBRATION_CROPS  # noqa: E402
 from validate.report import tool_versions  # noqa: E402
@@ -88,11 +88,8 @@ def measure(model: str, quant: str, work: Path) -> dict:
     np.save(np_path, calib.astype(np.float32))
     write_onnx2tf_sample(work, calib)  # or onnx2tf would try to download it
     simplified = work / "out" / model / f"{model}_simplified.onnx"
-    mean, std = (f"[[[[{','.join(map(str, v))}]]]]" for v in (spec.mean, spec.std))
-    onnx2tf = [sys.executable, "-m", "onnx2tf", "-i", str(simplified), "-o", str(work / "onnx2tf"), "-nuo"]
-    onnx2tf += ["-v", "error", "-oiqt", "-qt", "per-channel", "-iqd", "int8", "-oqd", "int8"]
-    onnx2tf += ["-cind", describe_onnx(simplified).input_name, str(np_path), mean, std]
-    alone = timed(onnx2tf, work)
+    args = onnx2tf_args(describe_onnx(simplified), work / "onnx2tf", ["int8"], np_path, spec.mean, spec.std)
+    alone = timed([sys.executable, "-m", "onnx2tf", *args], work)  # the export's own -oiqt flags, all 7 files
     return {
         "model": model,
         "quant": quant,

@@ -1,6 +1,6 @@
 """TFLite Metadata inside each .tflite, written and read with the official tflite-support library: Android Studio's
 ML Model Binding and other metadata readers then find the labels, the input normalization and the image size in
-the model itself. preprocess.json stays the human-readable contract; `agrees_with_contract` keeps the two equal."""
+the model itself. preprocess.json stays the human-readable contract; `disagreements` says where the two differ."""
 
 from __future__ import annotations
 
@@ -99,11 +99,15 @@ def read_metadata(model: Path) -> ModelMetadata:
     except ValueError as exc:
         raise MetadataError(f"{model} has no TFLite Metadata ({exc}): re-export it with this tool") from None
     record = json.loads(displayer.get_metadata_json())
-    graph = record["subgraph_metadata"][0]
-    t_in, t_out = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"][0]
-    options = next(u["options"] for u in t_in["process_units"] if u["options_type"] == "NormalizationOptions")
-    image = t_in["content"]["content_properties"]
-    label_file = next(f["name"] for f in t_out["associated_files"] if f["type"] == "TENSOR_AXIS_LABELS")
+    try:
+        graph = record["subgraph_metadata"][0]
+        t_in, t_out = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"][0]
+        options = next(u["options"] for u in t_in["process_units"] if u["options_type"] == "NormalizationOptions")
+        image = t_in["content"]["content_properties"]
+        size = (image["default_size"]["width"], image["default_size"]["height"])
+        label_file = next(f["name"] for f in t_out["associated_files"] if f["type"] == "TENSOR_AXIS_LABELS")
+    except (KeyError, IndexError, StopIteration) as exc:
+        raise MetadataError(f"{model}: its metadata is not an image classifier's (no {exc})") from None
     try:
         labels = displayer.get_associated_file_buffer(label_file).decode().splitlines()
     except ValueError as exc:
@@ -113,7 +117,7 @@ def read_metadata(model: Path) -> ModelMetadata:
         mean=[m / PIXEL_MAX for m in options["mean"]],
         std=[s / PIXEL_MAX for s in options["std"]],
         color_space=image["color_space"],
-        size=(image["default_size"]["width"], image["default_size"]["height"]),
+        size=size,
         labels=[label for label in labels if label.strip()],
         output=t_out["name"],
     )
@@ -140,5 +144,5 @@ def labels_in(model: Path) -> list[str] | None:
     """The labels packed in a model's metadata, or None when it has none."""
     try:
         return read_metadata(model).labels
-    except (MetadataError, KeyError, StopIteration):
+    except MetadataError:
         return None

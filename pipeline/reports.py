@@ -10,8 +10,8 @@ from export.tflite_inspect import TfliteSummary
 from models.weights import sha256_file
 from pipeline.stages import DIAGNOSIS_IMAGES, Job
 from validate.diagnose_report import report_section, sqnr_curve
-from validate.html_report import Bar, bar_chart, contact_sheet, render_html, sqnr_text
-from validate.report import parity_json, render_report, sha256_array
+from validate.html_report import Bar, bar_chart, contact_sheet, render_html
+from validate.report import format_sqnr, parity_json, render_report, sha256_array
 
 SHEET_PHOTOS = 48  # changed answers shown in report.html's contact sheet
 WORST_CLASSES = 15
@@ -104,7 +104,10 @@ def _figures(job: Job) -> dict[str, list[str]]:
         "Parity": [
             bar_chart(
                 "SQNR of each variant against its reference on the held-out photos (longer is closer)",
-                [Bar(f"{r.variant} vs {r.reference}", r.metrics.sqnr_db, sqnr_text(r.metrics.sqnr_db)) for r in rows],
+                [
+                    Bar(f"{r.variant} vs {r.reference}", r.metrics.sqnr_db, f"{format_sqnr(r.metrics.sqnr_db)} dB")
+                    for r in rows
+                ],
                 max(finite + [1.0]),
             ),
             bar_chart(

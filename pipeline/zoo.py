@@ -16,6 +16,7 @@ from models import list_models
 from pipeline.api import export_model
 from pipeline.signals import sigterm_raises
 from pipeline.staging import OutputError
+from validate.report import format_sqnr
 
 
 def summary_row(record: dict, mode: str) -> dict:
@@ -43,10 +44,6 @@ def failed_row(name: str, error: str) -> dict:
     return {"model": name, "parity": "ERROR", "error": error}
 
 
-def _db(value: float | None) -> str:
-    return "exact" if value is None or value == float("inf") else f"{value:.1f}"
-
-
 def render_summary(rows: list[dict], mode: str) -> str:
     lines = [
         f"# Zoo export summary ({mode})",
@@ -60,7 +57,7 @@ def render_summary(rows: list[dict], mode: str) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.0f} | {r['size_kib']} | {r['ops']} | "
-            f"{r['transpose']} | {r['channel_shuffles']} | {_db(r['sqnr_db'])} | {r['cosine']:.4f} | "
+            f"{r['transpose']} | {r['channel_shuffles']} | {format_sqnr(r['sqnr_db'])} | {r['cosine']:.4f} | "
             f"{r['top1_agreement']:.0%} | {r['parity']} | {r['seconds']} |"
         )
     return "\n".join(lines) + "\n"

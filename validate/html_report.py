@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +45,11 @@ def _cells(line: str) -> list[str]:
 
 def _table(lines: list[str]) -> str:
     head, spec, body = _cells(lines[0]), _cells(lines[1]), [_cells(line) for line in lines[2:]]
-    right = [s.endswith(":") for s in spec]
+    right = {k for k, s in enumerate(spec) if s.endswith(":")}
     rows = ["<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
     for cells in body:
-        rows.append(
-            "<tr>"
-            + "".join(f"<td{' class=r' if r else ''}>{_inline(c)}</td>" for c, r in zip(cells, right + [False] * 99))
-            + "</tr>"
-        )
+        tds = "".join(f"<td{' class=r' if k in right else ''}>{_inline(c)}</td>" for k, c in enumerate(cells))
+        rows.append(f"<tr>{tds}</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -117,10 +113,6 @@ def bar_chart(title: str, bars: list[Bar], full_scale: float) -> str:
         f'font-family="sans-serif" font-size="12">{"".join(rows)}</svg>'
     )
     return f"<figure>{svg}<figcaption>{html.escape(title)}</figcaption></figure>"
-
-
-def sqnr_text(db: float) -> str:
-    return "exact" if math.isinf(db) and db > 0 else f"{db:.1f} dB"
 
 
 def _thumbnail(path: Path) -> str:

@@ -75,8 +75,9 @@ def parity_json(
     }
 
 
-def _fmt_sqnr(value: float) -> str:
-    return "inf" if value == float("inf") else f"{value:.1f}"
+def format_sqnr(value: float | None) -> str:
+    """SQNR in dB for a table; identical outputs (inf, or None once through JSON) read "inf"."""
+    return "inf" if value is None or value == float("inf") else f"{value:.1f}"
 
 
 def _changed_ops(before: dict, after: dict) -> str:
@@ -166,7 +167,7 @@ def render_report(
         result = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
         lines.append(
             f"| {r.variant} | {r.reference} | {m.max_abs:.3g} | {m.mean_abs:.3g} | {m.cosine_mean:.6f} / "
-            f"{m.cosine_min:.6f} | {_fmt_sqnr(m.sqnr_db)} | {m.top1_agreement:.0%} | {m.top5_overlap:.0%} | "
+            f"{m.cosine_min:.6f} | {format_sqnr(m.sqnr_db)} | {m.top1_agreement:.0%} | {m.top5_overlap:.0%} | "
             f"{acc} | {thr} | {result} |"
         )
     lines += ["", "## Op histogram", ""]
