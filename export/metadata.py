@@ -5,6 +5,7 @@ the model itself. preprocess.json stays the human-readable contract; `disagreeme
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,11 @@ class MetadataError(ValueError):
 
 
 def _library():
-    """The official writer, schema and reader. Imported on use: they load a native extension that needs libusb."""
+    """The official writer, schema and reader. Imported on use: they load a native extension that needs libusb.
+    Their optional TensorFlow import is kept out: it only adds remote file systems, for 2 s and a screenful of logs."""
+    keep_out = "tensorflow" not in sys.modules
+    if keep_out:
+        sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError, which the reader handles
     try:
         from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
         from tensorflow_lite_support.metadata.python import metadata as reader
@@ -29,6 +34,9 @@ def _library():
         raise MetadataError(
             f"TFLite Metadata needs tflite-support and libusb-1.0 ({exc}): run scripts/setup.sh"
         ) from None
+    finally:
+        if keep_out:
+            del sys.modules["tensorflow"]
     return schema, reader, image_classifier, metadata_info
 
 
