@@ -1,12 +1,13 @@
 """int8 accuracy: plain onnx2tf int8 vs this project's default int8 (and its options), in one run.
 
-For each model, exports int8 with pipeline.export four ways (plain: --no-equalize --no-percentile-ranges
---no-bias-correction --no-optimize; default: no flags; float_output: --int8-output float; min_sqnr_12:
---min-sqnr 12) and, as a reference,
-dynamic-range int8 (float activations), then measures on the held-out photos against ONNX Runtime on the unmodified
-simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR (on all
-photos and per set: labelled ImageNet, natural full-resolution photos, upscaled CIFAR-10), file size and host
-latency (median, 1 thread, the files measured in turn).
+For each model, exports int8 with pipeline.export five ways (plain: --no-equalize --no-percentile-ranges
+--no-fitted-rounding --no-bias-correction --no-optimize; no_fitted_rounding; default: no flags; float_output:
+--int8-output float; min_top1_95: --min-top1 0.95) and, as a reference, dynamic-range int8 (float activations),
+then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1 /
+top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR (on all photos and per set: labelled ImageNet,
+natural full-resolution photos, upscaled CIFAR-10), file size, host latency (median, 1 thread, the files measured
+in turn), emulated Cortex-A76 instructions per inference (when `python -m profiling.arm_setup` has run), and which
+int8 steps each export kept.
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -29,6 +30,9 @@ from export import images as imgs  # noqa: E402
 from export.files import write_text_atomic  # noqa: E402
 from export.tflite_inspect import inspect_tflite  # noqa: E402
 from models.weights import sha256_file  # noqa: E402
+from profiling.arm_setup import default_cache  # noqa: E402
+from profiling.cores import CORES  # noqa: E402
+from profiling.emulated import EmulationError, find_environment, run_emulated  # noqa: E402
 from profiling.host import measure_host  # noqa: E402
 from profiling.run import model_input  # noqa: E402
 from validate.metrics import compare  # noqa: E402
@@ -37,10 +41,14 @@ from validate.runners import run_onnx, run_tflite  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
 VARIANTS = {  # name: (--quant, flags)
-    "plain": ("int8", ["--no-equalize", "--no-percentile-ranges", "--no-bias-correction", "--no-optimize"]),
+    "plain": (
+        "int8",
+        ["--no-equalize", "--no-percentile-ranges", "--no-fitted-rounding", "--no-bias-correction", "--no-optimize"],
+    ),
+    "no_fitted_rounding": ("int8", ["--no-fitted-rounding"]),  # the default without the fitted rounding
     "default": ("int8", []),
     "float_output": ("int8", ["--int8-output", "float"]),  # the default with float32 logits
-    "min_sqnr_12": ("int8", ["--min-sqnr", "12"]),  # float fallback of the worst layers until 12 dB
+    "min_top1_95": ("int8", ["--min-top1", "0.95"]),  # fallback of the worst layers until 95 % agreement
     "dynamic_range": ("dynamic", []),  # reference: int8 weights, float activations (not full-integer)
 }
 LATENCY_ROUNDS = 5  # measure the variants in turn this many times, 40 timed runs each
@@ -73,6 +81,18 @@ def _latencies(files: dict[str, Path]) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def _a76_instructions(path: Path, arm) -> int | None:
+    """Instructions per inference on an emulated Cortex-A76 (one run after a warm-up), or None without qemu."""
+    if arm is None:
+        return None
+    return int(run_emulated(path, model_input(path)[0], CORES["a76"], arm, runs=1).instructions[0])
+
+
+def _steps_kept(parity_json: Path) -> dict[str, bool]:
+    model = json.loads(parity_json.read_text())["model"]
+    return {key: bool(value.get("applied")) for key, value in model.items() if key.startswith("int8_")}
+
+
 def measure_model(model: str, work: Path) -> dict:
     dirs = {variant: _export(model, quant, flags, work / variant) for variant, (quant, flags) in VARIANTS.items()}
     onnx_files = {v: d / f"{model}_simplified.onnx" for v, d in dirs.items()}
@@ -93,6 +113,11 @@ def measure_model(model: str, work: Path) -> dict:
     }
     sets["cifar10_upscaled"] = ~(sets["imagenet_labelled"] | sets["natural_full_resolution"])
     latency = _latencies(files)
+    try:
+        arm = find_environment(default_cache())
+    except EmulationError as exc:
+        print(f"no emulated A76 figures: {exc}")
+        arm = None
     result = {
         "weights": WEIGHTS.get(model, "random (seeded), BatchNorm statistics from calibration photos"),
         "heldout_photos": len(photos),
@@ -118,6 +143,8 @@ def measure_model(model: str, work: Path) -> dict:
             },
             "bytes": path.stat().st_size,
             "host_median_ms_1thread": latency[variant],
+            "a76_instructions": _a76_instructions(path, arm),
+            "int8_steps_kept": _steps_kept(dirs[variant] / "parity.json"),
             "ops": inspect_tflite(path).op_count,
             "sha256": sha256_file(path),
         }
@@ -153,7 +180,8 @@ def main() -> None:
                 print(
                     f"  {variant:13s} top-1 {_fmt(v['top1'])}  top-5 {_fmt(v['top5'])}  "
                     f"agree {v['top1_agreement']:.1%}  cosine {v['cosine_mean']:.4f}  SQNR {v['sqnr_db']:5.2f} dB  "
-                    f"{v['bytes'] / 1e6:.3f} MB  {v['host_median_ms_1thread']:.2f} ms"
+                    f"{v['bytes'] / 1e6:.3f} MB  {v['host_median_ms_1thread']:.2f} ms  "
+                    f"A76 {(v['a76_instructions'] or 0) / 1e6:.1f} M instructions"
                 )
                 print(
                     "                "

@@ -118,12 +118,15 @@ def paired_layers(float_model: Path, int8_model: Path) -> list[tuple[int, str, i
     return pairs
 
 
-def tensor_keeping_interpreter(path: Path) -> Interpreter:
-    """An interpreter that keeps every intermediate tensor (no delegate, so nothing is fused away)."""
+def tensor_keeping_interpreter(model: Path | bytes) -> Interpreter:
+    """An interpreter of the model at a path (or in bytes) that keeps every intermediate tensor (no delegate, so
+    nothing is fused away)."""
     interpreter = Interpreter(
-        model_path=str(path),
+        model_path=None if isinstance(model, bytes) else str(model),
+        model_content=model if isinstance(model, bytes) else None,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         experimental_preserve_all_tensors=True,
+        num_threads=2,
     )
     interpreter.allocate_tensors()
     return interpreter

@@ -57,6 +57,16 @@ def add_tensor(model: schema.ModelT, like: schema.TensorT, name: str, buffer: sc
     return len(graph.tensors) - 1
 
 
+def add_float_constant(model: schema.ModelT, like: schema.TensorT, name: str, values: np.ndarray) -> int:
+    """A new float32 constant tensor shaped like `like`, holding `values`; returns its index."""
+    buffer = schema.BufferT()
+    buffer.data = values.astype(np.float32).view(np.uint8)
+    index = add_tensor(model, like, name, buffer)
+    tensor = model.subgraphs[0].tensors[index]
+    tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
+    return index
+
+
 def unary_op(model: schema.ModelT, builtin: int, source: int, target: int) -> schema.OperatorT:
     """A new one-input, one-output op (QUANTIZE, DEQUANTIZE) from tensor `source` to `target`."""
     op = schema.OperatorT()
@@ -84,12 +94,16 @@ def buffer_uses(graph: schema.SubGraphT) -> Counter[int]:
     return Counter(t.buffer for t in graph.tensors)
 
 
-def write_model(model: schema.ModelT, dst: Path) -> None:
-    """Serialize `model` to `dst` through a temporary file, so `dst` is never half-written."""
+def serialize(model: schema.ModelT) -> bytes:
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def write_model(model: schema.ModelT, dst: Path) -> None:
+    """Serialize `model` to `dst` through a temporary file, so `dst` is never half-written."""
     tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-    tmp.write_bytes(bytes(builder.Output()))
+    tmp.write_bytes(serialize(model))
     tmp.replace(dst)
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from export.tflite_model import add_tensor, compact, op_name, read_single_graph, unary_op, write_model
+from export.tflite_model import (
+    add_float_constant,
+    add_tensor,
+    compact,
+    op_name,
+    read_single_graph,
+    unary_op,
+    write_model,
+)
 
 
 @dataclass(frozen=True)
@@ -50,15 +58,6 @@ class FloatOutput:
         return ["## int8 output in float (--int8-output float)", "", f"{what} The input stays int8."]
 
 
-def _float_constant(model: schema.ModelT, like: schema.TensorT, name: str, values: np.ndarray) -> int:
-    buffer = schema.BufferT()
-    buffer.data = values.astype(np.float32).view(np.uint8)
-    index = add_tensor(model, like, name, buffer)
-    tensor = model.subgraphs[0].tensors[index]
-    tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
-    return index
-
-
 def float_output(int8_path: Path, dst: Path) -> FloatOutput:
     """Write `int8_path` to `dst` with float32 logits (see the module docstring)."""
     model = read_single_graph(int8_path)
@@ -78,7 +77,7 @@ def float_output(int8_path: Path, dst: Path) -> FloatOutput:
         x, w, b = graph.tensors[x_index], graph.tensors[w_index], graph.tensors[b_index]
         bias = np.frombuffer(bytes(bytearray(model.buffers[b.buffer].data)), np.int32).astype(np.float64)
         bias_scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
-        float_bias = _float_constant(model, b, f"{b.name.decode()}/float", bias * bias_scale)
+        float_bias = add_float_constant(model, b, f"{b.name.decode()}/float", bias * bias_scale)
         float_x = add_tensor(model, x, f"{x.name.decode()}/float")
         op.inputs = np.array([float_x, w_index, float_bias], np.int32)
         op.outputs = np.array([float_out], np.int32)

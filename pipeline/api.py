@@ -49,10 +49,12 @@ def export_model(
     max_accuracy_drop: float | None = None,
     out: Path = Path("artifacts"),
     min_sqnr: float | None = None,
+    min_top1: float | None = None,
     int8_output: str = "int8",
     thresholds: dict[str, dict[str, float]] | None = None,
     equalize: bool = True,
     percentile_ranges: bool = True,
+    fitted_rounding: bool = True,
     bias_correction: bool = True,
     optimize: bool = True,
     command: str | None = None,
@@ -71,6 +73,10 @@ def export_model(
     overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
     if min_sqnr is not None:
         overrides["int8"]["min_sqnr"] = min_sqnr
+    if min_top1 is not None:
+        if not 0 < min_top1 <= 1:
+            raise SourceError(f"min_top1 is a fraction of photos: give a value in (0, 1], not {min_top1:g}")
+        overrides["int8"]["min_top1"] = min_top1
     trained = not source.random_weights
     limits = {m: thresholds_for(m, **overrides[m], trained=trained) for m in overrides}
     request = ExportRequest(
@@ -84,8 +90,10 @@ def export_model(
         optimize=optimize,
         equalize=equalize,
         percentile_ranges=percentile_ranges,
+        fitted_rounding=fitted_rounding,
         bias_correction=bias_correction,
         min_sqnr=min_sqnr,
+        min_top1=min_top1,
         int8_output=int8_output,
         val_dir=Path(val_dir) if val_dir else None,
         max_accuracy_drop=max_accuracy_drop,

@@ -100,8 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-sqnr",
         type=float,
         metavar="DB",
-        help="int8 accuracy target: the worst layers fall back to float until int8 reaches DB against float on "
-        "calibration crops; the held-out parity must then reach it too (replaces --min-sqnr-int8)",
+        help="int8 accuracy target: the worst layers fall back to dynamic-range int8 (else float) until int8 "
+        "reaches DB against float on calibration crops; the held-out parity must then reach it too (replaces "
+        "--min-sqnr-int8)",
+    )
+    p.add_argument(
+        "--min-top1",
+        type=float,
+        metavar="FRACTION",
+        help="int8 agreement target (0..1): as --min-sqnr, for top-1 agreement with float (replaces --min-top1-int8)",
     )
     p.add_argument(
         "--int8-output",
@@ -114,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-percentile-ranges",
         action="store_true",
         help="keep the converter's min-max int8 activation ranges (no percentile narrowing)",
+    )
+    p.add_argument(
+        "--no-fitted-rounding",
+        action="store_true",
+        help="keep the converter's int8 weight rounding (no refit of weights and biases to the float output)",
     )
     p.add_argument(
         "--no-bias-correction",
@@ -150,9 +162,13 @@ def _check_flags(args) -> None:
     if args.all and (args.weights or args.labels):
         raise SourceError("--weights and --labels apply to one model, not to --all")
     if args.min_sqnr is not None and args.min_sqnr_int8 is not None:
-        raise SourceError("give either --min-sqnr (a target with float fallback) or --min-sqnr-int8 (a threshold)")
+        raise SourceError("give either --min-sqnr (a target with fallback) or --min-sqnr-int8 (a threshold)")
     if args.min_sqnr is not None and args.quant not in ("int8", "all"):
         raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
+    if args.min_top1 is not None and args.min_top1_int8 is not None:
+        raise SourceError("give either --min-top1 (a target with fallback) or --min-top1-int8 (a threshold)")
+    if args.min_top1 is not None and args.quant not in ("int8", "all"):
+        raise SourceError("--min-top1 is an int8 target: use it with --quant int8 or --quant all")
     if args.int8_output == "float" and args.quant not in ("int8", "all"):
         raise SourceError("--int8-output applies to the int8 file: use it with --quant int8 or --quant all")
     if args.val_dir and not args.val_dir.exists():
@@ -187,12 +203,14 @@ def _options(args, argv: list[str]) -> dict:
         calib_samples=args.calib_samples,
         out=args.out,
         min_sqnr=args.min_sqnr,
+        min_top1=args.min_top1,
         int8_output=args.int8_output,
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
         equalize=not args.no_equalize,
         percentile_ranges=not args.no_percentile_ranges,
+        fitted_rounding=not args.no_fitted_rounding,
         bias_correction=not args.no_bias_correction,
         optimize=not args.no_optimize,
         command="python -m pipeline.export " + shlex.join(argv),

@@ -25,8 +25,10 @@ class ExportRequest:
     optimize: bool = True
     equalize: bool = True
     percentile_ranges: bool = True
+    fitted_rounding: bool = True
     bias_correction: bool = True
-    min_sqnr: float | None = None  # int8 target: layers fall back to float, worst first, until it holds
+    min_sqnr: float | None = None  # int8 targets: layers fall back (dynamic-range, else float), worst first,
+    min_top1: float | None = None  # until they hold
     val_dir: Path | None = None  # the user's labelled photos (class folders or a CSV): accuracy of every model
     max_accuracy_drop: float | None = None  # points of top-1 a variant may lose on them against the reference
     int8_output: str = "int8"  # "float": the int8 file gives float32 logits (its output layer in dynamic range)

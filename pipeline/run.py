@@ -53,8 +53,11 @@ def _not_fp32_and_int8(job: s.Job) -> str | None:
 
 _no_equalize = _int8_step("turned off (--no-equalize)", lambda r: r.equalize)
 _no_percentile = _int8_step("turned off (--no-percentile-ranges)", lambda r: r.percentile_ranges)
+_no_fitted_rounding = _int8_step("turned off (--no-fitted-rounding)", lambda r: r.fitted_rounding)
 _no_bias_correction = _int8_step("turned off (--no-bias-correction)", lambda r: r.bias_correction)
-_no_target = _int8_step("no target (--min-sqnr)", lambda r: r.min_sqnr is not None)
+_no_target = _int8_step(
+    "no target (--min-sqnr, --min-top1)", lambda r: r.min_sqnr is not None or r.min_top1 is not None
+)
 _int8_output = _int8_step("int8 output (the default)", lambda r: r.int8_output == "float")
 
 STAGES = (
@@ -69,8 +72,9 @@ STAGES = (
     Stage("onnx2tf", s.convert, title=s.convert_title),
     Stage("graph optimization", s.optimize_layout, _no_optimize),
     Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
+    Stage("int8 fitted rounding", s.fit_int8_rounding, _no_fitted_rounding),
     Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
-    Stage("int8 float fallback", s.fall_back_to_float, _no_target),
+    Stage("int8 fallback", s.fall_back_layers, _no_target),
     Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("TFLite metadata", s.embed_metadata),

@@ -31,8 +31,9 @@ from int8.activation_ranges import ActivationRanges, cut_activation_ranges
 from int8.bias_correction import BiasCorrection, correct_biases
 from int8.crops import SELECTION_IMAGES, Crops
 from int8.equalize import Equalization, GraphChoice, equalize_for_int8
-from int8.float_fallback import FloatFallback, reach_min_sqnr
+from int8.fallback import Fallback, reach_targets
 from int8.output import FloatOutput, float_output
+from int8.rounding import FittedRounding, fit_rounding
 from pipeline.request import ExportRequest
 from pipeline.sources import ModelSource, calibrate_random_weights
 from validate.diagnose import Diagnosis, diagnose
@@ -87,8 +88,9 @@ class Job:
     tflites: Tflites | None = None
     layout: dict[str, dict] = field(default_factory=dict)
     ranges: ActivationRanges | None = None
+    rounding: FittedRounding | None = None
     bias_correction: BiasCorrection | None = None
-    fallback: FloatFallback | None = None
+    fallback: Fallback | None = None
     output: FloatOutput | None = None
     rows: list[VariantParity] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -308,12 +310,18 @@ def narrow_activation_ranges(job: Job) -> Job:
     return replace(job, ranges=cut_activation_ranges(job.int8, job.crops))
 
 
+def fit_int8_rounding(job: Job) -> Job:
+    return replace(job, rounding=fit_rounding(job.int8, job.tflites.float_twin, job.crops))
+
+
 def correct_int8_biases(job: Job) -> Job:
     return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.crops))
 
 
-def fall_back_to_float(job: Job) -> Job:
-    return replace(job, fallback=reach_min_sqnr(job.int8, job.tflites.float_twin, job.crops, job.request.min_sqnr))
+def fall_back_layers(job: Job) -> Job:
+    request = job.request
+    fallback = reach_targets(job.int8, job.tflites.float_twin, job.crops, request.min_sqnr, request.min_top1)
+    return replace(job, fallback=fallback)
 
 
 def float_logits(job: Job) -> Job:

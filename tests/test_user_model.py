@@ -1,5 +1,6 @@
 """A user's own classifier, trained here on real labelled photos (5 Fashion-MNIST classes), taken through the
-export with --labels, --calib-dir and --val-dir, TFLite Metadata, mve-evaluate and report.html in a browser."""
+export with --labels, --calib-dir and --val-dir, TFLite Metadata, mve-evaluate and report.html in a browser; and
+its accurate int8 file, deliberately mis-rounded, repaired by the fitted rounding."""
 
 import gzip
 import json
@@ -11,16 +12,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from export.images import heldout_batch, normalize, photo_cache
+from export.images import calibration_batch, heldout_batch, normalize, photo_cache, photos_in_dir
 from export.metadata import read_metadata
+from export.tflite_inspect import paired_layers
+from export.tflite_model import read_model, write_model
+from int8.rounding import refit_layers
 from tests.conftest import network_attempts, open_in_browser, run_cli
 from validate.labelled import read_labelled
+from validate.metrics import sqnr_db
 from validate.runners import run_tflite
 
 CLASSES = {0: "t-shirt", 1: "trouser", 5: "sandal", 8: "bag", 9: "ankle boot"}  # Fashion-MNIST index -> name
 NAMES = list(CLASSES.values())
 TRAIN, CALIB, VAL = 200, 20, 24  # photos per class
 SIZE, MEAN, STD = 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+MISROUNDING = 1  # level added to every weight of one layer: a rounding error with one sign
 MODEL_FILE = """
 from torch import nn
 
@@ -129,3 +135,44 @@ def test_html_report_opens_in_a_browser(user_export, tmp_path):
     assert console == []
     shot = np.asarray(Image.open(tmp_path / "report.png").convert("L"))
     assert (shot < 128).mean() > 0.01  # text and bars were drawn, not a blank page
+
+
+def _misround(int8: Path, twin: Path, op_index: int, dst: Path) -> np.ndarray:
+    """Rewrite op `op_index`'s int8 weights with every value MISROUNDING levels above its nearest level; returns
+    the float weights in units of their step."""
+    model, float_model = read_model(int8), read_model(twin)
+    graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
+    f_tensor = next(f for i, _, f, _, _ in paired_layers(twin, int8) if i == op_index)
+    f_op = next(op for op in float_graph.operators if op.outputs[0] == f_tensor)
+    w_t, f_w = graph.tensors[graph.operators[op_index].inputs[1]], float_graph.tensors[f_op.inputs[1]]
+    scaled = np.frombuffer(bytes(bytearray(float_model.buffers[f_w.buffer].data)), np.float32).reshape(f_w.shape)
+    scaled = scaled / np.asarray(w_t.quantization.scale).reshape(-1, *[1] * (scaled.ndim - 1))
+    levels = np.clip(np.rint(scaled) + MISROUNDING, -127, 127).astype(np.int8)
+    model.buffers[w_t.buffer].data = levels.view(np.uint8).ravel()
+    write_model(model, dst)
+    return scaled
+
+
+@pytest.mark.slow
+def test_fitted_rounding_repairs_a_misrounded_layer(user_export, tmp_path):
+    tmp, out = user_export
+    int8, twin = out / "my_net_build_int8.tflite", out / "my_net_build_fp32.tflite"  # not equalized: fp32 is the twin
+    target = [i for i, op, _, _, _ in paired_layers(twin, int8) if op == "CONV_2D"][-1]
+    broken = tmp_path / "broken_int8.tflite"
+    scaled = _misround(int8, twin, target, broken)
+    crops = normalize(calibration_batch(photos_in_dir(tmp / "calib"), SIZE, 100), MEAN, STD)
+    val = normalize(heldout_batch(read_labelled(tmp / "val", NAMES).photos, SIZE), MEAN, STD)
+    reference = run_tflite(twin, val)
+    damaged = sqnr_db(reference, run_tflite(broken, val))
+    assert damaged < sqnr_db(reference, run_tflite(int8, val)) - 6  # one level off, all one way, really hurts
+
+    result = refit_layers(broken, twin, crops[:50], crops[50:], tmp_path / "refit_int8.tflite")
+    repaired = sqnr_db(reference, run_tflite(tmp_path / "refit_int8.tflite", val))
+    assert result.kept >= 1 and result.judge_sqnr_db_after > result.judge_sqnr_db_before
+    assert repaired > damaged + 6  # on photos the fit never saw
+    fixed = read_model(tmp_path / "refit_int8.tflite")
+    graph = fixed.subgraphs[0]
+    w_t = graph.tensors[graph.operators[target].inputs[1]]
+    levels = np.frombuffer(bytes(bytearray(fixed.buffers[w_t.buffer].data)), np.int8).reshape(scaled.shape)
+    slack = 1e-4  # the float weight / step in float32 here, in float64 in the pass
+    assert np.all(levels >= np.floor(scaled - slack)) and np.all(levels <= np.ceil(scaled + slack))  # neighbours

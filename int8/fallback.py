@@ -1,0 +1,284 @@
+"""Fallback for chosen layers of a full-integer .tflite: dynamic-range int8 first, float32 if that does not help.
+
+The chosen ops compute on float activations. In dynamic-range form a conv, depthwise conv or fully-connected layer
+keeps its int8 weights and its int32 bias becomes the float bias it stood for; the kernel quantizes its float input
+at run time, per image, as in the converter's dynamic-range variant. In float form every chosen op runs in float32
+with the float twin's weights. Ops without weights (ADD, PAD, MEAN, ...) run in float32 either way. Int8 inputs of
+the chosen ops pass through a DEQUANTIZE, and each output that a remaining int8 op (or the model output) reads
+passes through a QUANTIZE to that tensor's exact scale and zero point; between two chosen ops the tensor stays
+float. Every other op, tensor and quantization parameter is left as it was, so the model keeps its int8 input and
+output.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from export.tflite_inspect import op_inputs, op_outputs, paired_layers
+from export.tflite_model import (
+    BIASED_OPS,
+    add_float_constant,
+    add_opcode,
+    add_tensor,
+    compact,
+    op_name,
+    read_model,
+    unary_op,
+    write_model,
+)
+from int8.crops import Crops
+from profiling.host import measure_host
+from profiling.run import model_input
+from validate.diagnose import diagnose
+from validate.metrics import sqnr_db
+from validate.runners import run_tflite
+
+MAX_STEPS = 12  # worst layers (each with its consumers) tried before giving up on the targets
+MIN_GAIN_DB = 0.1  # a layer's new form stays only if it gains at least this much on the calibration crops
+
+
+FORMS = ("dynamic-range", "float")  # tried in this order for each layer
+
+
+@dataclass(frozen=True)
+class FallbackRewrite:
+    ops: list[int]  # int8 op indices now on float activations
+    float_weights: int  # constant values now stored as float32
+
+
+def _float_bias(model: schema.ModelT, bias_index: int) -> int:
+    """A float32 constant holding what the int32 bias at `bias_index` stands for (value x its per-channel scale)."""
+    bias = model.subgraphs[0].tensors[bias_index]
+    values = np.frombuffer(bytes(bytearray(model.buffers[bias.buffer].data)), np.int32).astype(np.float64)
+    return add_float_constant(
+        model, bias, f"{bias.name.decode()}/float", values * np.asarray(bias.quantization.scale, np.float64)
+    )
+
+
+def fall_back(
+    int8_path: Path, float_twin: Path, op_indices: set[int], dst: Path, dynamic: set[int] = frozenset()
+) -> FallbackRewrite:
+    """Write `int8_path` to `dst` with the ops at `op_indices` on float activations: those in `dynamic` (conv,
+    depthwise conv, fully-connected) in dynamic-range form, the others in float32 with `float_twin`'s weights."""
+    model, twin = read_model(int8_path), read_model(float_twin)
+    graph, twin_graph = model.subgraphs[0], twin.subgraphs[0]
+    twin_producer = {int(op.outputs[0]): op for op in twin_graph.operators}
+    by_output = {index: f_tensor for index, _, f_tensor, _, _ in paired_layers(float_twin, int8_path)}
+    missing = sorted(i for i in op_indices if i not in by_output)
+    if missing:
+        raise ValueError(f"ops {missing} of {int8_path.name} have no counterpart in {float_twin.name}")
+    chosen = sorted(op_indices)
+    consumers: dict[int, set[int]] = {}
+    for index, op in enumerate(graph.operators):
+        for t in op.inputs:
+            consumers.setdefault(int(t), set()).add(index)
+    outputs = {int(t) for t in graph.outputs}
+    float_of: dict[int, int] = {}  # int8 activation tensor -> its float stand-in
+    before: dict[int, list] = {i: [] for i in chosen}
+    after: dict[int, list] = {i: [] for i in chosen}
+    float_weights = 0
+    for index in chosen:
+        op, twin_op = graph.operators[index], twin_producer[by_output[index]]
+        hybrid = index in dynamic and op_name(model, op) in BIASED_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0
+        new_inputs = []
+        for position, t in enumerate(op.inputs):
+            t = int(t)
+            twin_t = int(twin_op.inputs[position]) if position < len(twin_op.inputs) else -1
+            twin_data = twin.buffers[twin_graph.tensors[twin_t].buffer].data if twin_t >= 0 else None
+            if t < 0:
+                new_inputs.append(t)
+            elif hybrid and position == 1:  # int8 weights stay
+                new_inputs.append(t)
+            elif hybrid and position == 2:
+                new_inputs.append(_float_bias(model, t))
+            elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
+                source = twin_graph.tensors[twin_t]
+                buffer = schema.BufferT()
+                buffer.data = np.array(twin_data, np.uint8)
+                new_inputs.append(add_tensor(model, source, f"{source.name.decode()}/float", buffer))
+                float_weights += int(np.prod(source.shape)) if source.type == schema.TensorType.FLOAT32 else 0
+            else:
+                if t not in float_of:  # made by an op left in int8 (a chosen producer came first and made it)
+                    float_of[t] = add_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
+                    before[index].append(unary_op(model, schema.BuiltinOperator.DEQUANTIZE, t, float_of[t]))
+                new_inputs.append(float_of[t])
+        out = int(op.outputs[0])
+        float_of[out] = add_tensor(model, graph.tensors[out], f"{graph.tensors[out].name.decode()}/float")
+        if out in outputs or not consumers.get(out, set()) <= op_indices:
+            after[index].append(unary_op(model, schema.BuiltinOperator.QUANTIZE, float_of[out], out))
+        if hybrid:
+            replacement = copy.copy(op)
+            if hasattr(replacement.builtinOptions, "asymmetricQuantizeInputs"):
+                replacement.builtinOptions.asymmetricQuantizeInputs = True
+        else:
+            replacement = copy.copy(twin_op)
+            code = twin.operatorCodes[twin_op.opcodeIndex]
+            replacement.opcodeIndex = add_opcode(model, max(code.builtinCode, code.deprecatedBuiltinCode), code.version)
+        replacement.inputs = np.array(new_inputs, np.int32)
+        replacement.outputs = np.array([float_of[out]], np.int32)
+        graph.operators[index] = replacement
+    graph.operators = [
+        new for index, op in enumerate(graph.operators) for new in [*before.get(index, []), op, *after.get(index, [])]
+    ]
+    compact(model)
+    write_model(model, dst)
+    return FallbackRewrite(ops=chosen, float_weights=float_weights)
+
+
+@dataclass(frozen=True)
+class Cost:
+    bytes: int
+    host_ms: float  # median host latency, 1 thread
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    layer: str | None  # the int8 layer tried (None: int8 as it was)
+    form: str | None  # one of FORMS
+    ops: list[int]  # ops on float activations with this step (the ones kept before it included)
+    sqnr_db: float  # against float on the calibration crops
+    top1_agreement: float
+    kept: bool
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The layers tried in dynamic-range int8 or float for --min-sqnr / --min-top1, which were kept, and what each
+    step cost."""
+
+    min_sqnr_db: float | None
+    min_top1: float | None
+    calibration_crops: int
+    steps: list[FallbackStep]
+    reached: bool
+    dynamic_ops: list[int] = field(default_factory=list)
+    float_ops: list[int] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return bool(self.dynamic_ops or self.float_ops)
+
+    def as_dict(self) -> dict:
+        return {
+            "min_sqnr_db": self.min_sqnr_db,
+            "min_top1": self.min_top1,
+            "calibration_crops": self.calibration_crops,
+            "steps": [{**step.__dict__, "cost": dict(step.cost.__dict__)} for step in self.steps],
+            "applied": self.applied,
+            "reached": self.reached,
+            "dynamic_range_ops": self.dynamic_ops,
+            "float_ops": self.float_ops,
+        }
+
+    def _targets(self) -> str:
+        targets = [f"{self.min_sqnr_db:g} dB"] if self.min_sqnr_db is not None else []
+        targets += [f"{self.min_top1:.1%} top-1 agreement"] if self.min_top1 is not None else []
+        return " and ".join(targets)
+
+    def markdown(self) -> list[str]:
+        title = ["## int8 fallback (--min-sqnr / --min-top1)", ""]
+        first = self.steps[0]
+        if len(self.steps) == 1:
+            return title + [
+                f"int8 already reaches {first.sqnr_db:.2f} dB and {first.top1_agreement:.1%} top-1 agreement against "
+                f"float on {self.calibration_crops} calibration crops (target {self._targets()}): nothing falls back."
+            ]
+        lines = title + [
+            f"Target {self._targets()} against float on {self.calibration_crops} calibration crops. The worst layers "
+            "(largest SQNR drop), each with the ops reading its output, move to float activations: first in "
+            "dynamic-range form (int8 weights, the input quantized at run time), then in float32 if that does not "
+            f"gain {MIN_GAIN_DB:g} dB. A form that gains less is put back: "
+            + ("target reached." if self.reached else "target not reached."),
+            "",
+            "| step | layer tried | form | ops on float activations | SQNR dB | top-1 agreement | kept | bytes | "
+            "host ms (1 thread) |",
+            "|---:|---|---|---|---:|---:|---|---:|---:|",
+        ]
+        for k, step in enumerate(self.steps):
+            layer = f"`{step.layer}`" if step.layer else "(none: int8 as it was)"
+            ops = ", ".join(f"#{i}" for i in step.ops) or "-"
+            lines.append(
+                f"| {k} | {layer} | {step.form or '-'} | {ops} | {step.sqnr_db:.2f} | {step.top1_agreement:.1%} | "
+                f"{'yes' if step.kept else 'no'} | {step.cost.bytes:,} | {step.cost.host_ms:.2f} |"
+            )
+        if not self.applied:
+            return lines + ["", "No step gained: the int8 file is kept as it was."]
+        kept = [step for step in self.steps if step.kept]
+        before, after = kept[0].cost, kept[-1].cost
+        return lines + [
+            "",
+            f"Kept: {len(self.dynamic_ops)} ops in dynamic-range int8, {len(self.float_ops)} in float32. Cost: "
+            f"{before.bytes:,} -> {after.bytes:,} bytes (x{after.bytes / before.bytes:.3f}), host latency "
+            f"{before.host_ms:.2f} -> {after.host_ms:.2f} ms (x{after.host_ms / before.host_ms:.3f}). This runtime's "
+            "XNNPACK delegate takes float32 ops but not dynamic-range conv layers, which run on the built-in kernels.",
+        ]
+
+
+def _cost(model: Path) -> Cost:
+    image = model_input(model)[0]
+    return Cost(model.stat().st_size, measure_host(model, image, threads=1, warmups=5, runs=30).median_ms)
+
+
+def reach_targets(
+    int8: Path, float_twin: Path, crops: Crops, min_sqnr: float | None, min_top1: float | None
+) -> Fallback:
+    """Move the worst int8 layers of `int8` (in place; by SQNR drop) with the ops reading their output to float
+    activations, dynamic-range form first, keeping a form only if it gains MIN_GAIN_DB on all calibration crops
+    against the float twin, until `min_sqnr` dB and `min_top1` agreement hold there or MAX_STEPS layers were tried.
+    The held-out parity then checks the targets on photos it never saw."""
+    images = crops.images
+    reference = run_tflite(float_twin, images)
+
+    def score(path: Path) -> tuple[float, float]:
+        out = run_tflite(path, images)
+        return float(sqnr_db(reference, out)), float(np.mean(out.argmax(1) == reference.argmax(1)))
+
+    def reached(sqnr: float, top1: float) -> bool:
+        return (min_sqnr is None or sqnr >= min_sqnr) and (min_top1 is None or top1 >= min_top1)
+
+    best, agreement = score(int8)
+    steps = [FallbackStep(None, None, [], best, agreement, True, _cost(int8))]
+    if reached(best, agreement):
+        return Fallback(min_sqnr, min_top1, len(images), steps, reached=True)
+    ops = op_outputs(int8)
+    readers: dict[int, set[int]] = {}
+    for index, inputs in enumerate(op_inputs(int8)):
+        for tensor in inputs:
+            readers.setdefault(tensor, set()).add(index)
+    paired = {index for index, *_ in paired_layers(float_twin, int8)}
+    layers = diagnose(float_twin, int8, crops.selection[:8]).layers
+    worst = sorted((la for la in layers if la.op in BIASED_OPS and la.drop_db > 0), key=lambda la: -la.drop_db)
+    candidate, trial = int8.with_name(f".{int8.name}.fallback"), int8.with_name(f".{int8.name}.trial")
+    dynamic: set[int] = set()
+    chosen: set[int] = set()
+    for layer in worst[:MAX_STEPS]:
+        group = {layer.index} | (readers.get(ops[layer.index][1], set()) & paired)
+        for form in FORMS:
+            if form == "dynamic-range":
+                tried_dynamic = dynamic | {i for i in group if ops[i][0] in BIASED_OPS}
+            else:
+                tried_dynamic = dynamic - group
+            tried = chosen | group
+            fall_back(int8, float_twin, tried, trial, tried_dynamic)
+            sqnr, top1 = score(trial)
+            kept = sqnr >= best + MIN_GAIN_DB  # a form that does not help is not paid for
+            steps.append(FallbackStep(layer.tensor, form, sorted(tried), sqnr, top1, kept, _cost(trial)))
+            if kept:
+                chosen, dynamic, best, agreement = tried, tried_dynamic, sqnr, top1
+                trial.replace(candidate)
+                break
+        if reached(best, agreement):
+            break
+    trial.unlink(missing_ok=True)
+    if not chosen:
+        return Fallback(min_sqnr, min_top1, len(images), steps, reached=False)
+    candidate.replace(int8)
+    return Fallback(
+        min_sqnr, min_top1, len(images), steps, reached(best, agreement), sorted(dynamic), sorted(chosen - dynamic)
+    )
