@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -191,3 +193,29 @@ def heldout_batch(photos: list[Photo], size: int) -> np.ndarray:
 def normalize(batch: np.ndarray, mean, std) -> np.ndarray:
     """(x - mean) / std per channel, on NHWC 0..1 data."""
     return ((batch - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def cached_crops(photos: list[Photo], make: Callable[[], np.ndarray], *key: object) -> np.ndarray:
+    """`make()`'s NHWC 0..1 crops of the built-in `photos`, kept in the photo cache under a name made of the photos'
+    content hashes and `key`, so a set is decoded once per machine instead of once per export. The crops are stored
+    as their 8-bit codes, which every crop value is (a pixel / 255), and read back bit for bit."""
+    digest = hashlib.sha256(repr((CROP_FRACTION, *key)).encode())
+    for photo in photos:
+        digest.update(hashlib.sha256(photo.path.read_bytes()).digest())
+    path = photo_cache() / ".crops" / f"{digest.hexdigest()[:40]}.npy"
+    try:
+        return np.load(path).astype(np.float32) / 255.0
+    except (OSError, ValueError):  # not cached yet, or a damaged file: decode again
+        pass
+    crops = make()
+    codes = np.rint(crops * 255.0)
+    if np.array_equal(codes.astype(np.float32) / 255.0, crops):  # always, for crops made by this module
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as out:
+                np.save(out, codes.astype(np.uint8))
+            tmp.replace(path)
+        except OSError as exc:  # a read-only cache: carry on without it
+            log.warning("could not cache decoded photos in %s: %s", path.parent, exc)
+    return crops

@@ -116,9 +116,13 @@ def load_photos(job: Job) -> Job:
     request, source, size = job.request, job.source, job.source.input_size
     photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
     where = str(request.calib_dir) if request.calib_dir else "built-in photos: gcompris-qt-data 1.0, endless-sky, krank"
-    calib = imgs.calibration_batch(photos, size, request.calib_samples)
+    samples = request.calib_samples
+    crop = lambda: imgs.calibration_batch(photos, size, samples)  # noqa: E731
+    # the user's photos are decoded each time, never copied into a cache
+    calib = crop() if request.calib_dir else imgs.cached_crops(photos, crop, "calibration", size, samples)
     heldout_photos = imgs.heldout_photos()
-    heldout = imgs.normalize(imgs.heldout_batch(heldout_photos, size), source.mean, source.std)
+    heldout_crop = lambda: imgs.heldout_batch(heldout_photos, size)  # noqa: E731
+    heldout = imgs.normalize(imgs.cached_crops(heldout_photos, heldout_crop, "held-out", size), source.mean, source.std)
     description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({where})"
     calib_x = imgs.normalize(calib, source.mean, source.std)
     return replace(job, photos=Photos(calib, calib_x, description, heldout_photos, heldout))

@@ -9,9 +9,12 @@ from PIL import Image
 
 from export.images import (
     ImageDataError,
+    Photo,
+    cached_crops,
     calibration_batch,
     calibration_photos,
     center_crop,
+    heldout_batch,
     heldout_photos,
     load_rgb,
     natural_photo_dir,
@@ -99,3 +102,22 @@ def test_near_duplicates_of_heldout_photos_are_recognised(tmp_path):
 
     assert distance(buffer.getvalue()) <= unpack.NEAR_DUPLICATE_BITS
     assert min(distance(p.read_bytes()) for p in photos[1:]) > unpack.NEAR_DUPLICATE_BITS
+
+
+def test_cached_crops_read_back_bit_for_bit_and_follow_the_photos_content(tmp_path, monkeypatch):
+    photos = heldout_photos()[:6]
+    monkeypatch.setenv("MVE_PHOTO_CACHE", str(tmp_path / "cache"))
+    decoded = heldout_batch(photos, 64)
+    first = cached_crops(photos, lambda: heldout_batch(photos, 64), "held-out", 64)
+    again = cached_crops(photos, lambda: pytest.fail("decoded again"), "held-out", 64)
+    assert first.dtype == again.dtype == np.float32 and np.array_equal(again, decoded)
+    assert len(list((tmp_path / "cache" / ".crops").glob("*.npy"))) == 1
+
+    changed = tmp_path / "changed.png"  # same name in the list, other content: a new entry
+    Image.fromarray((decoded[0] * 255).astype(np.uint8)[::-1]).save(changed)
+    other = [Photo(changed), *photos[1:]]
+    flipped = cached_crops(other, lambda: heldout_batch(other, 64), "held-out", 64)
+    assert not np.array_equal(flipped, decoded)
+    keyed = cached_crops(photos, lambda: heldout_batch(photos, 64), "held-out", 64, "another key")
+    assert np.array_equal(keyed, decoded)
+    assert len(list((tmp_path / "cache" / ".crops").glob("*.npy"))) == 3
