@@ -6,8 +6,8 @@ For each model, exports int8 with pipeline.export five ways (plain: --no-equaliz
 then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1 /
 top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR (on all photos and per set: labelled ImageNet,
 natural full-resolution photos, upscaled CIFAR-10), file size, host latency (median, 1 thread, the files measured
-in turn), emulated Cortex-A76 instructions per inference (when `python -m profiling.arm_setup` has run), and which
-int8 steps each export kept.
+in turn), emulated Cortex-A76 instructions per inference (when `python -m profiling.arm_setup` has run), and what
+each export's int8 steps tried and kept.
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -88,9 +88,10 @@ def _a76_instructions(path: Path, arm) -> int | None:
     return int(run_emulated(path, model_input(path)[0], CORES["a76"], arm, runs=1).instructions[0])
 
 
-def _steps_kept(parity_json: Path) -> dict[str, bool]:
+def _int8_steps(parity_json: Path) -> dict[str, dict]:
+    """Each int8 step's record from the export's parity.json (what it tried, kept and cost)."""
     model = json.loads(parity_json.read_text())["model"]
-    return {key: bool(value.get("applied")) for key, value in model.items() if key.startswith("int8_")}
+    return {key: value for key, value in model.items() if key.startswith("int8_")}
 
 
 def measure_model(model: str, work: Path) -> dict:
@@ -144,7 +145,7 @@ def measure_model(model: str, work: Path) -> dict:
             "bytes": path.stat().st_size,
             "host_median_ms_1thread": latency[variant],
             "a76_instructions": _a76_instructions(path, arm),
-            "int8_steps_kept": _steps_kept(dirs[variant] / "parity.json"),
+            "int8_steps": _int8_steps(dirs[variant] / "parity.json"),
             "ops": inspect_tflite(path).op_count,
             "sha256": sha256_file(path),
         }
