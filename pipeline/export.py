@@ -167,6 +167,8 @@ def _check_flags(args) -> None:
         raise SourceError("--min-sqnr is an int8 target: use it with --quant int8 or --quant all")
     if args.min_top1 is not None and args.min_top1_int8 is not None:
         raise SourceError("give either --min-top1 (a target with fallback) or --min-top1-int8 (a threshold)")
+    if args.min_top1 is not None and not 0 < args.min_top1 <= 1:
+        raise SourceError(f"--min-top1 is a fraction of photos: give a value in (0, 1] (0.95), not {args.min_top1:g}")
     if args.min_top1 is not None and args.quant not in ("int8", "all"):
         raise SourceError("--min-top1 is an int8 target: use it with --quant int8 or --quant all")
     if args.int8_output == "float" and args.quant not in ("int8", "all"):
