@@ -100,6 +100,18 @@ def serialize(model: schema.ModelT) -> bytes:
     return bytes(builder.Output())
 
 
+def buffer_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each buffer's bytes inside the serialized model `data` ((0, 0) for an empty buffer), so a
+    constant can be rewritten in place, at the same length, without packing the model again."""
+    model = schema.Model.GetRootAs(data, 0)
+    spans = []
+    for index in range(model.BuffersLength()):
+        table = model.Buffers(index)._tab
+        field = table.Offset(4)  # Buffer.data
+        spans.append((table.Vector(field), table.VectorLen(field)) if field else (0, 0))
+    return spans
+
+
 def write_model(model: schema.ModelT, dst: Path) -> None:
     """Serialize `model` to `dst` through a temporary file, so `dst` is never half-written."""
     tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")

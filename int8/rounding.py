@@ -21,7 +21,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import buffer_uses, op_name, read_single_graph, serialize, write_model
+from export.tflite_model import buffer_spans, buffer_uses, op_name, read_single_graph, serialize, write_model
 from int8.crops import Crops
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
@@ -48,6 +48,7 @@ class _Layer:
     weights: np.ndarray  # int8 view into the model's buffer (OHWI, or 1HWC for depthwise), written in place
     w_scale: np.ndarray  # per output channel
     bias: np.ndarray  # int32 view, written in place
+    buffers: tuple[int, int]  # the weights' and the bias's buffer indices
     f_x_tensor: int  # the float twin's input and constants of the same layer
     f_weights: np.ndarray
     f_bias: np.ndarray
@@ -99,6 +100,7 @@ def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_pa
                 weights=_constant(model, w_t, np.int8),
                 w_scale=np.asarray(w_t.quantization.scale, np.float64),
                 bias=_constant(model, b_t, np.int32),
+                buffers=(w_t.buffer, b_t.buffer),
                 f_x_tensor=int(f_op.inputs[0]),
                 f_weights=_constant(twin, f_w, np.float32).astype(np.float64),
                 f_bias=_constant(twin, f_b, np.float32).astype(np.float64),
@@ -268,13 +270,23 @@ def refit_layers(int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.n
     samples = _Samples(layers, float_twin, fit.astype(np.float32), to_int8(fit))
     judge_q, reference = to_int8(judge), run_tflite(float_twin, judge).astype(np.float64)
     current = serialize(model)
+    spans = buffer_spans(current)
+
+    def with_layer(layer: _Layer) -> bytes:
+        """`current` with `layer`'s weights and bias as they are now: only those bytes change."""
+        out = bytearray(current)
+        for buffer, values in zip(layer.buffers, (layer.weights, layer.bias)):
+            start, length = spans[buffer]
+            out[start : start + length] = values.tobytes()
+        return bytes(out)
+
     before = best = _judge(current, judge_q, reference)
     kept = 0
     for position, layer in enumerate(layers):
         x_q, target = samples.int8_input(position, current), samples.target(position)
         old = layer.weights.copy(), layer.bias.copy()
         layer.weights[...], layer.bias[...] = _refit(layer, x_q.astype(np.float64), target)
-        candidate = serialize(model)
+        candidate = with_layer(layer)
         score = _judge(candidate, judge_q, reference)
         if score > best:
             best, kept, current = score, kept + 1, candidate

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from ai_edge_litert import schema_py_generated as schema
 
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.onnx_stage import export_onnx, simplify_onnx
 from export.tflite_inspect import inspect_tflite
+from export.tflite_model import buffer_spans, read_model, serialize
 from export.tflite_optimize import optimize_tflite
 from export.tflite_stage import convert_tflite
 from tests.data.tiny_model import build_shuffle
@@ -26,8 +28,6 @@ def tiny_shuffle(tmp_path_factory):
 
 
 def _quantization(path):
-    from ai_edge_litert import schema_py_generated as schema
-
     graph = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0)).subgraphs[0]
     return {t.name: _params(t.quantization) for t in graph.tensors}
 
@@ -73,3 +73,18 @@ def test_shufflenet_islands_with_slices_rewrite_exactly(shufflenet_variants, tmp
         assert np.array_equal(run_tflite(src, x), run_tflite(tmp_path / src.name, x))
         # the default keeps the shuffle islands: nothing to rewrite in ShuffleNet V2
         assert optimize_tflite(src, tmp_path / f"default_{src.name}").islands == 0
+
+
+@pytest.mark.slow
+def test_a_constant_patched_in_place_equals_the_model_packed_again(tiny_shuffle):
+    """buffer_spans: rewriting a constant's bytes in the serialized model gives what packing the changed model gives."""
+    model = read_model(tiny_shuffle["int8"])
+    constants = [t for t in model.subgraphs[0].tensors if model.buffers[t.buffer].data is not None]
+    weights = next(t for t in constants if t.type == schema.TensorType.INT8)
+    packed = serialize(model)
+    start, length = buffer_spans(packed)[weights.buffer]
+    changed = (np.asarray(model.buffers[weights.buffer].data, np.uint8) + 7).astype(np.uint8)
+    model.buffers[weights.buffer].data = changed
+    patched = bytearray(packed)
+    patched[start : start + length] = changed.tobytes()
+    assert length == changed.size and bytes(patched) == serialize(model)
