@@ -57,13 +57,17 @@ def add_tensor(model: schema.ModelT, like: schema.TensorT, name: str, buffer: sc
     return len(graph.tensors) - 1
 
 
-def add_float_constant(model: schema.ModelT, like: schema.TensorT, name: str, values: np.ndarray) -> int:
-    """A new float32 constant tensor shaped like `like`, holding `values`; returns its index."""
+def add_float_bias(model: schema.ModelT, op: schema.OperatorT) -> int:
+    """A new float32 constant holding what the int32 bias of `op` (a conv or fully-connected layer) stands for:
+    bias x input scale x per-channel weight scale, as a dynamic-range layer takes it. Returns its index."""
+    graph = model.subgraphs[0]
+    x, w, bias = (graph.tensors[int(t)] for t in op.inputs[:3])
+    values = np.frombuffer(bytes(bytearray(model.buffers[bias.buffer].data)), np.int32).astype(np.float64)
+    scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
     buffer = schema.BufferT()
-    buffer.data = values.astype(np.float32).view(np.uint8)
-    index = add_tensor(model, like, name, buffer)
-    tensor = model.subgraphs[0].tensors[index]
-    tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
+    buffer.data = (values * scale).astype(np.float32).view(np.uint8)
+    index = add_tensor(model, bias, f"{bias.name.decode()}/float", buffer)
+    graph.tensors[index].type, graph.tensors[index].quantization = schema.TensorType.FLOAT32, None
     return index
 
 

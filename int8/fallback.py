@@ -22,7 +22,7 @@ from ai_edge_litert import schema_py_generated as schema
 from export.tflite_inspect import op_inputs, op_outputs, paired_layers
 from export.tflite_model import (
     BIASED_OPS,
-    add_float_constant,
+    add_float_bias,
     add_opcode,
     add_tensor,
     compact,
@@ -49,15 +49,6 @@ FORMS = ("dynamic-range", "float")  # tried in this order for each layer
 class FallbackRewrite:
     ops: list[int]  # int8 op indices now on float activations
     float_weights: int  # constant values now stored as float32
-
-
-def _float_bias(model: schema.ModelT, bias_index: int) -> int:
-    """A float32 constant holding what the int32 bias at `bias_index` stands for (value x its per-channel scale)."""
-    bias = model.subgraphs[0].tensors[bias_index]
-    values = np.frombuffer(bytes(bytearray(model.buffers[bias.buffer].data)), np.int32).astype(np.float64)
-    return add_float_constant(
-        model, bias, f"{bias.name.decode()}/float", values * np.asarray(bias.quantization.scale, np.float64)
-    )
 
 
 def fall_back(
@@ -95,7 +86,7 @@ def fall_back(
             elif hybrid and position == 1:  # int8 weights stay
                 new_inputs.append(t)
             elif hybrid and position == 2:
-                new_inputs.append(_float_bias(model, t))
+                new_inputs.append(add_float_bias(model, op))
             elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()

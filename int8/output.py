@@ -18,7 +18,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_model import (
-    add_float_constant,
+    add_float_bias,
     add_tensor,
     compact,
     op_name,
@@ -73,12 +73,9 @@ def float_output(int8_path: Path, dst: Path) -> FloatOutput:
         del graph.operators[index]
     elif layer == "FULLY_CONNECTED" and len(op.inputs) == 3 and op.inputs[2] >= 0:
         how = "dynamic-range"
-        x_index, w_index, b_index = (int(t) for t in op.inputs)
-        x, w, b = graph.tensors[x_index], graph.tensors[w_index], graph.tensors[b_index]
-        bias = np.frombuffer(bytes(bytearray(model.buffers[b.buffer].data)), np.int32).astype(np.float64)
-        bias_scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
-        float_bias = add_float_constant(model, b, f"{b.name.decode()}/float", bias * bias_scale)
-        float_x = add_tensor(model, x, f"{x.name.decode()}/float")
+        x_index, w_index = int(op.inputs[0]), int(op.inputs[1])
+        float_bias = add_float_bias(model, op)
+        float_x = add_tensor(model, graph.tensors[x_index], f"{graph.tensors[x_index].name.decode()}/float")
         op.inputs = np.array([float_x, w_index, float_bias], np.int32)
         op.outputs = np.array([float_out], np.int32)
         op.builtinOptions.asymmetricQuantizeInputs = True

@@ -43,6 +43,7 @@ class _Layer:
     stride: tuple[int, int]
     same_padding: bool
     x_tensor: int  # int8 input
+    x_size: tuple[int, int]  # its height and width
     x_scale: float
     x_zero: int
     weights: np.ndarray  # int8 view into the model's buffer (OHWI, or 1HWC for depthwise), written in place
@@ -95,6 +96,7 @@ def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_pa
                 stride=(options.strideH, options.strideW),
                 same_padding=options.padding == schema.Padding.SAME,
                 x_tensor=int(op.inputs[0]),
+                x_size=(int(x_t.shape[1]), int(x_t.shape[2])),
                 x_scale=float(x_t.quantization.scale[0]),
                 x_zero=int(x_t.quantization.zeroPoint[0]),
                 weights=_constant(model, w_t, np.int8),
@@ -185,18 +187,12 @@ class _Samples:
         self.targets: dict[int, np.ndarray] = {}
         self.patches: dict[int, np.ndarray] = {}
         self.positions: dict[int, list[np.ndarray]] = {}
-        shapes = self._shapes()
         for position, layer in enumerate(layers):
-            out_h, out_w = _output_size(layer, *shapes[position])
+            out_h, out_w = _output_size(layer, *layer.x_size)
             count = out_h * out_w
             self.positions[position] = [
                 np.sort(rng.choice(count, size=min(POSITIONS, count), replace=False)) for _ in images
             ]
-
-    def _shapes(self) -> list[tuple[int, int]]:
-        interpreter = tensor_keeping_interpreter(self.float_twin)
-        details = {d["index"]: d["shape"] for d in interpreter.get_tensor_details()}
-        return [(int(details[layer.f_x_tensor][1]), int(details[layer.f_x_tensor][2])) for layer in self.layers]
 
     def _collect(self, interpreter: Interpreter, images: np.ndarray, start: int, value) -> dict[int, np.ndarray]:
         window = range(start, min(start + WINDOW, len(self.layers)))
@@ -205,7 +201,7 @@ class _Samples:
             interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
             interpreter.invoke()
             for p in window:
-                found[p].append(value(interpreter, self.layers[p], n, self.positions[p][n]))
+                found[p].append(value(interpreter, self.layers[p], self.positions[p][n]))
         return {p: np.concatenate(rows) for p, rows in found.items()}
 
     def target(self, position: int) -> np.ndarray:
@@ -225,7 +221,7 @@ class _Samples:
         self.patches = {}
 
     @staticmethod
-    def _float_output(interpreter: Interpreter, layer: _Layer, n: int, positions: np.ndarray) -> np.ndarray:
+    def _float_output(interpreter: Interpreter, layer: _Layer, positions: np.ndarray) -> np.ndarray:
         x = _patches(interpreter.get_tensor(layer.f_x_tensor).astype(np.float64), layer, positions)
         if layer.depthwise:
             taps = layer.f_weights.reshape(-1, len(layer.f_bias))
@@ -233,23 +229,9 @@ class _Samples:
         return x @ layer.f_weights.reshape(len(layer.f_bias), -1).T + layer.f_bias
 
     @staticmethod
-    def _int8_input(interpreter: Interpreter, layer: _Layer, n: int, positions: np.ndarray) -> np.ndarray:
+    def _int8_input(interpreter: Interpreter, layer: _Layer, positions: np.ndarray) -> np.ndarray:
         x = (interpreter.get_tensor(layer.x_tensor).astype(np.float64) - layer.x_zero) * layer.x_scale
         return _patches(x, layer, positions).astype(np.float32)
-
-
-def _judge(model_bytes: bytes, q_images: np.ndarray, reference: np.ndarray) -> float:
-    """SQNR of the int8 model in `model_bytes` against the float twin's `reference` on `q_images` (int8 input)."""
-    interpreter = Interpreter(model_content=model_bytes, num_threads=2)
-    interpreter.allocate_tensors()
-    q_in, q_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = q_out["quantization"]
-    outputs = []
-    for image in q_images:
-        interpreter.set_tensor(q_in["index"], image[None])
-        interpreter.invoke()
-        outputs.append((interpreter.get_tensor(q_out["index"]).reshape(-1).astype(np.float64) - zero) * scale)
-    return sqnr_db(reference, np.stack(outputs))
 
 
 @dataclass(frozen=True)
@@ -266,9 +248,15 @@ def refit_layers(int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.n
     model, twin = read_single_graph(int8_path), read_single_graph(float_twin)
     layers = _layers(model, twin, float_twin, int8_path)
     q_input = inspect_tflite(int8_path).inputs[0]
-    to_int8 = lambda images: np.stack([quantize(image.astype(np.float32), q_input) for image in images])  # noqa: E731
-    samples = _Samples(layers, float_twin, fit.astype(np.float32), to_int8(fit))
-    judge_q, reference = to_int8(judge), run_tflite(float_twin, judge).astype(np.float64)
+    fit_q = np.stack([quantize(image.astype(np.float32), q_input) for image in fit])
+    samples = _Samples(layers, float_twin, fit.astype(np.float32), fit_q)
+    reference = run_tflite(float_twin, judge)
+
+    def score(model_bytes: bytes) -> float:
+        """The model in `model_bytes` against the float twin on the judging crops."""
+        dst.write_bytes(model_bytes)
+        return sqnr_db(reference, run_tflite(dst, judge))
+
     current = serialize(model)
     spans = buffer_spans(current)
 
@@ -280,16 +268,16 @@ def refit_layers(int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.n
             out[start : start + length] = values.tobytes()
         return bytes(out)
 
-    before = best = _judge(current, judge_q, reference)
+    before = best = score(current)
     kept = 0
     for position, layer in enumerate(layers):
         x_q, target = samples.int8_input(position, current), samples.target(position)
         old = layer.weights.copy(), layer.bias.copy()
         layer.weights[...], layer.bias[...] = _refit(layer, x_q.astype(np.float64), target)
         candidate = with_layer(layer)
-        score = _judge(candidate, judge_q, reference)
-        if score > best:
-            best, kept, current = score, kept + 1, candidate
+        candidate_db = score(candidate)
+        if candidate_db > best:
+            best, kept, current = candidate_db, kept + 1, candidate
             samples.forget_int8()  # the layers after this one now see other inputs
         else:
             layer.weights[...], layer.bias[...] = old
