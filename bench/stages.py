@@ -35,8 +35,10 @@ WEIGHTS = {"mobilenet_v2": "imagenet"}
 RATIO_TARGET = {"int8": 1.0, "all": 1.3}
 
 
-def _tree_rss_mib(root: int) -> float:
-    """Resident memory of `root` and all its descendants, now (from /proc)."""
+def _tree_memory_mib(root: int) -> tuple[float, float]:
+    """Resident memory of `root` and all its descendants, now (from /proc): summed RSS, which counts a shared page
+    (TensorFlow's libraries in two converters) once per process, and summed PSS, which splits it among them, so
+    it is the memory the tree takes from the machine."""
     parents, rss = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -50,21 +52,30 @@ def _tree_rss_mib(root: int) -> float:
         children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(pid, 0) for pid in tree) / 2**20
+    return sum(rss.get(pid, 0) for pid in tree) / 2**20, sum(_pss_bytes(pid) for pid in tree) / 2**20
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return sum(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+    except OSError:
+        return 0  # exited meanwhile
 
 
 def timed(cmd: list[str], cwd: Path) -> dict:
-    """Run `cmd`; return its wall seconds, the peak RSS of its largest process (wait4) and the peak of its whole
-    process tree at once (sampled every 0.2 s: converters running side by side add up)."""
+    """Run `cmd`; return its wall seconds, the peak RSS of its largest process (wait4) and the peaks of its whole
+    process tree at once, RSS and PSS (sampled every 0.2 s: converters running side by side add up)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        tree_peak = 0.0
+        tree_peak = tree_pss_peak = 0.0
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            tree_peak = max(tree_peak, _tree_rss_mib(proc.pid))
+            rss, pss = _tree_memory_mib(proc.pid)
+            tree_peak, tree_pss_peak = max(tree_peak, rss), max(tree_pss_peak, pss)
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: parity failed, still a complete export
@@ -74,6 +85,7 @@ def timed(cmd: list[str], cwd: Path) -> dict:
         "seconds": round(seconds, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "peak_tree_rss_mib": round(tree_peak, 1),
+        "peak_tree_pss_mib": round(tree_pss_peak, 1),
     }
 
 
@@ -107,7 +119,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stages.json")
     args = parser.parse_args()
     rows = []
-    print(f"{'model':<20} {'quant':<6} {'export s':>9} {'onnx2tf s':>10} {'ratio':>6} {'RSS MiB (largest / all)':>24}")
+    memory = "MiB: RSS largest / tree RSS / tree PSS"
+    print(f"{'model':<20} {'quant':<6} {'export s':>9} {'onnx2tf s':>10} {'ratio':>6} {memory:>40}")
     for model in args.models.split(","):
         for quant in args.quants.split(","):
             with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +128,8 @@ def main() -> None:
             rows.append(r)
             print(
                 f"{model:<20} {quant:<6} {r['export']['seconds']:>9.1f} {r['onnx2tf_oiqt_alone']['seconds']:>10.1f} "
-                f"{r['ratio']:>6.2f} {r['export']['peak_rss_mib']:>12.0f} / {r['export']['peak_tree_rss_mib']:<9.0f}"
+                f"{r['ratio']:>6.2f} {r['export']['peak_rss_mib']:>14.0f} / {r['export']['peak_tree_rss_mib']:.0f} / "
+                f"{r['export']['peak_tree_pss_mib']:.0f}"
             )
     results = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},

@@ -179,7 +179,8 @@ def convert_tflite(
     cmd = [sys.executable, "-m", "onnx2tf", *args]
     if "int8" in modes:  # onnx2tf -oiqt, minus the files not asked for
         ours = [str(calib_npy), json.dumps(list(mean)), json.dumps(list(std)), str(files["int8"])]
-        cmd = [sys.executable, "-m", "export.onnx2tf_int8", *(["--dynamic"] if "dynamic" in modes else []), *ours]
+        flags = [f"--{m}" for m in ("fp16", "dynamic") if m in modes]
+        cmd = [sys.executable, "-m", "export.onnx2tf_int8", *flags, *ours]
         cmd += ["--", *args]
     with open(log_path, "w") as log:
         log.write(" ".join(cmd[1:]) + "\n")

@@ -1,4 +1,4 @@
-"""export.onnx2tf_int8: onnx2tf -oiqt's files, byte for byte, without the calibrated files nobody asked for."""
+"""export.onnx2tf_int8: onnx2tf -oiqt's files, byte for byte, without the files nobody asked for."""
 
 import subprocess
 import sys
@@ -42,9 +42,19 @@ def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
     for mode, path in ours.files.items():
         assert path.read_bytes() == (tmp_path / "alone" / f"m_{suffix[mode]}.tflite").read_bytes(), mode
     built = {p.name for p in ours.files["int8"].parent.glob("*.tflite")}
-    assert built == {
-        "m_float32.tflite",
+    assert built == {"m_float32.tflite", "m_dynamic_range_quant.tflite", "m_full_integer_quant.tflite"}  # no float16
+
+
+@pytest.mark.slow
+def test_float16_built_when_asked(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    onnx_model = export_onnx(model, 32, tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    ours = convert_tflite(onnx_model, tmp_path / "ours", ["fp16", "int8"], calib, MEAN, STD)
+    fp16 = ours.files["fp16"].read_bytes()
+    assert len(fp16) > 0 and fp16[4:8] == b"TFL3"
+    assert {p.name for p in ours.files["int8"].parent.glob("*.tflite")} == {
+        "m_float32.tflite",  # onnx2tf always writes it first
         "m_float16.tflite",
-        "m_dynamic_range_quant.tflite",
         "m_full_integer_quant.tflite",
     }
