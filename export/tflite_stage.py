@@ -162,7 +162,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 def convert_tflite(
     onnx_model: OnnxModel, work_dir: Path, modes: list[str], calib_nhwc01: np.ndarray, mean, std, timeout_s: int = 1800
 ) -> TfliteConversion:
-    """Convert `onnx_model` to the requested modes inside `work_dir`; `calib_nhwc01` are 0..1 NHWC photos."""
+    """Convert `onnx_model` to the requested modes inside `work_dir`; `calib_nhwc01` are 0..1 NHWC photos (or their
+    uint8 pixel codes)."""
     work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     onnx_model = replace(onnx_model, path=onnx_model.path.resolve())
@@ -170,7 +171,7 @@ def convert_tflite(
     calib_npy = None
     if "int8" in modes:
         calib_npy = work_dir / "calibration_nhwc.npy"
-        np.save(calib_npy, calib_nhwc01.astype(np.float32))
+        np.save(calib_npy, _unit_float(calib_nhwc01))
     out_dir = work_dir / "onnx2tf"
     args = onnx2tf_args(onnx_model, out_dir, modes, calib_npy, mean, std)
     log_path = work_dir / "onnx2tf.log"
@@ -210,4 +211,9 @@ def _resize_batch(batch: np.ndarray, size: int, count: int) -> np.ndarray:
     idx_h = np.arange(size) * batch.shape[1] // size
     idx_w = np.arange(size) * batch.shape[2] // size
     picked = batch[np.arange(count) % len(batch)]
-    return np.ascontiguousarray(picked[:, idx_h][:, :, idx_w]).astype(np.float32)
+    return _unit_float(np.ascontiguousarray(picked[:, idx_h][:, :, idx_w]))
+
+
+def _unit_float(batch: np.ndarray) -> np.ndarray:
+    """float32 0..1 pixels, from uint8 codes (code / 255, as every crop is made) or from floats."""
+    return batch.astype(np.float32) / np.float32(255.0) if batch.dtype == np.uint8 else batch.astype(np.float32)

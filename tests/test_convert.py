@@ -28,8 +28,9 @@ def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
         nn.Linear(16, 10),
     ).eval()
     onnx_model = export_onnx(model, 64, tmp_path / "m.onnx")
-    calib = np.random.default_rng(0).uniform(0, 1, (16, 64, 64, 3)).astype(np.float32)
-    ours = convert_tflite(onnx_model, tmp_path / "ours", ["fp32", "dynamic", "int8"], calib, MEAN, STD)
+    codes = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)  # as the export passes them
+    ours = convert_tflite(onnx_model, tmp_path / "ours", ["fp32", "dynamic", "int8"], codes, MEAN, STD)
+    calib = codes.astype(np.float32) / 255.0  # onnx2tf alone calibrates on the photos' 0..1 values
 
     np.save(tmp_path / "calib.npy", calib)
     write_onnx2tf_sample(tmp_path, calib)
