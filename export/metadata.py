@@ -4,8 +4,11 @@ the model itself. preprocess.json stays the human-readable contract; `disagreeme
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +98,30 @@ def write_metadata(model: Path, name: str, description: str, mean, std, labels_f
         bytearray(model.read_bytes()), general_md, input_md, output_md
     )
     tmp = model.with_name(f".{model.name}.metadata")
-    tmp.write_bytes(writer.populate())
+    tmp.write_bytes(_without_zip_times(writer.populate()))
     tmp.replace(model)
+
+
+_LOCAL_HEADER, _CENTRAL_HEADER = b"PK\x03\x04", b"PK\x01\x02"
+_ZIP_EPOCH = (0, (1 << 5) | 1)  # DOS time and date of 1980-01-01 00:00
+
+
+def _without_zip_times(model: bytes) -> bytes:
+    """`model` with the packed files' zip timestamps (the time of writing) set to the zip epoch, so the same
+    export gives the same bytes."""
+    out = bytearray(model)
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:  # offsets below are from the start of `model`
+        entries, central = archive.infolist(), archive.start_dir
+    for entry in entries:
+        if out[entry.header_offset : entry.header_offset + 4] == _LOCAL_HEADER:
+            struct.pack_into("<HH", out, entry.header_offset + 10, *_ZIP_EPOCH)
+    for _ in entries:
+        if out[central : central + 4] != _CENTRAL_HEADER:
+            break
+        struct.pack_into("<HH", out, central + 12, *_ZIP_EPOCH)
+        name, extra, comment = struct.unpack_from("<HHH", out, central + 28)
+        central += 46 + name + extra + comment
+    return bytes(out)
 
 
 def read_metadata(model: Path) -> ModelMetadata:

@@ -1,13 +1,15 @@
 """TFLite Metadata in every exported variant, read back with the official reader (tflite-support's
 MetadataDisplayer), and kept equal to preprocess.json and labels.txt."""
 
+import io
 import json
+import zipfile
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from export.metadata import disagreements, read_metadata
+from export.metadata import _without_zip_times, disagreements, read_metadata
 from export.tflite_model import read_model, write_model
 from validate.runners import run_tflite
 
@@ -24,6 +26,22 @@ def test_every_variant_carries_labels_and_normalization(shufflenet_variants):
         assert metadata.labels[:2] == ["tench", "goldfish"] and len(metadata.labels) == 1000
         assert metadata.color_space == "RGB" and metadata.size == (224, 224)
         assert disagreements(metadata, contract, labels) == [], mode
+        assert [i.date_time for i in zipfile.ZipFile(model).infolist()] == [(1980, 1, 1, 0, 0, 0)]
+
+
+def test_packed_files_carry_no_time_of_writing():
+    """The same model and labels packed at two times give the same bytes, still a readable zip after the model."""
+    packed = []
+    for year in (2021, 2026):
+        buffer = io.BytesIO()
+        buffer.write(b"TFL3 model bytes")
+        with zipfile.ZipFile(buffer, "a") as archive:
+            archive.writestr(zipfile.ZipInfo("labels.txt", (year, 5, 6, 7, 8, 10)), "tench\ngoldfish\n")
+        packed.append(_without_zip_times(buffer.getvalue()))
+    assert packed[0] == packed[1] and packed[0].startswith(b"TFL3 model bytes")
+    with zipfile.ZipFile(io.BytesIO(packed[0])) as archive:
+        assert archive.read("labels.txt") == b"tench\ngoldfish\n"
+        assert archive.infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
 
 
 @pytest.mark.slow
