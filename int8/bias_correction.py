@@ -76,22 +76,23 @@ def _layers(model: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_La
     return layers
 
 
-def _mean_error(float_twin: Path, int8_path: Path, layer: _Layer, images: np.ndarray) -> np.ndarray:
-    """Per output channel of `layer`: the mean of float minus dequantized int8 over `images`."""
-    q_input = inspect_tflite(int8_path).inputs[0]
-    f_int, q_int = tensor_keeping_interpreter(float_twin), tensor_keeping_interpreter(int8_path)
-    total, count = 0.0, 0
+def _mean_outputs(model: Path, layers: list[_Layer], images: np.ndarray, float_twin: bool) -> list[np.ndarray]:
+    """Per layer, the mean of its output per channel over `images`, in one pass: the float twin's output, or the
+    int8 model's, dequantized."""
+    interpreter = tensor_keeping_interpreter(model)
+    q_input = None if float_twin else inspect_tflite(model).inputs[0]
+    totals = [0.0] * len(layers)
     for image in images:
         x = image[None].astype(np.float32)
-        f_int.set_tensor(f_int.get_input_details()[0]["index"], x)
-        q_int.set_tensor(q_int.get_input_details()[0]["index"], quantize(x, q_input))
-        f_int.invoke()
-        q_int.invoke()
-        ref = f_int.get_tensor(layer.float_tensor).astype(np.float64)
-        out = (q_int.get_tensor(layer.int8_tensor).astype(np.float64) - layer.out_zero) * layer.out_scale
-        total = total + (ref - out).reshape(-1, ref.shape[-1]).sum(axis=0)
-        count += ref.size // ref.shape[-1]
-    return total / count
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x if float_twin else quantize(x, q_input))
+        interpreter.invoke()
+        for i, layer in enumerate(layers):
+            if float_twin:
+                out = interpreter.get_tensor(layer.float_tensor).astype(np.float64)
+            else:
+                out = (interpreter.get_tensor(layer.int8_tensor).astype(np.float64) - layer.out_zero) * layer.out_scale
+            totals[i] = totals[i] + out.reshape(-1, out.shape[-1]).mean(axis=0)
+    return [total / len(images) for total in totals]
 
 
 def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst: Path) -> BiasShift:
@@ -105,8 +106,13 @@ def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst
     write_model(model, dst)
     reference = run_tflite(float_twin, images_nhwc)
     best = sqnr_db(reference, run_tflite(dst, images_nhwc))
-    for layer in layers:  # in depth order, each measured after the ones before it are corrected
-        error = _mean_error(float_twin, dst, layer, images_nhwc)
+    float_means = _mean_outputs(float_twin, layers, images_nhwc, float_twin=True)
+    int8_means: dict[int, np.ndarray] = {}  # of the model as it is now; measured again after a kept correction
+    for k, layer in enumerate(layers):  # in depth order, each measured after the ones before it are corrected
+        if k not in int8_means:
+            later = _mean_outputs(dst, layers[k:], images_nhwc, float_twin=False)
+            int8_means = {k + i: mean for i, mean in enumerate(later)}
+        error = float_means[k] - int8_means[k]
         before = layer.bias.copy()
         shift = np.round(error / layer.bias_scale)
         layer.bias[:] = np.clip(layer.bias.astype(np.int64) + shift.astype(np.int64), -(2**31), 2**31 - 1)
@@ -114,6 +120,7 @@ def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst
         score = sqnr_db(reference, run_tflite(dst, images_nhwc))
         if score > best:
             best = score
+            int8_means = {}  # the layers after this one now see other inputs
         else:
             layer.bias[:] = before
             write_model(model, dst)
