@@ -177,12 +177,9 @@ def convert_tflite(
     log_path = work_dir / "onnx2tf.log"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
-    cmd = [sys.executable, "-m", "onnx2tf", *args]
-    if "int8" in modes:  # onnx2tf -oiqt, minus the files not asked for
-        ours = [str(calib_npy), json.dumps(list(mean)), json.dumps(list(std)), str(files["int8"])]
-        flags = [f"--{m}" for m in ("fp16", "dynamic") if m in modes]
-        cmd = [sys.executable, "-m", "export.onnx2tf_int8", *flags, *ours]
-        cmd += ["--", *args]
+    flags = [f"--{m}" for m in ("fp16", "dynamic") if m in modes]
+    int8 = [str(calib_npy), json.dumps(list(mean)), json.dumps(list(std)), str(files["int8"])] if calib_npy else []
+    cmd = [sys.executable, "-m", "export.onnx2tf_run", *flags, *int8, "--", *args]  # onnx2tf, minus unasked files
     with open(log_path, "w") as log:
         log.write(" ".join(cmd[1:]) + "\n")
         log.flush()
@@ -193,7 +190,7 @@ def convert_tflite(
     settings = {
         "tool": "onnx2tf",
         "args": args,
-        "launcher": "export.onnx2tf_int8: -oiqt builds only the requested files" if "int8" in modes else None,
+        "launcher": "export.onnx2tf_run: onnx2tf builds only the requested files",
         "quant_type": "per-channel" if "int8" in modes else None,
         "int8_io": "int8" if "int8" in modes else None,
         "calibration_samples": int(len(calib_nhwc01)) if "int8" in modes else 0,

@@ -1,4 +1,4 @@
-"""export.onnx2tf_int8: onnx2tf -oiqt's files, byte for byte, without the files nobody asked for."""
+"""export.onnx2tf_run: onnx2tf's files, byte for byte, without the files nobody asked for."""
 
 import subprocess
 import sys
@@ -47,7 +47,7 @@ def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
 
 
 @pytest.mark.slow
-def test_float16_built_when_asked(tmp_path):
+def test_float16_built_only_when_asked(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     onnx_model = export_onnx(model, 32, tmp_path / "m.onnx")
     calib = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
@@ -59,3 +59,5 @@ def test_float16_built_when_asked(tmp_path):
         "m_float16.tflite",
         "m_full_integer_quant.tflite",
     }
+    fp32 = convert_tflite(onnx_model, tmp_path / "fp32", ["fp32"], calib, MEAN, STD)  # no int8: no calibration
+    assert [p.name for p in fp32.files["fp32"].parent.glob("*.tflite")] == ["m_float32.tflite"]

@@ -1,14 +1,15 @@
-"""onnx2tf, building only the files asked for. Run as a child process (`python -m export.onnx2tf_int8`) so it can be
+"""onnx2tf, building only the files asked for. Run as a child process (`python -m export.onnx2tf_run`) so it can be
 stopped with its process group.
 
-onnx2tf's `-oiqt` converts with its int8 graph choices (MaxPool pads with 0 rather than the float minimum, which
-would wreck a calibration range) and then writes seven files, four of them calibrated on every photo. Here the
-same conversion runs with `-oiqt`, but the TFLite conversions onnx2tf attempts with a representative dataset (and
-its dynamic-range one, unless asked for) are turned away, which onnx2tf logs as failed and skips; its float16
-conversion, unless asked for, returns an empty file that is removed (on mobilenet_v2 it took 17 s and the
-converter's peak memory). The full-integer file is then built once from its SavedModel with the converter settings
-onnx2tf uses for `*_full_integer_quant`, giving the same bytes.
-Usage: python -m export.onnx2tf_int8 [--fp16] [--dynamic] CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE -- ONNX2TF_ARGS...
+onnx2tf writes a float16 file beside the float32 one, and with `-oiqt` (its int8 graph choices: MaxPool pads with
+0 rather than the float minimum, which would wreck a calibration range) seven files, four of them calibrated on
+every photo. Here the same conversion runs, but the TFLite conversions onnx2tf attempts with a representative
+dataset (and its dynamic-range one, unless asked for) are turned away, which onnx2tf logs as failed and skips; its
+float16 conversion, unless asked for, returns an empty file that is removed (on mobilenet_v2 it took 17 s and the
+converter's peak memory). For int8 the full-integer file is then built once from its SavedModel with the converter
+settings onnx2tf uses for `*_full_integer_quant`, giving the same bytes.
+Usage: python -m export.onnx2tf_run [--fp16] [--dynamic] [CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE] -- ONNX2TF_ARGS...
+(the four int8 arguments with `-oiqt` among onnx2tf's)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 SIGNATURE = "serving_default"
-TURNED_AWAY = "turned away by export.onnx2tf_int8: not a requested variant"
+TURNED_AWAY = "turned away by export.onnx2tf_run: not a requested variant"
 
 
 @contextmanager
@@ -84,9 +85,9 @@ def convert_full_integer(saved_model: Path, calib_npy: Path, mean, std, out: Pat
 
 
 def main(argv: list[str]) -> None:
-    flags = {arg for arg in argv[: argv.index("--")] if arg in ("--fp16", "--dynamic")}
-    ours, onnx2tf_args = argv[len(flags) : argv.index("--")], argv[argv.index("--") + 1 :]
-    calib_npy, mean, std, out = Path(ours[0]), json.loads(ours[1]), json.loads(ours[2]), Path(ours[3])
+    split = argv.index("--")
+    flags = {arg for arg in argv[:split] if arg in ("--fp16", "--dynamic")}
+    int8, onnx2tf_args = argv[len(flags) : split], argv[split + 1 :]
     from onnx2tf import onnx2tf
 
     sys.argv = ["onnx2tf", *onnx2tf_args]
@@ -96,8 +97,10 @@ def main(argv: list[str]) -> None:
     if "--fp16" not in flags:
         for empty in out_dir.glob("*_float16.tflite"):
             empty.unlink()
-    gc.collect()  # onnx2tf's graphs are not needed to calibrate: free them first
-    convert_full_integer(out_dir, calib_npy, mean, std, out)
+    if int8:
+        calib_npy, mean, std, out = Path(int8[0]), json.loads(int8[1]), json.loads(int8[2]), Path(int8[3])
+        gc.collect()  # onnx2tf's graphs are not needed to calibrate: free them first
+        convert_full_integer(out_dir, calib_npy, mean, std, out)
 
 
 if __name__ == "__main__":
