@@ -35,10 +35,9 @@ WEIGHTS = {"mobilenet_v2": "imagenet"}
 RATIO_TARGET = {"int8": 1.0, "all": 1.3}
 
 
-def _tree_memory_mib(root: int) -> tuple[float, float]:
-    """Resident memory of `root` and all its descendants, now (from /proc): summed RSS, which counts a shared page
-    (TensorFlow's libraries in two converters) once per process, and summed PSS, which splits it among them, so
-    it is the memory the tree takes from the machine."""
+def _tree_rss(root: int) -> tuple[set[int], float]:
+    """The processes of `root`'s tree and their summed resident memory (MiB), now (from /proc). Summed RSS counts a
+    shared page (TensorFlow's libraries in two converters) once per process."""
     parents, rss = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -52,30 +51,38 @@ def _tree_memory_mib(root: int) -> tuple[float, float]:
         children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(pid, 0) for pid in tree) / 2**20, sum(_pss_bytes(pid) for pid in tree) / 2**20
+    return tree, sum(rss.get(pid, 0) for pid in tree) / 2**20
 
 
-def _pss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            return sum(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
-    except OSError:
-        return 0  # exited meanwhile
+def _tree_pss(pids: set[int]) -> float | None:
+    """Summed PSS (MiB), which splits a shared page among the processes mapping it: the memory the tree takes from
+    the machine. None when no process's smaps_rollup could be read."""
+    values = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                values.append(sum(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024)
+        except (OSError, ValueError):
+            continue  # exited meanwhile, or not readable
+    return sum(values) if values else None
 
 
 def timed(cmd: list[str], cwd: Path) -> dict:
     """Run `cmd`; return its wall seconds, the peak RSS of its largest process (wait4) and the peaks of its whole
-    process tree at once, RSS and PSS (sampled every 0.2 s: converters running side by side add up)."""
+    process tree at once, RSS and PSS (sampled every 0.2 s: converters running side by side add up). PSS is read
+    only near the RSS peak: reading it walks every page table of the tree, which would slow the export down."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        tree_peak = tree_pss_peak = 0.0
+        tree_peak, tree_pss_peak = 0.0, None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            rss, pss = _tree_memory_mib(proc.pid)
-            tree_peak, tree_pss_peak = max(tree_peak, rss), max(tree_pss_peak, pss)
+            pids, rss = _tree_rss(proc.pid)
+            if rss >= 0.95 * tree_peak and (pss := _tree_pss(pids)) is not None:
+                tree_pss_peak = max(tree_pss_peak or 0.0, pss)
+            tree_peak = max(tree_peak, rss)
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: parity failed, still a complete export
@@ -85,7 +92,7 @@ def timed(cmd: list[str], cwd: Path) -> dict:
         "seconds": round(seconds, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "peak_tree_rss_mib": round(tree_peak, 1),
-        "peak_tree_pss_mib": round(tree_pss_peak, 1),
+        "peak_tree_pss_mib": None if tree_pss_peak is None else round(tree_pss_peak, 1),
     }
 
 
@@ -129,7 +136,7 @@ def main() -> None:
             print(
                 f"{model:<20} {quant:<6} {r['export']['seconds']:>9.1f} {r['onnx2tf_oiqt_alone']['seconds']:>10.1f} "
                 f"{r['ratio']:>6.2f} {r['export']['peak_rss_mib']:>14.0f} / {r['export']['peak_tree_rss_mib']:.0f} / "
-                f"{r['export']['peak_tree_pss_mib']:.0f}"
+                f"{r['export']['peak_tree_pss_mib'] or float('nan'):.0f}"
             )
     results = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},

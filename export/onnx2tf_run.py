@@ -84,19 +84,25 @@ def convert_full_integer(saved_model: Path, calib_npy: Path, mean, std, out: Pat
     tmp.replace(out)
 
 
+FLAGS = ("--fp16", "--dynamic")
+
+
 def main(argv: list[str]) -> None:
     split = argv.index("--")
-    flags = {arg for arg in argv[:split] if arg in ("--fp16", "--dynamic")}
-    int8, onnx2tf_args = argv[len(flags) : split], argv[split + 1 :]
+    flags = {arg for arg in argv[:split] if arg in FLAGS}
+    int8, onnx2tf_args = [arg for arg in argv[:split] if arg not in FLAGS], argv[split + 1 :]
+    if len(int8) not in (0, 4):
+        sys.exit(f"expected CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE or nothing before --, got {int8}")
+    out_dir = Path(onnx2tf_args[onnx2tf_args.index("-o") + 1])
     from onnx2tf import onnx2tf
 
     sys.argv = ["onnx2tf", *onnx2tf_args]
     with _unwanted_turned_away("--fp16" in flags, "--dynamic" in flags):
         onnx2tf.main()
-    out_dir = Path(onnx2tf_args[onnx2tf_args.index("-o") + 1])
     if "--fp16" not in flags:
         for empty in out_dir.glob("*_float16.tflite"):
-            empty.unlink()
+            if empty.stat().st_size == 0:  # the conversion turned away
+                empty.unlink()
     if int8:
         calib_npy, mean, std, out = Path(int8[0]), json.loads(int8[1]), json.loads(int8[2]), Path(int8[3])
         gc.collect()  # onnx2tf's graphs are not needed to calibrate: free them first

@@ -58,7 +58,7 @@ def _inputs(job: Job) -> dict:
     return {
         "weights_sha256": job.source.weights_sha256,
         "onnx_sha256": sha256_file(job.graphs.raw.path),
-        "calibration": {"description": photos.calib_description, "sha256": sha256_array(photos.calib)},
+        "calibration": {"description": photos.calib_description, "sha256_uint8_codes": sha256_array(photos.calib)},
         "validation": {
             "description": f"{len(photos.heldout_photos)} held-out photos ({labelled} with ImageNet labels)",
             "files": [p.path.name for p in photos.heldout_photos],

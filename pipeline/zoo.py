@@ -98,11 +98,15 @@ def _export_logged(task: tuple[str, dict, str, Path]) -> tuple[dict, Exception |
 
 
 def _expected_cost(model: str) -> int:
-    """A registered model's parameters times its input pixels, what its export time grows with; 0 for others."""
+    """A registered model's parameters times its input pixels, what its export time grows with; 0 for others (and
+    for a model that cannot be built: its export reports why)."""
     if model not in list_models():
         return 0
     spec = get_spec(model)
-    return count_parameters(spec.builder()) * spec.input_size**2
+    try:
+        return count_parameters(spec.builder()) * spec.input_size**2
+    except Exception:
+        return 0
 
 
 def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
