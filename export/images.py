@@ -195,6 +195,16 @@ def normalize(batch: np.ndarray, mean, std) -> np.ndarray:
     return ((batch - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
+def pixel_codes(crops: np.ndarray) -> np.ndarray:
+    """The uint8 code of every crop value (each is a pixel / 255): the same crops in a quarter of the memory."""
+    return np.rint(crops * 255.0).astype(np.uint8)
+
+
+def from_pixel_codes(codes: np.ndarray) -> np.ndarray:
+    """The 0..1 float32 crop values of `codes`, bit for bit as the crops were made."""
+    return codes.astype(np.float32) / 255.0
+
+
 def cached_crops(photos: list[Photo], make: Callable[[], np.ndarray], *key: object) -> np.ndarray:
     """`make()`'s NHWC 0..1 crops of the built-in `photos`, kept in the photo cache under a name made of the photos'
     content hashes and `key`, so a set is decoded once per machine instead of once per export. The crops are stored
@@ -204,17 +214,17 @@ def cached_crops(photos: list[Photo], make: Callable[[], np.ndarray], *key: obje
         digest.update(hashlib.sha256(photo.path.read_bytes()).digest())
     path = photo_cache() / ".crops" / f"{digest.hexdigest()[:40]}.npy"
     try:
-        return np.load(path).astype(np.float32) / 255.0
+        return from_pixel_codes(np.load(path))
     except (OSError, ValueError):  # not cached yet, or a damaged file: decode again
         pass
     crops = make()
-    codes = np.rint(crops * 255.0)
-    if np.array_equal(codes.astype(np.float32) / 255.0, crops):  # always, for crops made by this module
+    codes = pixel_codes(crops)
+    if np.array_equal(from_pixel_codes(codes), crops):  # always, for crops made by this module
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             with open(tmp, "wb") as out:
-                np.save(out, codes.astype(np.uint8))
+                np.save(out, codes)
             tmp.replace(path)
         except OSError as exc:  # a read-only cache: carry on without it
             log.warning("could not cache decoded photos in %s: %s", path.parent, exc)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from export.images import from_pixel_codes
 from export.onnx_stage import OnnxError, OnnxModel
 
 QUANT_MODES = ("fp32", "fp16", "dynamic", "int8")
@@ -212,5 +213,5 @@ def _resize_batch(batch: np.ndarray, size: int, count: int) -> np.ndarray:
 
 
 def _unit_float(batch: np.ndarray) -> np.ndarray:
-    """float32 0..1 pixels, from uint8 codes (code / 255, as every crop is made) or from floats."""
-    return batch.astype(np.float32) / np.float32(255.0) if batch.dtype == np.uint8 else batch.astype(np.float32)
+    """float32 0..1 pixels, from uint8 pixel codes or from floats."""
+    return from_pixel_codes(batch) if batch.dtype == np.uint8 else batch.astype(np.float32)

@@ -125,7 +125,7 @@ def load_photos(job: Job) -> Job:
     heldout = imgs.normalize(imgs.cached_crops(heldout_photos, heldout_crop, "held-out", size), source.mean, source.std)
     description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({where})"
     calib_x = imgs.normalize(calib, source.mean, source.std)
-    codes = np.rint(calib * 255.0).astype(np.uint8)  # a quarter of the memory while the converters run
+    codes = imgs.pixel_codes(calib)  # a quarter of the memory while the converters run
     return replace(job, photos=Photos(codes, calib_x, description, heldout_photos, heldout))
 
 
