@@ -12,7 +12,7 @@ held-out photos.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -281,56 +281,34 @@ class FloatCheck:
 
 
 @dataclass(frozen=True)
-class GraphChoice:
-    """int8 converted from both graphs; the one closer to float on the selection crops is kept."""
-
-    calibration_crops: int
-    calibration_sqnr_db: dict[str, float]  # "plain", "equalized"
-    chosen: str
-
-
-@dataclass(frozen=True)
 class Equalization:
     pairs: list[EqualizedPair] = field(default_factory=list)
     float_check: FloatCheck | None = None
-    choice: GraphChoice | None = None
 
     @property
     def applied(self) -> bool:
         """The int8 file comes from the equalized graph."""
-        return self.choice is not None and self.choice.chosen == "equalized"
-
-    def chose(self, choice: GraphChoice) -> Equalization:
-        return replace(self, choice=choice)
+        return bool(self.pairs)
 
     def as_dict(self) -> dict:
         out = {"applied": self.applied, "pairs": [p.as_dict() for p in self.pairs]}
         if self.pairs:
             out["channels_scaled"] = sum(p.scaled for p in self.pairs)
             out["float_check"] = dict(self.float_check.__dict__)
-        if self.choice is not None:
-            out["selection"] = dict(self.choice.__dict__)
         return out
 
     def markdown(self) -> list[str]:
         if not self.pairs:
             return []
-        check, choice = self.float_check, self.choice
-        verdict = ""
-        if choice is not None:
-            scores = choice.calibration_sqnr_db
-            verdict = (
-                f"int8 was converted from both graphs; on {choice.calibration_crops} calibration crops the plain one "
-                f"reaches {scores['plain']:.2f} dB SQNR against float and the equalized one {scores['equalized']:.2f} "
-                f"dB, so the int8 file comes from the {choice.chosen} graph. "
-            )
+        check = self.float_check
         lines = [
             "## int8 range equalization",
             "",
             f"Channel ranges of {sum(p.scaled for p in self.pairs)} channels in {len(self.pairs)} conv pairs were "
             f"equalized. In float the equalized graph matches the simplified ONNX at {check.sqnr_db_vs_simplified:.1f} "
-            f"dB SQNR and {check.top1_agreement:.0%} top-1 agreement on {check.images} held-out photos. {verdict}"
-            "The int8 parity above is measured against the unequalized ONNX.",
+            f"dB SQNR and {check.top1_agreement:.0%} top-1 agreement on {check.images} held-out photos. "
+            "The int8 file is converted from the equalized graph; its parity above is measured against the "
+            "unequalized ONNX.",
             "",
             "Each pair keeps the scaling under which the next conv's output, simulated in int8 on calibration samples, "
             "is closest to float (local SQNR).",

@@ -30,7 +30,7 @@ from export.tflite_stage import (
 from int8.activation_ranges import ActivationRanges, cut_activation_ranges
 from int8.bias_correction import BiasCorrection, correct_biases
 from int8.crops import SELECTION_IMAGES, Crops
-from int8.equalize import Equalization, GraphChoice, equalize_for_int8
+from int8.equalize import Equalization, equalize_for_int8
 from int8.fallback import Fallback, reach_targets
 from int8.output import FloatOutput, float_output
 from int8.rounding import FittedRounding, fit_rounding
@@ -39,7 +39,6 @@ from pipeline.sources import ModelSource, calibrate_random_weights
 from validate.diagnose import Diagnosis, diagnose
 from validate.diagnose_report import write_diagnosis
 from validate.labelled import LabelledAccuracy, LabelledSet, accuracy, check_disjoint, read_labelled
-from validate.metrics import sqnr_db
 from validate.parity import VariantParity, check_parity
 from validate.runners import run_onnx, run_tflite, run_torch
 
@@ -238,44 +237,38 @@ def _convert_all(job: Job, runs: dict[str, tuple[OnnxModel, list[str]]]) -> dict
 
 
 def convert_title(job: Job) -> str:
-    graphs = " (plain and equalized graphs)" if job.graphs.equalized is not None else ""
-    return f"onnx2tf -> {', '.join(job.request.modes)}{graphs}"
+    graph = " (int8 from the equalized graph)" if job.graphs.equalized is not None else ""
+    return f"onnx2tf -> {', '.join(job.request.modes)}{graph}"
 
 
 def convert(job: Job) -> Job:
-    """Every requested .tflite. With int8 the fp32 file of the same run is kept as the int8 graph's float twin;
-    with an equalized graph, int8 is converted from both graphs and the one closer to float on the selection crops
-    is kept."""
+    """Every requested .tflite. int8 comes from the equalized graph when the equalization stage scaled anything
+    (it chose each pair's scaling by simulating that pair in int8), else from the plain one; the fp32 file converted
+    from int8's graph is kept as its float twin. The float variants always come from the plain graph."""
     modes, graphs = job.request.modes, job.graphs
-    int8 = "int8" in modes
-    runs = {"plain": (graphs.simplified, sorted({*modes, "fp32"}, key=QUANT_MODES.index) if int8 else modes)}
-    if graphs.equalized is not None:
+    int8_graph = "equalized" if graphs.equalized is not None else "plain"
+    if "int8" in modes and int8_graph == "plain":
+        plain_modes = sorted({*modes, "fp32"}, key=QUANT_MODES.index)
+    else:
+        plain_modes = [mode for mode in modes if mode != "int8"]
+    runs = {"plain": (graphs.simplified, plain_modes)} if plain_modes else {}
+    if int8_graph == "equalized":  # the equalization stage runs only for int8
         runs["equalized"] = (graphs.equalized, ["fp32", "int8"])
     conversions = _convert_all(job, runs)
-    chosen, equalization = "plain", job.equalization
-    if graphs.equalized is not None:
-        crops = job.crops
-        outputs = {key: run_tflite(c.files["int8"], crops.selection) for key, c in conversions.items()}
-        scores = {key: sqnr_db(crops.reference, out) for key, out in outputs.items()}
-        chosen = "equalized" if scores["equalized"] > scores["plain"] else "plain"
-        equalization = equalization.chose(GraphChoice(len(crops.selection), scores, chosen))
-        if chosen == "plain":
-            graphs.equalized.path.unlink()  # not the int8 file's source: do not ship it
-            graphs = replace(graphs, equalized=None)
     float_twin = None
-    if int8:
+    if "int8" in modes:
         float_twin = job.stage_dir / f"{job.source.name}_int8_float_twin.tflite"
-        shutil.copyfile(conversions[chosen].files["fp32"], float_twin)
+        shutil.copyfile(conversions[int8_graph].files["fp32"], float_twin)
     files = {}
     for mode in modes:
         files[mode] = job.stage_dir / f"{job.source.name}_{mode}.tflite"
-        shutil.move(str(conversions[chosen if mode == "int8" else "plain"].files[mode]), files[mode])
+        shutil.move(str(conversions[int8_graph if mode == "int8" else "plain"].files[mode]), files[mode])
     settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
     log = "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
     (job.stage_dir / "convert.log").write_text(log)
     for key in conversions:
         shutil.rmtree(job.stage_dir / f"work_{key}")
-    return replace(job, graphs=graphs, equalization=equalization, tflites=Tflites(files, settings, float_twin))
+    return replace(job, tflites=Tflites(files, settings, float_twin))
 
 
 def _optimize(path: Path, images: np.ndarray) -> dict:
