@@ -11,6 +11,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from export.tflite_model import op_type_name
+from export.threads import runtime_threads
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "GATHER")
@@ -126,7 +127,7 @@ def tensor_keeping_interpreter(model: Path | bytes) -> Interpreter:
         model_content=model if isinstance(model, bytes) else None,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         experimental_preserve_all_tensors=True,
-        num_threads=2,
+        num_threads=runtime_threads(),
     )
     interpreter.allocate_tensors()
     return interpreter

@@ -7,6 +7,7 @@ import json
 from export.contract import preprocess_contract
 from export.files import write_text_atomic
 from export.tflite_inspect import TfliteSummary
+from export.threads import runtime_threads
 from models.weights import sha256_file
 from pipeline.stages import DIAGNOSIS_IMAGES, Job
 from validate.diagnose_report import report_section, sqnr_curve
@@ -84,6 +85,7 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
         for mode, s in summaries.items()
     }
     record["timings_s"] = {stage: round(seconds, 2) for stage, seconds in timings.items()}
+    record["runtime_threads"] = runtime_threads()  # fewer when a batch ran exports side by side
     if job.accuracy is not None:
         record["accuracy_on_your_photos"] = job.accuracy.as_dict()
     write_text_atomic(stage_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")

@@ -7,11 +7,13 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import os
 import re
 import sys
 from pathlib import Path
 
 from export.files import write_text_atomic
+from export.threads import batch_environment
 from models import get_spec, list_models
 from models.complexity import count_parameters
 from pipeline.api import export_model
@@ -109,10 +111,26 @@ def _expected_cost(model: str) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set, for the processes started meanwhile; restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
     """Export each of `models` with export_model(**options); yield (row, exception or None, passed) in the order
-    of `models`. With jobs > 1 they run in that many processes, each export's output in OUT/<model>.log, the
-    costliest started first so that no long export is left running alone at the end (xception: 11 minutes)."""
+    of `models`. With jobs > 1 they run in that many processes, each with its share of the cores' threads and its
+    output in OUT/<model>.log, the costliest started first so that no long export is left running alone at the end
+    (xception: 11 minutes)."""
     if jobs == 1:
         for model in models:
             yield _export(model, options, mode)
@@ -121,17 +139,18 @@ def export_many(models: list[str], options: dict, mode: str, jobs: int = 1):
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(model, options, mode, out / (_LOG_NAME.sub("_", Path(model).name) + ".log")) for model in models]
     costliest_first = sorted(range(len(tasks)), key=lambda i: -_expected_cost(models[i]))
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=sigterm_raises, maxtasksperchild=1)
-    try:
-        pending = {i: pool.apply_async(_export_logged, (tasks[i],)) for i in costliest_first}
-        for i in range(len(tasks)):
-            yield pending[i].get()
-        pool.close()
-    except BaseException:
-        pool.terminate()  # SIGTERM to the workers: each stops its converter and removes its partial folder
-        raise
-    finally:
-        pool.join()
+    with _environment(batch_environment(jobs)):  # workers start throughout (one per export)
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=sigterm_raises, maxtasksperchild=1)
+        try:
+            pending = {i: pool.apply_async(_export_logged, (tasks[i],)) for i in costliest_first}
+            for i in range(len(tasks)):
+                yield pending[i].get()
+            pool.close()
+        except BaseException:
+            pool.terminate()  # SIGTERM to the workers: each stops its converter and removes its partial folder
+            raise
+        finally:
+            pool.join()
 
 
 def merge(dirs: list[Path], out: Path, mode: str) -> tuple[Path, list[dict]]:

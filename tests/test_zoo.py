@@ -2,6 +2,7 @@
 same summary merges from exports made apart (the workflow's one job per model)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -27,7 +28,12 @@ def test_parallel_batch_matches_the_serial_one(tmp_path, tiny_model):
     logs = sorted(p.name for p in (tmp_path / "parallel").glob("*.log"))
     assert len(logs) == 3 and all((tmp_path / "parallel" / name).stat().st_size > 0 for name in logs)
     assert "tiny_model_build" in (tmp_path / "parallel" / "tiny_model.py_build.log").read_text()
-    assert (tmp_path / "parallel" / "tiny_model_build" / "parity.json").is_file()
+    # each of the two exports ran with its share of the cores' threads; the serial one with the default
+    share = max(1, (os.cpu_count() or 1) // 2)
+    parity = json.loads((tmp_path / "parallel" / "tiny_model_build" / "parity.json").read_text())
+    assert parity["runtime_threads"] == min(2, share)
+    assert json.loads((tmp_path / "serial" / "tiny_model_build" / "parity.json").read_text())["runtime_threads"] == 2
+    assert "MVE_THREADS" not in os.environ  # the batch's environment is not left behind
 
     # Exports made apart (one CI job per model) merge into the same rows.
     assert main([str(tmp_path / "parallel"), "--out", str(tmp_path / "merged"), "--quant", "fp32"]) == 0

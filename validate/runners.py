@@ -11,6 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 from torch import nn
 
 from export.tflite_inspect import dequantize, inspect_tflite, quantize
+from export.threads import runtime_threads
 
 
 def run_torch(model: nn.Module, batch_nchw: np.ndarray) -> np.ndarray:
@@ -23,17 +24,17 @@ def run_onnx(path: Path, batch_nchw: np.ndarray) -> np.ndarray:
     """ONNX Runtime on the CPU, graph optimizations off: the float reference."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = runtime_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[None]})[0] for x in batch_nchw]).reshape(len(batch_nchw), -1)
 
 
-def run_tflite(path: Path, batch_nhwc: np.ndarray, threads: int = 2) -> np.ndarray:
+def run_tflite(path: Path, batch_nhwc: np.ndarray) -> np.ndarray:
     """LiteRT on normalized NHWC float input; int8 input/output are quantized and dequantized here."""
     summary = inspect_tflite(path)
     in_info, out_info = summary.inputs[0], summary.outputs[0]
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter = Interpreter(model_path=str(path), num_threads=runtime_threads())
     interpreter.allocate_tensors()
     in_index = interpreter.get_input_details()[0]["index"]
     out_index = interpreter.get_output_details()[0]["index"]
