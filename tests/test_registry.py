@@ -3,6 +3,7 @@ import torch
 
 from models import UnknownModelError, get_model, get_spec, list_models
 from models.complexity import count_macs, count_parameters
+from models.random_init import estimate_batchnorm_stats
 
 # Parameter counts of torchvision's implementations of the same models.
 TORCHVISION_PARAMS = {
@@ -123,3 +124,23 @@ def test_models_classify_a_batch(name):
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UnknownModelError, match="did you mean shufflenet_v2_x0_5"):
         get_spec("shufflenet_v2_x05")
+
+
+def _batchnorm_stats_with(threads: int) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = get_model("shufflenet_v2_x0_5")
+    # a batch of 8 at 224 pixels: the size where the per-channel sums split differently across 1 and 2 threads
+    images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        estimate_batchnorm_stats(model, images)
+    finally:
+        torch.set_num_threads(before)
+    return [t.clone() for name, t in model.state_dict().items() if name.endswith(("running_mean", "running_var"))]
+
+
+def test_batchnorm_statistics_do_not_depend_on_the_threads_a_batch_gives_an_export():
+    one, default = _batchnorm_stats_with(1), _batchnorm_stats_with(2)
+    assert len(one) == 2 * 56
+    assert all(torch.equal(a, b) for a, b in zip(one, default))
