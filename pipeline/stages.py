@@ -4,7 +4,6 @@ them in order."""
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +45,6 @@ IMAGENET_CLASSES = 1000
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 LAYOUT_CHECK_IMAGES = 8  # held-out photos a layout rewrite must leave unchanged
 DIAGNOSIS_IMAGES = 20
-SIDE_BY_SIDE_MIN_AVAILABLE = 6 * 2**30  # free memory below which conversions run one after the other
 
 
 @dataclass(frozen=True)
@@ -215,25 +213,14 @@ def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteCo
         raise
 
 
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as meminfo:
-        fields = dict(line.split(":", 1) for line in meminfo)
-    return int(fields["MemAvailable"].split()[0]) * 1024
-
-
 def _convert_all(job: Job, runs: dict[str, tuple[OnnxModel, list[str]]]) -> dict[str, TfliteConversion]:
-    """Each run's conversion; side by side when memory allows, since each converter leaves a core idle much of the
-    time (mobilenet_v2: 77 s one after the other, 42 s side by side, at 1.5 GB per converter)."""
-    side_by_side = len(runs) > 1 and _available_bytes() >= SIDE_BY_SIDE_MIN_AVAILABLE
-    with ThreadPoolExecutor(len(runs) if side_by_side else 1) as pool:
-        futures = {key: pool.submit(_convert, job, graph, key, modes) for key, (graph, modes) in runs.items()}
-        try:
-            return {key: future.result() for key, future in futures.items()}
-        except BaseException:  # one failed, or the user stopped the export: the others stop or never start
-            for future in futures.values():
-                future.cancel()
-            stop_converters()
-            raise
+    """Each run's conversion, one after the other. Side by side, the plain and the equalized graph's converters
+    finished sooner but held two copies of TensorFlow (mobilenet_v2 --quant all: 3.3 GB for the export's processes)."""
+    try:
+        return {key: _convert(job, graph, key, modes) for key, (graph, modes) in runs.items()}
+    except BaseException:  # a failed conversion, or the user stopped the export: no converter outlives it
+        stop_converters()
+        raise
 
 
 def convert_title(job: Job) -> str:
