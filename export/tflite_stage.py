@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,45 +96,21 @@ def _failure_message(log_text: str) -> str:
     return f"onnx2tf failed{where}: {exc[-1] if exc else 'see the conversion log'}"
 
 
-_running: set[subprocess.Popen] = set()  # converters started by any thread of this process
-_stopped: set[subprocess.Popen] = set()  # ... that stop_converters stopped: their exit is not a conversion failure
-_running_lock = threading.Lock()
-
-
 def _run_converter(cmd: list[str], cwd: Path, log, env: dict, timeout_s: int, log_path: Path) -> int:
     """Run the converter in its own session and process group; return its exit code.
 
     Its own session keeps a terminal's Ctrl-C away from it (this process decides), and on any exception here
     (KeyboardInterrupt, SIGTERM turned into one by pipeline.signals, the timeout) the whole group is stopped, so
-    no converter or child of it keeps running once this function has returned or raised. A converter waited on by
-    another thread is stopped by `stop_converters`."""
+    no converter or child of it keeps running once this function has returned or raised."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    with _running_lock:
-        _running.add(proc)
     try:
-        returncode = proc.wait(timeout=timeout_s)
-        if proc in _stopped:  # no log kept: the converter did not fail, it was told to stop
-            raise ConversionError("onnx2tf was stopped: another conversion failed or the export was interrupted")
-        return returncode
+        return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _stop_group(proc)
         raise ConversionError(f"onnx2tf did not finish within {timeout_s} s", log_path) from None
     except BaseException:
         _stop_group(proc)
         raise
-    finally:
-        with _running_lock:
-            _running.discard(proc)
-            _stopped.discard(proc)
-
-
-def stop_converters() -> None:
-    """Stop every converter still running, whichever thread started it (the main thread's exception is not theirs)."""
-    with _running_lock:
-        running = list(_running)
-        _stopped.update(running)
-    for proc in running:
-        _stop_group(proc)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:

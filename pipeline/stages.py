@@ -24,7 +24,6 @@ from export.tflite_stage import (
     TfliteConversion,
     check_converter_supports,
     convert_tflite,
-    stop_converters,
 )
 from int8.activation_ranges import ActivationRanges, cut_activation_ranges
 from int8.bias_correction import BiasCorrection, correct_biases
@@ -213,16 +212,6 @@ def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteCo
         raise
 
 
-def _convert_all(job: Job, runs: dict[str, tuple[OnnxModel, list[str]]]) -> dict[str, TfliteConversion]:
-    """Each run's conversion, one after the other. Side by side, the plain and the equalized graph's converters
-    finished sooner but held two copies of TensorFlow (mobilenet_v2 --quant all: 3.3 GB for the export's processes)."""
-    try:
-        return {key: _convert(job, graph, key, modes) for key, (graph, modes) in runs.items()}
-    except BaseException:  # a failed conversion, or the user stopped the export: no converter outlives it
-        stop_converters()
-        raise
-
-
 def convert_title(job: Job) -> str:
     graph = " (int8 from the equalized graph)" if job.graphs.equalized is not None else ""
     return f"onnx2tf -> {', '.join(job.request.modes)}{graph}"
@@ -241,7 +230,9 @@ def convert(job: Job) -> Job:
     runs = {"plain": (graphs.simplified, plain_modes)} if plain_modes else {}
     if int8_graph == "equalized":  # the equalization stage runs only for int8
         runs["equalized"] = (graphs.equalized, ["fp32", "int8"])
-    conversions = _convert_all(job, runs)
+    # one after the other: side by side, two converters held two copies of TensorFlow (mobilenet_v2 --quant all:
+    # 3.3 GB for the export's processes); each stops its converter if it fails or the export is interrupted
+    conversions = {key: _convert(job, graph, key, modes) for key, (graph, modes) in runs.items()}
     float_twin = None
     if "int8" in modes:
         float_twin = job.stage_dir / f"{job.source.name}_int8_float_twin.tflite"
