@@ -92,7 +92,7 @@ def _is_activation(graph: schema.SubGraphT, model: schema.ModelT, t: int) -> boo
     return tensor.type == schema.TensorType.INT8 and not constant and q is not None and len(q.scale) == 1
 
 
-def _groups(model: schema.ModelT) -> dict[int, list[int]]:
+def activation_groups(model: schema.ModelT) -> dict[int, list[int]]:
     """Activation tensors that may change, by group (tensors sharing one quantization change together)."""
     graph = model.subgraphs[0]
     groups, frozen = _Groups(), {int(t) for t in [*graph.inputs, *graph.outputs]}
@@ -124,7 +124,7 @@ def _groups(model: schema.ModelT) -> dict[int, list[int]]:
 def code_counts(int8_path: Path, images_nhwc: np.ndarray) -> dict[int, np.ndarray]:
     """For each changeable activation tensor, how often each of the 256 int8 codes occurs over `images_nhwc`
     (normalized photos): what every cut is computed from, counted once."""
-    tensors = [t for group in _groups(read_single_graph(int8_path)).values() for t in group]
+    tensors = [t for group in activation_groups(read_single_graph(int8_path)).values() for t in group]
     interpreter = tensor_keeping_interpreter(int8_path)
     q_input = inspect_tflite(int8_path).inputs[0]
     counts = {t: np.zeros(256, np.int64) for t in tensors}
@@ -151,7 +151,7 @@ def narrow_ranges(int8_path: Path, counts: dict[int, np.ndarray], percentile: fl
     (code_counts on calibration photos)."""
     model = read_single_graph(int8_path)
     graph = model.subgraphs[0]
-    groups = _groups(model)
+    groups = activation_groups(model)
     old_scale: dict[int, float] = {}  # tensor -> its scale before
     ratios = []
     for tensors in groups.values():

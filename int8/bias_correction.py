@@ -18,7 +18,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
 from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
-from int8.crops import Crops
+from int8.crops import Crops, keep_if_closer
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
 
@@ -160,11 +160,5 @@ def correct_biases(int8: Path, float_twin: Path, crops: Crops) -> BiasCorrection
     int8 comes closer to ONNX Runtime's output on the selection crops, which the correction did not see."""
     candidate = int8.with_name(f".{int8.name}.corrected")
     shift = shift_biases(int8, float_twin, crops.fit[:IMAGES], candidate)
-    reference, selection = crops.reference, crops.selection
-    before = sqnr_db(reference, run_tflite(int8, selection))
-    after = sqnr_db(reference, run_tflite(candidate, selection))
-    if after > before:
-        candidate.replace(int8)
-    else:
-        candidate.unlink()
-    return BiasCorrection(bool(after > before), shift.layers, float(before), float(after))
+    selection = keep_if_closer(int8, candidate, crops)
+    return BiasCorrection(selection.kept, shift.layers, selection.sqnr_db_before, selection.sqnr_db_after)

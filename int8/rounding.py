@@ -22,7 +22,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
 from export.tflite_model import buffer_spans, buffer_uses, op_name, read_single_graph, serialize, write_model
-from int8.crops import Crops
+from int8.crops import Crops, keep_if_closer
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
 
@@ -323,21 +323,15 @@ def fit_rounding(int8: Path, float_twin: Path, crops: Crops) -> FittedRounding:
     if len(judge) == 0:  # too few crops to judge on others: judge on the ones fitted
         judge = fit
     refit = refit_layers(int8, float_twin, fit, judge, candidate)
-    before = sqnr_db(crops.reference, run_tflite(int8, crops.selection))
-    after = sqnr_db(crops.reference, run_tflite(candidate, crops.selection))
-    applied = bool(after > before)
-    if applied:
-        candidate.replace(int8)
-    else:
-        candidate.unlink()
+    selection = keep_if_closer(int8, candidate, crops)
     return FittedRounding(
-        applied,
+        selection.kept,
         refit.layers,
         refit.kept,
         len(fit),
         refit.judge_sqnr_db_before,
         refit.judge_sqnr_db_after,
-        len(crops.selection),
-        float(before),
-        float(after),
+        selection.crops,
+        selection.sqnr_db_before,
+        selection.sqnr_db_after,
     )

@@ -56,6 +56,7 @@ def export_model(
     percentile_ranges: bool = True,
     fitted_rounding: bool = True,
     bias_correction: bool = True,
+    tuning: bool = True,
     optimize: bool = True,
     command: str | None = None,
 ) -> ExportResult:
@@ -92,6 +93,7 @@ def export_model(
         percentile_ranges=percentile_ranges,
         fitted_rounding=fitted_rounding,
         bias_correction=bias_correction,
+        tuning=tuning,
         min_sqnr=min_sqnr,
         min_top1=min_top1,
         int8_output=int8_output,

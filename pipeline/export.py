@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the converter's int8 biases (no empirical bias correction)",
     )
     p.add_argument(
+        "--no-tuning",
+        action="store_true",
+        help="skip the end-to-end training of int8 weight levels, biases and activation scales against float",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
     )
     p.add_argument(
@@ -214,6 +219,7 @@ def _options(args, argv: list[str]) -> dict:
         percentile_ranges=not args.no_percentile_ranges,
         fitted_rounding=not args.no_fitted_rounding,
         bias_correction=not args.no_bias_correction,
+        tuning=not args.no_tuning,
         optimize=not args.no_optimize,
         command="python -m pipeline.export " + shlex.join(argv),
     )

@@ -27,6 +27,7 @@ class ExportRequest:
     percentile_ranges: bool = True
     fitted_rounding: bool = True
     bias_correction: bool = True
+    tuning: bool = True
     min_sqnr: float | None = None  # int8 targets: layers fall back (dynamic-range, else float), worst first,
     min_top1: float | None = None  # until they hold
     val_dir: Path | None = None  # the user's labelled photos (class folders or a CSV): accuracy of every model

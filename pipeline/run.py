@@ -55,6 +55,7 @@ _no_equalize = _int8_step("turned off (--no-equalize)", lambda r: r.equalize)
 _no_percentile = _int8_step("turned off (--no-percentile-ranges)", lambda r: r.percentile_ranges)
 _no_fitted_rounding = _int8_step("turned off (--no-fitted-rounding)", lambda r: r.fitted_rounding)
 _no_bias_correction = _int8_step("turned off (--no-bias-correction)", lambda r: r.bias_correction)
+_no_tuning = _int8_step("turned off (--no-tuning)", lambda r: r.tuning)
 _no_target = _int8_step(
     "no target (--min-sqnr, --min-top1)", lambda r: r.min_sqnr is not None or r.min_top1 is not None
 )
@@ -74,6 +75,7 @@ STAGES = (
     Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
     Stage("int8 fitted rounding", s.fit_int8_rounding, _no_fitted_rounding),
     Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
+    Stage("int8 tuning", s.tune_int8, _no_tuning),
     Stage("int8 fallback", s.fall_back_layers, _no_target),
     Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),

@@ -32,6 +32,7 @@ from int8.equalize import Equalization, equalize_for_int8
 from int8.fallback import Fallback, reach_targets
 from int8.output import FloatOutput, float_output
 from int8.rounding import FittedRounding, fit_rounding
+from int8.tuning import Tuning, tune
 from pipeline.request import ExportRequest
 from pipeline.sources import ModelSource, calibrate_random_weights
 from validate.diagnose import Diagnosis, diagnose
@@ -86,6 +87,7 @@ class Job:
     ranges: ActivationRanges | None = None
     rounding: FittedRounding | None = None
     bias_correction: BiasCorrection | None = None
+    tuning: Tuning | None = None
     fallback: Fallback | None = None
     output: FloatOutput | None = None
     rows: list[VariantParity] = field(default_factory=list)
@@ -292,6 +294,10 @@ def fit_int8_rounding(job: Job) -> Job:
 
 def correct_int8_biases(job: Job) -> Job:
     return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.crops))
+
+
+def tune_int8(job: Job) -> Job:
+    return replace(job, tuning=tune(job.int8, job.tflites.float_twin, job.crops))
 
 
 def fall_back_layers(job: Job) -> Job:

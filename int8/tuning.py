@@ -1,0 +1,499 @@
+"""int8 parameters trained end to end against the float twin's output: weight levels, biases, activation scales.
+
+The steps before this one choose each layer's rounding and each tensor's range on their own; none sees what the
+layers after it make of its error. This step builds a torch replica of the int8 graph, as the int8 kernels compute
+it: every op's output rounded to its tensor's int8 grid and clamped to it (a fused ReLU or ReLU6 by the clamp),
+weights on their per-channel int8 levels, biases on their int32 grid (input scale x weight scale). It then trains,
+with straight-through gradients on the float twin's logits for the calibration crops (Adam, mean squared error):
+- each weight's level, within the level just below or above the float weight (as the fitted rounding);
+- each bias, on its int32 grid;
+- each activation scale (learned step size, Esser et al. 2020), one per group of tensors that must share it; zero
+  points, the model's input and its output stay as they are.
+The learned levels, biases and scales are written into the file, each bias re-expressed in its input's new scale.
+The result is kept only if the model's output on the selection crops, which it never trained on, comes closer to
+ONNX Runtime's. Graphs with an op the replica does not have, or above MAX_MACS, are left as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ai_edge_litert import schema_py_generated as schema
+
+from export.tflite_inspect import paired_layers
+from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
+from int8.crops import Crops, keep_if_closer
+from validate.runners import run_tflite
+
+STEPS = 120  # Adam steps (mobilenet_v2, ImageNet, held-out photos: 80 steps gave 0.5 dB less, 200 about the same)
+BATCH = 8  # calibration crops per step
+LEVEL_LR = 0.015  # weight levels and biases, in units of their int8 / int32 step
+SCALE_LR = 0.015  # log of each activation scale (without learned scales the step gained 1.8 dB less)
+MAX_MACS = 2e9  # multiply-accumulates per image above which the step is skipped (xception, 8.4 G: about an hour)
+THREADS = 2  # fixed: sums split over another thread count change last bits, and with them rounding decisions
+SEED = 0
+
+RELU, RELU6 = schema.ActivationFunctionType.RELU, schema.ActivationFunctionType.RELU6
+_NUMPY_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}
+
+
+class _RoundSTE(torch.autograd.Function):
+    """round() whose gradient is the identity (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _round(x: torch.Tensor) -> torch.Tensor:
+    return _RoundSTE.apply(x)
+
+
+class _FakeQuant(torch.autograd.Function):
+    """x on an int8 grid of step `scale`, its codes (minus the zero point) clamped to [low, high]. Gradients:
+    straight through inside the clamp and none outside; for the scale, learned step size's (round(x/s) - x/s
+    inside, the clamped code outside). Keeps only x for the backward pass, and touches each value a few times."""
+
+    @staticmethod
+    def forward(ctx, x, scale, low: int, high: int):
+        ctx.save_for_backward(x, scale)
+        ctx.low, ctx.high = low, high
+        return torch.round(x / scale).clamp_(low, high).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale = ctx.saved_tensors
+        v = x / scale
+        code = torch.round(v)
+        clamped = code.clamp(ctx.low, ctx.high)
+        grad_x = grad * (clamped == code)
+        grad_scale = torch.dot(grad.reshape(-1), clamped.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
+        return grad_x, grad_scale.reshape(scale.shape), None, None
+
+
+def _constant(model: schema.ModelT, tensor: schema.TensorT) -> np.ndarray:
+    """A constant tensor's values as a view into its (now writable) buffer."""
+    buffer = model.buffers[tensor.buffer]
+    buffer.data = np.array(buffer.data, dtype=np.uint8)
+    return buffer.data.view(_NUMPY_TYPES.get(tensor.type, np.float32)).reshape([int(d) for d in tensor.shape])
+
+
+def _own_constant(model: schema.ModelT, tensor: schema.TensorT, uses: Counter[int]) -> np.ndarray:
+    """As `_constant`, first giving the tensor a buffer of its own if others share it (the converter shares equal
+    constants, such as zero biases, which training makes differ)."""
+    if uses[tensor.buffer] > 1:
+        uses[tensor.buffer] -= 1
+        model.buffers.append(schema.BufferT())
+        model.buffers[-1].data = np.array(model.buffers[tensor.buffer].data, dtype=np.uint8)
+        tensor.buffer = len(model.buffers) - 1
+        uses[tensor.buffer] = 1
+    return _constant(model, tensor)
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_same(x_nchw: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], value: float = 0.0):
+    top, bottom = _same_padding(x_nchw.shape[2], kernel[0], stride[0])
+    left, right = _same_padding(x_nchw.shape[3], kernel[1], stride[1])
+    return F.pad(x_nchw, (left, right, top, bottom), value=value)
+
+
+@dataclass
+class _Layer:
+    """A conv, depthwise conv or fully-connected op's trainable constants and where they are written back."""
+
+    weights: np.ndarray  # int8 view into the model's buffer
+    bias: np.ndarray  # int32 view
+    weight_scale: torch.Tensor  # broadcastable to the weights
+    bias_scale: np.ndarray  # per output channel, at the input's original scale
+    low: torch.Tensor  # the level range each weight may take
+    high: torch.Tensor
+    x_tensor: int
+    bias_tensor: schema.TensorT
+    levels: torch.nn.Parameter  # float, rounded in the forward pass
+    bias_units: torch.nn.Parameter  # the bias in units of bias_scale
+
+
+class Replica(torch.nn.Module):
+    """The int8 graph of a single-subgraph .tflite in torch, NHWC as in the file; see the module docstring."""
+
+    OPS = (
+        *BIASED_OPS,
+        "ADD",
+        "PAD",
+        "MEAN",
+        "RELU",
+        "MAX_POOL_2D",
+        "AVERAGE_POOL_2D",
+        "CONCATENATION",
+        "RESHAPE",
+        "TRANSPOSE",
+        "STRIDED_SLICE",
+    )
+
+    def __init__(self, model: schema.ModelT, float_weights: dict[int, np.ndarray]):
+        """`float_weights`: the float twin's weights of each biased op, by op index (others keep their levels)."""
+        super().__init__()
+        self.model, self.graph = model, model.subgraphs[0]
+        graph = self.graph
+        self.kinds = [op_name(model, op) for op in graph.operators]
+        self.scale0: dict[int, float] = {}
+        self.zero: dict[int, int] = {}
+        for index, tensor in enumerate(graph.tensors):
+            q = tensor.quantization
+            if tensor.type == schema.TensorType.INT8 and q is not None and q.scale is not None and len(q.scale) == 1:
+                self.scale0[index], self.zero[index] = float(q.scale[0]), int(q.zeroPoint[0])
+        self.groups = list(activation_groups(model).values())
+        self.group_of = {t: k for k, tensors in enumerate(self.groups) for t in tensors}
+        self.log_scales = torch.nn.Parameter(torch.zeros(len(self.groups)))
+        self.layers: dict[int, _Layer] = {}
+        self.uses = buffer_uses(graph)
+        self._params = torch.nn.ParameterList()
+        for index, op in enumerate(graph.operators):
+            if self.kinds[index] in BIASED_OPS:
+                self.layers[index] = self._layer(index, op, float_weights.get(index))
+
+    def _layer(self, index: int, op: schema.OperatorT, float_weights: np.ndarray | None) -> _Layer:
+        graph = self.graph
+        w_t, b_t = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
+        weights, bias = _own_constant(self.model, w_t, self.uses), _own_constant(self.model, b_t, self.uses)
+        scale = np.asarray(w_t.quantization.scale, np.float64)
+        depthwise = self.kinds[index] == "DEPTHWISE_CONV_2D"
+        shape = (1, 1, 1, -1) if depthwise else (-1,) + (1,) * (weights.ndim - 1)
+        scale = scale.reshape(shape) if len(scale) > 1 else scale.reshape((1,) * weights.ndim)
+        current = weights.astype(np.float64)
+        if float_weights is None:
+            low = high = current
+        else:
+            level = float_weights / scale
+            low = np.minimum(np.maximum(np.floor(level), -127), current)
+            high = np.maximum(np.minimum(np.ceil(level), 127), current)
+        bias_scale = np.broadcast_to(scale.reshape(-1), bias.shape) * self.scale0[int(op.inputs[0])]
+        layer = _Layer(
+            weights,
+            bias,
+            torch.tensor(scale, dtype=torch.float32),
+            bias_scale,
+            torch.tensor(low, dtype=torch.float32),
+            torch.tensor(high, dtype=torch.float32),
+            int(op.inputs[0]),
+            b_t,
+            torch.nn.Parameter(torch.tensor(current, dtype=torch.float32)),
+            torch.nn.Parameter(torch.tensor(bias.astype(np.float64), dtype=torch.float32)),
+        )
+        self._params.extend([layer.levels, layer.bias_units])
+        return layer
+
+    def level_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self._params)
+
+    def scale(self, t: int) -> torch.Tensor:
+        k = self.group_of.get(t)
+        base = torch.tensor(self.scale0[t], dtype=torch.float32)
+        return base if k is None else base * torch.exp(self.log_scales[k])
+
+    def _quantize(self, x: torch.Tensor, t: int, low: int = -128, high: int = 127) -> torch.Tensor:
+        zero = self.zero[t]
+        return _FakeQuant.apply(x, self.scale(t), low - zero, high - zero)
+
+    def _constants(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[index]
+        levels = torch.clamp(_round(layer.levels), layer.low, layer.high)
+        ratio = self.scale(layer.x_tensor) / self.scale0[layer.x_tensor]  # the input's scale now / at the start
+        step = torch.tensor(layer.bias_scale, dtype=torch.float32) * ratio
+        return levels * layer.weight_scale, _round(layer.bias_units / ratio) * step
+
+    def _output(self, y: torch.Tensor, op: schema.OperatorT) -> torch.Tensor:
+        """The op's output on its int8 grid, clamped by its fused activation as the int8 kernels do."""
+        activation = getattr(op.builtinOptions, "fusedActivationFunction", 0) if op.builtinOptions else 0
+        t = int(op.outputs[0])
+        z, low, high = self.zero[t], -128, 127
+        if activation in (RELU, RELU6):
+            low = max(low, z)
+        if activation == RELU6:
+            high = min(high, z + int(torch.round(6.0 / self.scale(t)).item()))
+        return self._quantize(y, t, low, high)
+
+    def _values(self, t: int) -> np.ndarray:
+        return _constant(self.model, self.graph.tensors[t])
+
+    def forward(self, x_nhwc: torch.Tensor, given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The int8 graph's output (dequantized) for normalized NHWC images. Tensors in `given` (dequantized) stand
+        in for what the replica computes for them: the interpreter's, to check one op at a time."""
+        graph = self.graph
+        first = int(graph.inputs[0])
+        tensors = {first: self._quantize(x_nhwc, first)}
+        given = given or {}
+        for index, op in enumerate(graph.operators):
+            kind, options = self.kinds[index], op.builtinOptions
+            x = tensors[int(op.inputs[0])]
+            if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                w, b = self._constants(index)
+                stride = (options.strideH, options.strideW)
+                dilation = (options.dilationHFactor, options.dilationWFactor)
+                x = x.permute(0, 3, 1, 2)
+                if options.padding == schema.Padding.SAME:
+                    span = ((w.shape[1] - 1) * dilation[0] + 1, (w.shape[2] - 1) * dilation[1] + 1)
+                    x = _pad_same(x, span, stride)
+                if kind == "CONV_2D":  # grouped when the weights hold fewer input channels than x
+                    w, groups = w.permute(0, 3, 1, 2), x.shape[1] // w.shape[3]
+                else:  # 1 x H x W x (channels x depth multiplier)
+                    w, groups = w.permute(3, 0, 1, 2), x.shape[1]
+                y = F.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups)
+                y = y.permute(0, 2, 3, 1)
+            elif kind == "FULLY_CONNECTED":
+                w, b = self._constants(index)
+                y = x.reshape(x.shape[0], -1) @ w.reshape(w.shape[0], -1).T + b
+            elif kind == "ADD":
+                y = x + tensors[int(op.inputs[1])]
+            elif kind == "RELU":
+                y = torch.relu(x)
+            elif kind == "PAD":
+                y = F.pad(x, [int(v) for pair in self._values(op.inputs[1])[::-1] for v in pair])
+            elif kind == "MEAN":
+                axes = [int(a) for a in self._values(op.inputs[1]).reshape(-1)]
+                y = x.mean(dim=axes, keepdim=bool(options.keepDims))
+            elif kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+                y = self._pool(kind, x, options)
+            elif kind == "CONCATENATION":
+                y = torch.cat([tensors[int(t)] for t in op.inputs], dim=options.axis)
+            elif kind == "RESHAPE":
+                y = x.reshape(x.shape[0], *[int(d) for d in graph.tensors[op.outputs[0]].shape[1:]])
+            elif kind == "TRANSPOSE":
+                y = x.permute(*[int(a) for a in self._values(op.inputs[1])])
+            else:  # STRIDED_SLICE without masks other than begin/end (checked in `unsupported`)
+                y = self._slice(x, op)
+            out = int(op.outputs[0])
+            first = int(op.inputs[0])
+            passes_grid = (
+                kind in SHARED_QUANTIZATION_OPS
+                and self.group_of.get(out) == self.group_of.get(first)
+                and (self.scale0.get(out), self.zero.get(out)) == (self.scale0.get(first), self.zero.get(first))
+            )
+            tensors[out] = y if passes_grid else self._output(y, op)  # already on the grid it would round to
+            if out in given:
+                tensors[out] = given[out]
+        return tensors[int(graph.outputs[0])]
+
+    @staticmethod
+    def _pool(kind: str, x: torch.Tensor, options) -> torch.Tensor:
+        kernel, stride = (options.filterHeight, options.filterWidth), (options.strideH, options.strideW)
+        x = x.permute(0, 3, 1, 2)
+        same = options.padding == schema.Padding.SAME
+        if kind == "MAX_POOL_2D":
+            y = F.max_pool2d(_pad_same(x, kernel, stride, float("-inf")) if same else x, kernel, stride)
+        else:  # the average over the window's cells inside the image, as TFLite divides
+            total = F.avg_pool2d(_pad_same(x, kernel, stride) if same else x, kernel, stride, divisor_override=1)
+            ones = torch.ones_like(x[:1, :1])
+            cells = F.avg_pool2d(_pad_same(ones, kernel, stride) if same else ones, kernel, stride, divisor_override=1)
+            y = total / cells
+        return y.permute(0, 2, 3, 1)
+
+    def _slice(self, x: torch.Tensor, op: schema.OperatorT) -> torch.Tensor:
+        begin, end, strides = (self._values(op.inputs[i]).reshape(-1) for i in (1, 2, 3))
+        options = op.builtinOptions
+        index = []
+        for axis in range(x.dim()):
+            start = None if options.beginMask >> axis & 1 else int(begin[axis])
+            stop = None if options.endMask >> axis & 1 else int(end[axis])
+            index.append(slice(start, stop, int(strides[axis])))
+        return x[tuple(index)]
+
+    def write_back(self) -> None:
+        """The learned scales, levels and biases into the model (biases in their input's new scale)."""
+        with torch.no_grad():
+            for k, tensors in enumerate(self.groups):
+                for t in tensors:
+                    scale = self.scale0[t] * float(torch.exp(self.log_scales[k]))
+                    self.graph.tensors[t].quantization.scale = np.array([scale], np.float32)
+            for layer in self.layers.values():
+                layer.weights[...] = torch.clamp(torch.round(layer.levels), layer.low, layer.high).numpy()
+                ratio = float(self.scale(layer.x_tensor)) / self.scale0[layer.x_tensor]
+                units = np.round(layer.bias_units.numpy().astype(np.float64) / ratio)
+                layer.bias[...] = np.clip(units, -(2**31), 2**31 - 1).astype(np.int32)
+                layer.bias_tensor.quantization.scale = (layer.bias_scale * ratio).astype(np.float32)
+
+
+def unsupported(model: schema.ModelT) -> str | None:
+    """Why the replica cannot stand for this graph, or None."""
+    graph = model.subgraphs[0]
+    kinds = {op_name(model, op) for op in graph.operators}
+    missing = sorted(kinds - set(Replica.OPS))
+    if missing:
+        return f"ops the replica does not have: {', '.join(missing)}"
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name in BIASED_OPS:
+            if len(op.inputs) < 3 or op.inputs[2] < 0:
+                return f"a {name} without bias"
+            w_t, b_t = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
+            if w_t.type != schema.TensorType.INT8 or b_t.type != schema.TensorType.INT32:
+                return f"a {name} whose weights are not int8 or whose bias is not int32"
+        if name == "STRIDED_SLICE":
+            o = op.builtinOptions
+            if o.ellipsisMask or o.newAxisMask or o.shrinkAxisMask:
+                return "a STRIDED_SLICE with ellipsis, new-axis or shrink masks"
+    for t in [*graph.inputs, *graph.outputs]:
+        tensor = graph.tensors[t]
+        if tensor.type != schema.TensorType.INT8:
+            return "an input or output that is not int8"
+    return None
+
+
+def multiply_accumulates(model: schema.ModelT) -> int:
+    """Multiply-accumulates per image of the conv and fully-connected ops."""
+    graph = model.subgraphs[0]
+    total = 0
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name in BIASED_OPS:
+            out = graph.tensors[op.outputs[0]].shape
+            w = graph.tensors[op.inputs[1]].shape
+            per_output = int(np.prod(w[1:])) if name != "DEPTHWISE_CONV_2D" else int(np.prod(w[1:3]))
+            total += int(np.prod(out[1:])) * per_output
+    return total
+
+
+def _float_weights(int8_path: Path, float_twin: Path) -> dict[int, np.ndarray]:
+    """The float twin's weights of each biased op of the int8 graph, by its op index."""
+    twin = read_single_graph(float_twin)
+    graph = twin.subgraphs[0]
+    producer = {int(op.outputs[0]): op for op in graph.operators}
+    out = {}
+    for index, kind, f_tensor, _, _ in paired_layers(float_twin, int8_path):
+        op = producer.get(f_tensor)
+        if kind not in BIASED_OPS or op is None or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        w_t = graph.tensors[op.inputs[1]]
+        if w_t.type != schema.TensorType.FLOAT32 or twin.buffers[w_t.buffer].data is None:
+            continue
+        out[index] = _constant(twin, w_t).astype(np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the end-to-end tuning did and whether it was kept."""
+
+    applied: bool
+    skipped: str | None  # why it did not run
+    steps: int = 0
+    batch: int = 0
+    fit_crops: int = 0
+    scale_groups: int = 0
+    layers: int = 0
+    scale_ratio_range: tuple[float, float] = (1.0, 1.0)  # smallest and largest new / old activation scale
+    weights_changed: int = 0  # weight values whose level moved
+    fit_loss_start: float = 0.0  # the first and last batches' error, relative to the float logits' variance
+    fit_loss_end: float = 0.0
+    seconds: float = 0.0
+    selection_crops: int = 0
+    selection_sqnr_db_before: float = 0.0
+    selection_sqnr_db_after: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def markdown(self) -> list[str]:
+        if self.skipped is not None:
+            return ["## int8 tuning", "", f"Not run: {self.skipped}."]
+        verdict = "kept" if self.applied else "not kept (no gain)"
+        low, high = self.scale_ratio_range
+        return [
+            "## int8 tuning",
+            "",
+            f"A torch replica of the int8 graph trained {self.steps} steps of {self.batch} crops (of "
+            f"{self.fit_crops} calibration crops) against the float twin's logits, in {self.seconds:.0f} s: "
+            f"{self.scale_groups} activation scales (now x{low:.2f} to x{high:.2f}), the weight levels and biases of "
+            f"{self.layers} layers ({self.weights_changed} weights moved a level). Error on the training batches "
+            f"{self.fit_loss_start:.4f} -> {self.fit_loss_end:.4f} of the logits' variance. SQNR on "
+            f"{self.selection_crops} selection crops: {self.selection_sqnr_db_before:.2f} -> "
+            f"{self.selection_sqnr_db_after:.2f} dB, {verdict}.",
+        ]
+
+
+def train(int8_path: Path, float_twin: Path, images: np.ndarray, dst: Path, steps: int | None = None) -> Tuning:
+    """Write `int8_path` to `dst` with its parameters trained on the normalized crops `images` (not judged)."""
+    steps = STEPS if steps is None else steps
+    model = read_single_graph(int8_path)
+    float_weights = _float_weights(int8_path, float_twin)
+    replica = Replica(model, float_weights)
+    before = {i: layer.weights.copy() for i, layer in replica.layers.items()}
+    target = torch.from_numpy(run_tflite(float_twin, images.astype(np.float32)))
+    crops = torch.from_numpy(images.astype(np.float32))
+    optimizer = torch.optim.Adam(
+        [
+            {"params": replica.level_parameters(), "lr": LEVEL_LR},
+            {"params": [replica.log_scales], "lr": SCALE_LR},
+        ]
+    )
+    rng = np.random.default_rng(SEED)
+    losses = []
+    start, threads = time.monotonic(), torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        for _ in range(steps):
+            batch = rng.choice(len(crops), min(BATCH, len(crops)), replace=False)
+            reference = target[batch]
+            loss = ((replica(crops[batch]) - reference) ** 2).mean() / reference.var()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    replica.write_back()
+    write_model(model, dst)
+    ratios = torch.exp(replica.log_scales.detach()).numpy()
+    moved = sum(int(np.sum(layer.weights != before[i])) for i, layer in replica.layers.items())
+    return Tuning(
+        applied=False,
+        skipped=None,
+        steps=steps,
+        batch=min(BATCH, len(crops)),
+        fit_crops=len(crops),
+        scale_groups=len(replica.groups),
+        layers=sum(1 for i in replica.layers if i in float_weights),
+        scale_ratio_range=(float(ratios.min()), float(ratios.max())) if len(ratios) else (1.0, 1.0),
+        weights_changed=moved,
+        fit_loss_start=float(np.mean(losses[:10])),
+        fit_loss_end=float(np.mean(losses[-10:])),
+        seconds=time.monotonic() - start,
+    )
+
+
+def tune(int8: Path, float_twin: Path, crops: Crops) -> Tuning:
+    """Train `int8` in place (see the module docstring), kept only if it comes closer to ONNX Runtime's output on
+    the selection crops."""
+    model = read_single_graph(int8)
+    reason = unsupported(model)
+    macs = multiply_accumulates(model)
+    if reason is None and macs > MAX_MACS:
+        reason = f"{macs / 1e9:.1f} G multiply-accumulates per image, above the {MAX_MACS / 1e9:g} G this step takes"
+    if reason is not None:
+        return Tuning(False, reason)
+    candidate = int8.with_name(f".{int8.name}.tuned")
+    summary = train(int8, float_twin, crops.fit, candidate)
+    selection = keep_if_closer(int8, candidate, crops)
+    return replace(
+        summary,
+        applied=selection.kept,
+        selection_crops=selection.crops,
+        selection_sqnr_db_before=selection.sqnr_db_before,
+        selection_sqnr_db_after=selection.sqnr_db_after,
+    )

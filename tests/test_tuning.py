@@ -1,0 +1,130 @@
+"""The int8 tuning: its torch replica computes as the int8 kernels do, and training repairs a deliberate error."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
+from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
+from export.tflite_model import op_name, read_model, read_single_graph
+from int8.tuning import Replica, _FakeQuant, train
+from tests.test_int8_fixes import MEAN, STD, _widen_range
+from validate.metrics import sqnr_db
+from validate.runners import run_tflite
+
+
+def test_fake_quant_gradients_are_learned_step_size():
+    """Straight through inside the clamp, nothing outside; the scale's gradient as LSQ defines it."""
+    torch.manual_seed(0)
+    x = (torch.randn(1000) * 3).requires_grad_()
+    scale = torch.tensor(0.05, requires_grad=True)
+    low, high = -20, 30
+    grad = torch.randn(1000)
+    _FakeQuant.apply(x, scale, low, high).backward(grad)
+    v = x.detach() / scale.detach()
+    code = torch.round(v)
+    inside = (code >= low) & (code <= high)
+    assert torch.equal(x.grad, grad * inside)
+    expected = torch.where(inside, code - v, code.clamp(low, high)).mul(grad).sum()
+    assert torch.allclose(scale.grad, expected, rtol=1e-4)
+    assert 0 < inside.float().mean() < 1  # both sides of the clamp were exercised
+
+
+@pytest.mark.slow
+def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
+    """Op by op from the interpreter's inputs, and for the whole graph against the delegate the app runs."""
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    model = read_single_graph(int8)
+    replica = Replica(model, {})
+    images = normalize(heldout_batch(heldout_photos()[:4], 224), MEAN, STD).astype(np.float32)
+    interpreter = tensor_keeping_interpreter(int8)
+    interpreter.set_tensor(
+        interpreter.get_input_details()[0]["index"], quantize(images[:1], inspect_tflite(int8).inputs[0])
+    )
+    interpreter.invoke()
+    graph = model.subgraphs[0]
+    codes = {}
+    for op in graph.operators:
+        t = int(op.outputs[0])
+        codes[t] = interpreter.get_tensor(t).astype(np.int64)
+    given = {
+        t: torch.from_numpy(((c - replica.zero[t]) * replica.scale0[t]).astype(np.float32)) for t, c in codes.items()
+    }
+    kinds, differing, outputs = set(), 0, graph.outputs
+    with torch.no_grad():
+        for index, op in enumerate(graph.operators):
+            t = int(op.outputs[0])
+            if t == int(outputs[0]):
+                continue
+            graph.outputs = np.array([t])  # read this op's output, every other tensor the interpreter's
+            try:
+                out = replica(torch.from_numpy(images[:1]), {k: v for k, v in given.items() if k != t}).numpy()
+            finally:
+                graph.outputs = outputs
+            ours = np.rint(out / replica.scale0[t]).astype(np.int64) + replica.zero[t]
+            assert np.abs(ours - codes[t]).max() <= 1, op_name(model, op)  # a tie rounded the other way at most
+            differing += int(np.sum(ours != codes[t]))
+            kinds.add(op_name(model, op))
+    assert differing < 0.005 * sum(c.size for c in codes.values())
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION", "TRANSPOSE", "RESHAPE", "STRIDED_SLICE"} <= kinds
+    with torch.no_grad():
+        whole = replica(torch.from_numpy(images)).numpy()
+    assert sqnr_db(run_tflite(int8, images), whole) > 30
+
+
+@pytest.mark.slow
+def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path):
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"  # not equalized: fp32 is the int8 graph's twin
+    wide = tmp_path / "wide_int8.tflite"
+    conv = _widen_range(int8, wide, factor=64.0)
+    tensor = read_model(wide).subgraphs[0].operators[conv].outputs[0]
+    calib = normalize(calibration_batch(calibration_photos(), 224, 48), MEAN, STD)
+    heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD).astype(np.float32)
+    reference = run_tflite(twin, heldout)
+    damaged = sqnr_db(reference, run_tflite(wide, heldout))
+    assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt
+
+    tuned = tmp_path / "tuned_int8.tflite"
+    summary = train(wide, twin, calib, tuned)
+    repaired = sqnr_db(reference, run_tflite(tuned, heldout))
+    assert repaired > damaged + 3  # on photos it never trained on
+    assert summary.fit_loss_end < summary.fit_loss_start
+    scale = lambda path: float(read_model(path).subgraphs[0].tensors[tensor].quantization.scale[0])  # noqa: E731
+    assert scale(tuned) < 0.75 * scale(wide)  # the widened step learned its way down
+    assert inspect_tflite(tuned).inputs == inspect_tflite(wide).inputs  # the app's contract stays
+    assert inspect_tflite(tuned).outputs == inspect_tflite(wide).outputs
+    # the built-in kernels check each bias scale against input scale x weight scale: they accept the new file
+    builtin = tensor_keeping_interpreter(tuned)
+    builtin.set_tensor(builtin.get_input_details()[0]["index"], quantize(heldout[:1], inspect_tflite(tuned).inputs[0]))
+    builtin.invoke()
+
+
+@pytest.mark.slow
+def test_export_records_tuning_and_keeps_levels_next_to_float(shufflenet_variants):
+    info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]["int8_tuning"]
+    assert info["steps"] > 0 and info["layers"] > 0 and info["skipped"] is None
+    assert (info["selection_sqnr_db_after"] > info["selection_sqnr_db_before"]) == info["applied"]
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
+    model, floats = read_model(int8), read_model(twin)
+    graph, f_graph = model.subgraphs[0], floats.subgraphs[0]
+    producer = {int(op.outputs[0]): op for op in f_graph.operators}
+    checked = 0
+    for index, kind, f_tensor, _, _ in paired_layers(twin, int8):
+        if kind not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        w_t = graph.tensors[graph.operators[index].inputs[1]]
+        f_t = f_graph.tensors[producer[f_tensor].inputs[1]]
+        levels = np.frombuffer(bytes(bytearray(model.buffers[w_t.buffer].data)), np.int8).reshape(w_t.shape)
+        weights = np.frombuffer(bytes(bytearray(floats.buffers[f_t.buffer].data)), np.float32).reshape(f_t.shape)
+        steps = np.asarray(w_t.quantization.scale, np.float64)
+        steps = steps.reshape((1, 1, 1, -1) if kind == "DEPTHWISE_CONV_2D" else (-1, 1, 1, 1))
+        slack = 1e-4
+        assert np.all(levels >= np.floor(weights / steps - slack)) and np.all(
+            levels <= np.ceil(weights / steps + slack)
+        )
+        checked += 1
+    assert checked > 30
