@@ -1,13 +1,13 @@
 """int8 accuracy: plain onnx2tf int8 vs this project's default int8 (and its options), in one run.
 
-For each model, exports int8 with pipeline.export five ways (plain: --no-equalize --no-percentile-ranges
---no-fitted-rounding --no-bias-correction --no-optimize; no_fitted_rounding; default: no flags; float_output:
---int8-output float; min_top1_95: --min-top1 0.95) and, as a reference, dynamic-range int8 (float activations),
-then measures on the held-out photos against ONNX Runtime on the unmodified simplified ONNX: float and int8 top-1 /
-top-5 on the labelled photos, top-1 agreement, mean cosine and SQNR (on all photos and per set: labelled ImageNet,
-natural full-resolution photos, upscaled CIFAR-10), file size, host latency (median, 1 thread, the files measured
-in turn), emulated Cortex-A76 instructions per inference (when `python -m profiling.arm_setup` has run), and what
-each export's int8 steps tried and kept.
+For each model, exports int8 with pipeline.export six ways (plain: --no-equalize --no-percentile-ranges
+--no-fitted-rounding --no-bias-correction --no-tuning --no-optimize; no_fitted_rounding: --no-fitted-rounding
+--no-tuning; no_tuning; default: no flags; float_output: --int8-output float; min_top1_95: --min-top1 0.95) and, as
+a reference, dynamic-range int8 (float activations), then measures on the held-out photos against ONNX Runtime on
+the unmodified simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement, mean cosine
+and SQNR (on all photos and per set: labelled ImageNet, natural full-resolution photos, upscaled CIFAR-10), file
+size, host latency (median, 1 thread, the files measured in turn), emulated Cortex-A76 instructions per inference
+(when `python -m profiling.arm_setup` has run), and what each export's int8 steps tried and kept.
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -43,9 +43,17 @@ WEIGHTS = {"mobilenet_v2": "imagenet"}
 VARIANTS = {  # name: (--quant, flags)
     "plain": (
         "int8",
-        ["--no-equalize", "--no-percentile-ranges", "--no-fitted-rounding", "--no-bias-correction", "--no-optimize"],
+        [
+            "--no-equalize",
+            "--no-percentile-ranges",
+            "--no-fitted-rounding",
+            "--no-bias-correction",
+            "--no-tuning",
+            "--no-optimize",
+        ],
     ),
-    "no_fitted_rounding": ("int8", ["--no-fitted-rounding"]),  # the default without the fitted rounding
+    "no_fitted_rounding": ("int8", ["--no-fitted-rounding", "--no-tuning"]),  # the per-layer steps up to ranges
+    "no_tuning": ("int8", ["--no-tuning"]),  # the default without the end-to-end tuning
     "default": ("int8", []),
     "float_output": ("int8", ["--int8-output", "float"]),  # the default with float32 logits
     "min_top1_95": ("int8", ["--min-top1", "0.95"]),  # fallback of the worst layers until 95 % agreement
