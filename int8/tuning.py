@@ -164,6 +164,7 @@ class Replica(torch.nn.Module):
         self.layers: dict[int, _Layer] = {}
         self.uses = buffer_uses(graph)
         self._params = torch.nn.ParameterList()
+        self.constants: dict[int, np.ndarray] = {}
         for index, op in enumerate(graph.operators):
             if self.kinds[index] in BIASED_OPS:
                 self.layers[index] = self._layer(index, op, float_weights.get(index))
@@ -230,7 +231,10 @@ class Replica(torch.nn.Module):
         return self._quantize(y, t, low, high)
 
     def _values(self, t: int) -> np.ndarray:
-        return _constant(self.model, self.graph.tensors[t])
+        """A constant input of an op without weights (paddings, axes, permutation, slice bounds)."""
+        if t not in self.constants:
+            self.constants[t] = _constant(self.model, self.graph.tensors[t])
+        return self.constants[t]
 
     def forward(self, x_nhwc: torch.Tensor, given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """The int8 graph's output (dequantized) for normalized NHWC images. Tensors in `given` (dequantized) stand
@@ -326,7 +330,8 @@ class Replica(torch.nn.Module):
                 ratio = float(self.scale(layer.x_tensor)) / self.scale0[layer.x_tensor]
                 units = np.round(layer.bias_units.numpy().astype(np.float64) / ratio)
                 layer.bias[...] = np.clip(units, -(2**31), 2**31 - 1).astype(np.int32)
-                layer.bias_tensor.quantization.scale = (layer.bias_scale * ratio).astype(np.float32)
+                quantization = layer.bias_tensor.quantization  # what the kernels check against
+                quantization.scale = (np.asarray(quantization.scale, np.float64) * ratio).astype(np.float32)
 
 
 def unsupported(model: schema.ModelT) -> str | None:
