@@ -178,7 +178,7 @@ class Replica(torch.nn.Module):
         shape = (1, 1, 1, -1) if depthwise else (-1,) + (1,) * (weights.ndim - 1)
         scale = scale.reshape(shape) if len(scale) > 1 else scale.reshape((1,) * weights.ndim)
         current = weights.astype(np.float64)
-        if float_weights is None:
+        if float_weights is None or float_weights.shape != weights.shape:  # no twin to bound the levels: fixed
             low = high = current
         else:
             level = float_weights / scale
