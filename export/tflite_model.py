@@ -98,6 +98,35 @@ def buffer_uses(graph: schema.SubGraphT) -> Counter[int]:
     return Counter(t.buffer for t in graph.tensors)
 
 
+_NUMPY_TYPES = {
+    schema.TensorType.INT8: np.int8,
+    schema.TensorType.UINT8: np.uint8,
+    schema.TensorType.INT32: np.int32,
+    schema.TensorType.INT64: np.int64,
+    schema.TensorType.FLOAT32: np.float32,
+}
+
+
+def constant_view(model: schema.ModelT, tensor: schema.TensorT) -> np.ndarray:
+    """A constant tensor's values as a view into its buffer, made writable: writing the view changes the model."""
+    buffer = model.buffers[tensor.buffer]
+    buffer.data = np.array(buffer.data, dtype=np.uint8)
+    return buffer.data.view(_NUMPY_TYPES[tensor.type]).reshape([int(d) for d in tensor.shape])
+
+
+def own_buffer(model: schema.ModelT, tensor: schema.TensorT, uses: Counter[int]) -> None:
+    """Give `tensor` a copy of its buffer if other tensors share it (`uses`, from buffer_uses, is kept up to date),
+    so that changing its values changes only it."""
+    if uses[tensor.buffer] <= 1:
+        return
+    uses[tensor.buffer] -= 1
+    data = model.buffers[tensor.buffer].data
+    model.buffers.append(schema.BufferT())
+    model.buffers[-1].data = None if data is None else np.array(data, dtype=np.uint8)
+    tensor.buffer = len(model.buffers) - 1
+    uses[tensor.buffer] = 1
+
+
 def serialize(model: schema.ModelT) -> bytes:
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")

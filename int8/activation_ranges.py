@@ -18,7 +18,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter
-from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from export.tflite_model import BIASED_OPS, buffer_uses, op_name, own_buffer, read_single_graph, write_model
 from int8.crops import Crops
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
@@ -188,10 +188,7 @@ def narrow_ranges(int8_path: Path, counts: dict[int, np.ndarray], percentile: fl
         weight_scale = np.asarray(graph.tensors[op.inputs[1]].quantization.scale, np.float64)
         old = np.frombuffer(np.asarray(model.buffers[bias_t.buffer].data, np.uint8).tobytes(), np.int32)
         new = np.clip(np.round(old.astype(np.float64) * old_in / new_in), -(2**31), 2**31 - 1).astype(np.int32)
-        if uses[bias_t.buffer] > 1:  # another tensor shares these values: give this bias its own buffer
-            uses[bias_t.buffer] -= 1
-            model.buffers.append(schema.BufferT())
-            bias_t.buffer = len(model.buffers) - 1
+        own_buffer(model, bias_t, uses)  # another tensor may share these values
         model.buffers[bias_t.buffer].data = new.view(np.uint8)
         bias_t.quantization.scale = (new_in * weight_scale).astype(np.float32)  # what the kernel checks against
         biases += 1

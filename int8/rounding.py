@@ -21,7 +21,15 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import buffer_spans, buffer_uses, op_name, read_single_graph, serialize, write_model
+from export.tflite_model import (
+    buffer_spans,
+    buffer_uses,
+    constant_view,
+    op_name,
+    read_single_graph,
+    serialize,
+    write_model,
+)
 from int8.crops import Crops, keep_if_closer
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
@@ -53,12 +61,6 @@ class _Layer:
     f_x_tensor: int  # the float twin's input and constants of the same layer
     f_weights: np.ndarray
     f_bias: np.ndarray
-
-
-def _constant(model: schema.ModelT, tensor: schema.TensorT, dtype) -> np.ndarray:
-    buffer = model.buffers[tensor.buffer]
-    buffer.data = np.array(buffer.data, dtype=np.uint8)  # writable, so the view writes into the model
-    return buffer.data.view(dtype).reshape([int(d) for d in tensor.shape])
 
 
 def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_Layer]:
@@ -99,13 +101,13 @@ def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_pa
                 x_size=(int(x_t.shape[1]), int(x_t.shape[2])),
                 x_scale=float(x_t.quantization.scale[0]),
                 x_zero=int(x_t.quantization.zeroPoint[0]),
-                weights=_constant(model, w_t, np.int8),
+                weights=constant_view(model, w_t),
                 w_scale=np.asarray(w_t.quantization.scale, np.float64),
-                bias=_constant(model, b_t, np.int32),
+                bias=constant_view(model, b_t),
                 buffers=(w_t.buffer, b_t.buffer),
                 f_x_tensor=int(f_op.inputs[0]),
-                f_weights=_constant(twin, f_w, np.float32).astype(np.float64),
-                f_bias=_constant(twin, f_b, np.float32).astype(np.float64),
+                f_weights=constant_view(twin, f_w).astype(np.float64),
+                f_bias=constant_view(twin, f_b).astype(np.float64),
             )
         )
     return layers

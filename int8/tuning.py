@@ -17,7 +17,6 @@ ONNX Runtime's. Graphs with an op the replica does not have, or above MAX_MACS, 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,15 @@ import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
 
 from export.tflite_inspect import paired_layers
-from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from export.tflite_model import (
+    BIASED_OPS,
+    buffer_uses,
+    constant_view,
+    op_name,
+    own_buffer,
+    read_single_graph,
+    write_model,
+)
 from int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
 from int8.crops import Crops, keep_if_closer
 from validate.runners import run_tflite
@@ -41,7 +48,6 @@ THREADS = 2  # fixed: sums split over another thread count change last bits, and
 SEED = 0
 
 RELU, RELU6 = schema.ActivationFunctionType.RELU, schema.ActivationFunctionType.RELU6
-_NUMPY_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -80,25 +86,6 @@ class _FakeQuant(torch.autograd.Function):
         grad_x = grad * (clamped == code)
         grad_scale = torch.dot(grad.reshape(-1), clamped.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
         return grad_x, grad_scale.reshape(scale.shape), None, None
-
-
-def _constant(model: schema.ModelT, tensor: schema.TensorT) -> np.ndarray:
-    """A constant tensor's values as a view into its (now writable) buffer."""
-    buffer = model.buffers[tensor.buffer]
-    buffer.data = np.array(buffer.data, dtype=np.uint8)
-    return buffer.data.view(_NUMPY_TYPES.get(tensor.type, np.float32)).reshape([int(d) for d in tensor.shape])
-
-
-def _own_constant(model: schema.ModelT, tensor: schema.TensorT, uses: Counter[int]) -> np.ndarray:
-    """As `_constant`, first giving the tensor a buffer of its own if others share it (the converter shares equal
-    constants, such as zero biases, which training makes differ)."""
-    if uses[tensor.buffer] > 1:
-        uses[tensor.buffer] -= 1
-        model.buffers.append(schema.BufferT())
-        model.buffers[-1].data = np.array(model.buffers[tensor.buffer].data, dtype=np.uint8)
-        tensor.buffer = len(model.buffers) - 1
-        uses[tensor.buffer] = 1
-    return _constant(model, tensor)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -172,7 +159,9 @@ class Replica(torch.nn.Module):
     def _layer(self, index: int, op: schema.OperatorT, float_weights: np.ndarray | None) -> _Layer:
         graph = self.graph
         w_t, b_t = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
-        weights, bias = _own_constant(self.model, w_t, self.uses), _own_constant(self.model, b_t, self.uses)
+        for t in (w_t, b_t):  # the converter shares equal constants (zero biases), which training makes differ
+            own_buffer(self.model, t, self.uses)
+        weights, bias = constant_view(self.model, w_t), constant_view(self.model, b_t)
         scale = np.asarray(w_t.quantization.scale, np.float64)
         depthwise = self.kinds[index] == "DEPTHWISE_CONV_2D"
         shape = (1, 1, 1, -1) if depthwise else (-1,) + (1,) * (weights.ndim - 1)
@@ -233,7 +222,7 @@ class Replica(torch.nn.Module):
     def _values(self, t: int) -> np.ndarray:
         """A constant input of an op without weights (paddings, axes, permutation, slice bounds)."""
         if t not in self.constants:
-            self.constants[t] = _constant(self.model, self.graph.tensors[t])
+            self.constants[t] = constant_view(self.model, self.graph.tensors[t])
         return self.constants[t]
 
     def forward(self, x_nhwc: torch.Tensor, given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -387,7 +376,7 @@ def _float_weights(int8_path: Path, float_twin: Path) -> dict[int, np.ndarray]:
         w_t = graph.tensors[op.inputs[1]]
         if w_t.type != schema.TensorType.FLOAT32 or twin.buffers[w_t.buffer].data is None:
             continue
-        out[index] = _constant(twin, w_t).astype(np.float64)
+        out[index] = constant_view(twin, w_t).astype(np.float64)
     return out
 
 
