@@ -21,9 +21,9 @@ WORST_CLASSES = 15
 INT8_STEPS = (
     ("int8_equalization", "equalization", "range equalization (int8 graph)"),
     ("int8_activation_ranges", "ranges", "int8 percentile activation ranges"),
-    ("int8_fitted_rounding", "rounding", "int8 fitted rounding"),
     ("int8_bias_correction", "bias_correction", "int8 bias correction"),
     ("int8_tuning", "tuning", "int8 tuning"),
+    ("int8_fitted_rounding", "rounding", "int8 fitted rounding"),
     ("int8_fallback", "fallback", "int8 fallback"),
     ("int8_output", "output", "int8 output in float"),
 )

@@ -56,6 +56,15 @@ _no_percentile = _int8_step("turned off (--no-percentile-ranges)", lambda r: r.p
 _no_fitted_rounding = _int8_step("turned off (--no-fitted-rounding)", lambda r: r.fitted_rounding)
 _no_bias_correction = _int8_step("turned off (--no-bias-correction)", lambda r: r.bias_correction)
 _no_tuning = _int8_step("turned off (--no-tuning)", lambda r: r.tuning)
+
+
+def _rounding_not_tuned(job: s.Job) -> str | None:
+    """A kept tuning has fitted every weight level end to end: the fitted rounding would only start it over (on
+    mobilenet_v2 ImageNet the tuning lands within 0.02 dB with or without it)."""
+    kept = job.tuning is not None and job.tuning.applied
+    return _no_fitted_rounding(job) or ("the int8 tuning was kept: it fitted the weight levels" if kept else None)
+
+
 _no_target = _int8_step(
     "no target (--min-sqnr, --min-top1)", lambda r: r.min_sqnr is not None or r.min_top1 is not None
 )
@@ -73,9 +82,9 @@ STAGES = (
     Stage("onnx2tf", s.convert, title=s.convert_title),
     Stage("graph optimization", s.optimize_layout, _no_optimize),
     Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
-    Stage("int8 fitted rounding", s.fit_int8_rounding, _no_fitted_rounding),
     Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
     Stage("int8 tuning", s.tune_int8, _no_tuning),
+    Stage("int8 fitted rounding", s.fit_int8_rounding, _rounding_not_tuned),
     Stage("int8 fallback", s.fall_back_layers, _no_target),
     Stage("int8 output in float", s.float_logits, _int8_output),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),

@@ -9,7 +9,8 @@ import torch
 from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
 from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
 from export.tflite_model import op_name, read_model, read_single_graph
-from int8.tuning import Replica, _FakeQuant, train
+from int8.crops import Crops
+from int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
 from tests.test_int8_fixes import MEAN, STD, _widen_range
 from validate.metrics import sqnr_db
 from validate.runners import run_tflite
@@ -81,14 +82,16 @@ def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path)
     wide = tmp_path / "wide_int8.tflite"
     conv = _widen_range(int8, wide, factor=64.0)
     tensor = read_model(wide).subgraphs[0].operators[conv].outputs[0]
-    calib = normalize(calibration_batch(calibration_photos(), 224, 48), MEAN, STD)
+    calib = normalize(calibration_batch(calibration_photos(), 224, 64), MEAN, STD).astype(np.float32)
     heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD).astype(np.float32)
     reference = run_tflite(twin, heldout)
     damaged = sqnr_db(reference, run_tflite(wide, heldout))
     assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt
 
     tuned = tmp_path / "tuned_int8.tflite"
-    summary = train(wide, twin, calib, tuned)
+    crops = Crops(calib, run_tflite(twin, calib[:16]))  # the first 16 judge, the other 48 train
+    summary = train(wide, twin, crops, tuned)
+    assert not summary.stopped_early  # the replica came closer on the 16 judging crops by step 40
     repaired = sqnr_db(reference, run_tflite(tuned, heldout))
     assert repaired > damaged + 3  # on photos it never trained on
     assert summary.fit_loss_end < summary.fit_loss_start
@@ -104,9 +107,15 @@ def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path)
 
 @pytest.mark.slow
 def test_export_records_tuning_and_keeps_levels_next_to_float(shufflenet_variants):
-    info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]["int8_tuning"]
+    model_info = json.loads((shufflenet_variants / "parity.json").read_text())["model"]
+    info = model_info["int8_tuning"]
     assert info["steps"] > 0 and info["layers"] > 0 and info["skipped"] is None
+    if info["stopped_early"]:  # random weights: the replica did not come closer on the selection crops
+        (_, first), *checks = info["replica_checks"]
+        assert info["steps"] == max(CHECKS) and max(db for _, db in checks) < first + MIN_EARLY_GAIN_DB
     assert (info["selection_sqnr_db_after"] > info["selection_sqnr_db_before"]) == info["applied"]
+    # the fitted rounding runs only when the tuning was not kept
+    assert ("reason" in model_info["int8_fitted_rounding"]) == info["applied"]
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
     model, floats = read_model(int8), read_model(twin)
