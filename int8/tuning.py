@@ -466,8 +466,9 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
         selection = torch.from_numpy(crops.selection.astype(np.float32))
 
         def closeness() -> float:
-            with torch.no_grad():
-                return float(sqnr_db(crops.reference, replica(selection).numpy()))
+            with torch.no_grad():  # a batch at a time: the replica holds every tensor of the graph until its end
+                out = torch.cat([replica(part) for part in selection.split(BATCH)])
+            return float(sqnr_db(crops.reference, out.numpy()))
 
         first = closeness()
         for step in range(1, steps + 1):
