@@ -11,10 +11,10 @@ with straight-through gradients on the float twin's logits for the calibration c
   points, the model's input and its output stay as they are.
 The learned levels, biases and scales are written into the file, each bias re-expressed in its input's new scale.
 The result is kept only if the model's output on the selection crops, which it never trained on, comes closer to
-ONNX Runtime's; a training whose replica has not come closer on them by the last of CHECKS stops there (random-weight
-models, which the training overfits, pay a third of the time). Graphs with an op the replica does not have, or above
-MAX_MACS, are left as they are. When the tuning is kept it has fitted the weight levels itself, and the fitted
-rounding after it does not run.
+ONNX Runtime's; a training whose replica has not come closer on them by the last of CHECKS stops there and pays a
+third of the time (shufflenet_v2_x0_5 with random weights, which the training overfits from the start). Graphs with
+an op the replica does not have, or above MAX_MACS, are left as they are. When the tuning is kept it has fitted the
+weight levels itself, and the fitted rounding after it does not run.
 """
 
 from __future__ import annotations
