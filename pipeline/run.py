@@ -60,8 +60,7 @@ _no_tuning = _int8_step("turned off (--no-tuning)", lambda r: r.tuning)
 
 def _rounding_not_tuned(job: s.Job) -> str | None:
     """A kept tuning has fitted every weight level end to end: the fitted rounding would only start it over (on
-    mobilenet_v2 ImageNet the tuning lands within 0.02 dB with or without it). Otherwise the rounding runs, from the
-    file before the bias correction, which then runs again."""
+    mobilenet_v2 ImageNet the tuning lands within 0.02 dB with or without it)."""
     kept = job.tuning is not None and job.tuning.applied
     return _no_fitted_rounding(job) or ("the int8 tuning was kept: it fitted the weight levels" if kept else None)
 

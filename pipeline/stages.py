@@ -291,7 +291,7 @@ def narrow_activation_ranges(job: Job) -> Job:
 
 def correct_int8_biases(job: Job) -> Job:
     """While the fitted rounding may still run, the file before the correction is kept aside for it."""
-    if job.request.fitted_rounding and job.rounding is None:
+    if job.request.fitted_rounding:
         before = job.int8.with_name(f".{job.int8.name}.before_bias")
         shutil.copyfile(job.int8, before)
         job = replace(job, before_bias=before)
@@ -313,8 +313,9 @@ def fit_int8_rounding(job: Job) -> Job:
     if job.before_bias is None:
         return replace(job, rounding=fit_rounding(job.int8, job.tflites.float_twin, job.crops))
     job.before_bias.replace(job.int8)
-    job = replace(job, before_bias=None, rounding=fit_rounding(job.int8, job.tflites.float_twin, job.crops))
-    return correct_int8_biases(job)
+    rounding = fit_rounding(job.int8, job.tflites.float_twin, job.crops)
+    bias_correction = correct_biases(job.int8, job.tflites.float_twin, job.crops)
+    return replace(job, before_bias=None, rounding=rounding, bias_correction=bias_correction)
 
 
 def fall_back_layers(job: Job) -> Job:
