@@ -178,11 +178,24 @@ def calibration_batch(photos: list[Photo], size: int, samples: int, seed: int = 
     """`samples` NHWC 0..1 crops: a centre crop of each photo (an evenly spread subset if there are more photos
     than samples), then seeded random crops cycling through all photos. Photos are loaded one at a time."""
     rng = np.random.default_rng(seed)
-    chosen = np.linspace(0, len(photos) - 1, num=min(samples, len(photos))).round().astype(int)
-    batch = [center_crop(load_rgb(photos[i].path), size) for i in chosen]
+    batch = [center_crop(load_rgb(photos[i].path), size) for i in _centred(len(photos), samples)]
     while len(batch) < samples:
         batch.append(random_crop(load_rgb(photos[len(batch) % len(photos)].path), size, rng))
     return np.stack(batch)
+
+
+def _centred(count: int, samples: int) -> list[int]:
+    """The photos calibration_batch takes a centre crop of."""
+    return np.linspace(0, count - 1, num=min(samples, count)).round().astype(int).tolist()
+
+
+def unread_photos(photos: list[Photo], samples: int) -> list[Photo]:
+    """The photos calibration_batch(photos, size, samples) never reads: none when its random crops cycle through
+    them all."""
+    if samples > len(photos):
+        return []
+    centred = set(_centred(len(photos), samples))
+    return [photo for i, photo in enumerate(photos) if i not in centred]
 
 
 def heldout_batch(photos: list[Photo], size: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from int8.activation_ranges import ActivationRanges, cut_activation_ranges
 from int8.bias_correction import BiasCorrection, correct_biases
 from int8.crops import SELECTION_IMAGES, Crops
 from int8.equalize import Equalization, equalize_for_int8
-from int8.fallback import Fallback, reach_targets
+from int8.fallback import JUDGE_PHOTOS, Fallback, Judge, reach_targets
 from int8.output import FloatOutput, float_output
 from int8.rounding import FittedRounding, fit_rounding
 from int8.tuning import Tuning, tune
@@ -54,6 +54,7 @@ class Photos:
     calib_description: str
     heldout_photos: list[imgs.Photo]
     heldout: np.ndarray  # normalized NHWC
+    unread: list[imgs.Photo]  # calibration photos no calibration crop comes from: what the int8 fallback judges on
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def load_photos(job: Job) -> Job:
     description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({where})"
     calib_x = imgs.normalize(calib, source.mean, source.std)
     codes = imgs.pixel_codes(calib)  # a quarter of the memory while the converters run
-    return replace(job, photos=Photos(codes, calib_x, description, heldout_photos, heldout))
+    unread = imgs.unread_photos(photos, samples)
+    return replace(job, photos=Photos(codes, calib_x, description, heldout_photos, heldout, unread))
 
 
 def estimate_batchnorm(job: Job) -> Job:
@@ -319,8 +321,16 @@ def fit_int8_rounding(job: Job) -> Job:
 
 
 def fall_back_layers(job: Job) -> Job:
-    request = job.request
-    fallback = reach_targets(job.int8, job.tflites.float_twin, job.crops, request.min_sqnr, request.min_top1)
+    """The fallback is judged on photos no earlier step read: the tuning fits the calibration crops themselves
+    (mobilenet_v2 ImageNet: 94.0 % agreement on them, 92.8 % on the unread photos)."""
+    request, source, unread = job.request, job.source, job.photos.unread[:JUDGE_PHOTOS]
+    if unread:
+        crop = lambda: imgs.heldout_batch(unread, source.input_size)  # noqa: E731
+        crops = crop() if request.calib_dir else imgs.cached_crops(unread, crop, "judge", source.input_size)
+        judge = Judge(imgs.normalize(crops, source.mean, source.std), f"{len(unread)} unread calibration photos")
+    else:
+        judge = Judge(job.crops.selection, f"{len(job.crops.selection)} selection crops (no calibration photo unread)")
+    fallback = reach_targets(job.int8, job.tflites.float_twin, job.crops, judge, request.min_sqnr, request.min_top1)
     return replace(job, fallback=fallback)
 
 

@@ -19,6 +19,7 @@ from export.images import (
     load_rgb,
     natural_photo_dir,
     photos_in_dir,
+    unread_photos,
 )
 from tests.conftest import ROOT
 
@@ -49,6 +50,21 @@ def test_calibration_batch_is_deterministic_and_in_range():
     assert np.array_equal(a, b)
     assert 0.0 <= a.min() and a.max() <= 1.0
     assert len({x.tobytes() for x in a}) == 12  # random crops, not repeats
+
+
+def test_unread_photos_are_the_ones_no_calibration_crop_comes_from(tmp_path, monkeypatch):
+    """The int8 fallback judges on them: no calibration crop may come from one of them."""
+    photos = []
+    for k in range(9):  # one flat colour per photo: a crop tells which photo it came from
+        Image.new("RGB", (48, 40), (20 * k, 255 - 20 * k, 7 * k)).save(tmp_path / f"{k}.png")
+        photos.append(Photo(tmp_path / f"{k}.png"))
+    read = []
+    monkeypatch.setattr("export.images.load_rgb", lambda path: read.append(path) or load_rgb(path))
+    calibration_batch(photos, 32, 4)
+    unread = unread_photos(photos, 4)
+    assert len(unread) == 5 and not {p.path for p in unread} & set(read)
+    assert {p.path for p in unread} | set(read) == {p.path for p in photos}
+    assert unread_photos(photos, 9) == [] and unread_photos(photos, 20) == []  # random crops read every photo
 
 
 def test_center_crop_keeps_aspect_then_crops():

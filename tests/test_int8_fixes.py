@@ -236,8 +236,9 @@ def test_export_converts_int8_from_the_equalized_graph_alone(tiny_model, tmp_pat
 
 @pytest.mark.slow
 def test_min_sqnr_falls_back_worst_layers(tiny_model, tmp_path):
-    """An unreachable target: each worst layer is tried in dynamic-range int8, then in float, until the steps run
-    out; every step's cost is reported, and parity fails."""
+    """An unreachable target: each worst layer is tried in dynamic-range int8, then in float, then ever longer tails
+    of the graph, until the steps run out; judged on calibration photos no crop came from; every step's cost is
+    reported, and parity fails."""
     # without the fitted rounding and the tuning, so int8 keeps an error a layer in float can still reduce (with the
     # fitted rounding: 48.2 dB, and the int8 output step caps what any layer gains)
     flags = ("--min-sqnr", "90", "--no-fitted-rounding", "--no-tuning")
@@ -248,6 +249,14 @@ def test_min_sqnr_falls_back_worst_layers(tiny_model, tmp_path):
     steps = fallback["steps"]
     assert fallback["applied"] and not fallback["reached"] and len(steps) > 1
     assert steps[1]["form"] == "dynamic-range"  # int8 weights first
+    assert fallback["judged_on"] == "348 unread calibration photos"  # 548 built-in photos, 200 crops of 200
+    tails = [step["tail"] for step in steps if step["tail"]]
+    # the last 1, 2, 4, ... layers (a tail the worst-layer steps already moved is not tried again), up to all of them
+    assert (
+        tails[0] == 1
+        and max(tails) == len(steps[-1]["ops"])
+        and {"dynamic-range", "float"} == {step["form"] for step in steps if step["tail"]}
+    )
     assert {"dynamic-range", "float"} >= {step["form"] for step in steps[1:]}
     assert all(step["cost"]["bytes"] > 0 and step["cost"]["host_ms"] > 0 for step in steps)
     kept = [step for step in steps if step["kept"]]
