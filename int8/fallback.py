@@ -209,7 +209,11 @@ class Fallback:
         ]
         for k, step in enumerate(self.steps):
             layer = (
-                f"`{step.layer}`" if step.layer else f"the last {step.tail}" if step.tail else "(none: int8 as it was)"
+                f"`{step.layer}`"
+                if step.layer
+                else f"the last {step.tail} layers"
+                if step.tail
+                else "(none: int8 as it was)"
             )
             ops = _op_ranges(step.ops)
             lines.append(
@@ -311,7 +315,9 @@ def reach_targets(
         if reached(best, agreement):
             break
         group = {layer.index} | (readers.get(ops[layer.index][1], set()) & set(paired))
-        any(attempt(layer.tensor, form, group) for form in FORMS)  # float only if dynamic range did not gain
+        for form in FORMS:  # float only if dynamic range did not gain
+            if attempt(layer.tensor, form, group):
+                break
     tails = sorted({min(2**k, len(paired)) for k in range(len(paired).bit_length() + 1)})
     for form in FORMS:
         for length in tails:
