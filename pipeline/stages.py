@@ -4,6 +4,7 @@ them in order."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -112,14 +113,21 @@ def _nchw(batch_nhwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch_nhwc.transpose(0, 3, 1, 2))
 
 
+def _calibration_crops(
+    request: ExportRequest, photos: list[imgs.Photo], make: Callable[[], np.ndarray], *key: object
+) -> np.ndarray:
+    """`make()`'s crops of calibration photos: the user's photos are decoded each time, never copied into a cache."""
+    return make() if request.calib_dir else imgs.cached_crops(photos, make, *key)
+
+
 def load_photos(job: Job) -> Job:
     request, source, size = job.request, job.source, job.source.input_size
     photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
     where = str(request.calib_dir) if request.calib_dir else "built-in photos: gcompris-qt-data 1.0, endless-sky, krank"
     samples = request.calib_samples
-    crop = lambda: imgs.calibration_batch(photos, size, samples)  # noqa: E731
-    # the user's photos are decoded each time, never copied into a cache
-    calib = crop() if request.calib_dir else imgs.cached_crops(photos, crop, "calibration", size, samples)
+    calib = _calibration_crops(
+        request, photos, lambda: imgs.calibration_batch(photos, size, samples), "calibration", size, samples
+    )
     heldout_photos = imgs.heldout_photos()
     heldout_crop = lambda: imgs.heldout_batch(heldout_photos, size)  # noqa: E731
     heldout = imgs.normalize(imgs.cached_crops(heldout_photos, heldout_crop, "held-out", size), source.mean, source.std)
@@ -325,8 +333,9 @@ def fall_back_layers(job: Job) -> Job:
     (mobilenet_v2 ImageNet: 94.0 % agreement on them, 92.8 % on the unread photos)."""
     request, source, unread = job.request, job.source, job.photos.unread[:JUDGE_PHOTOS]
     if unread:
-        crop = lambda: imgs.heldout_batch(unread, source.input_size)  # noqa: E731
-        crops = crop() if request.calib_dir else imgs.cached_crops(unread, crop, "judge", source.input_size)
+        crops = _calibration_crops(
+            request, unread, lambda: imgs.heldout_batch(unread, source.input_size), "judge", source.input_size
+        )
         judge = Judge(imgs.normalize(crops, source.mean, source.std), f"{len(unread)} unread calibration photos")
     else:
         judge = Judge(job.crops.selection, f"{len(job.crops.selection)} selection crops (no calibration photo unread)")
