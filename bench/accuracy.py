@@ -7,7 +7,7 @@ a reference, dynamic-range int8 (float activations), then measures on the held-o
 the unmodified simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement, mean cosine
 and SQNR (on all photos and per set: labelled ImageNet, natural full-resolution photos, upscaled CIFAR-10), file
 size, host latency (median, 1 thread, the files measured in turn), emulated Cortex-A76 instructions per inference
-(when `python -m profiling.arm_setup` has run), and what each export's int8 steps tried and kept.
+(when `mve-arm-setup` has run), and what each export's int8 steps tried and kept.
 Usage: python bench/accuracy.py [--models mobilenet_v2,shufflenet_v2_x0_5] [--out bench/results/accuracy.json]
 """
 
@@ -26,18 +26,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import images as imgs  # noqa: E402
-from export.files import write_text_atomic  # noqa: E402
-from export.tflite_inspect import inspect_tflite  # noqa: E402
-from models.weights import sha256_file  # noqa: E402
-from profiling.arm_setup import default_cache  # noqa: E402
-from profiling.cores import CORES  # noqa: E402
-from profiling.emulated import EmulationError, find_environment, run_emulated  # noqa: E402
-from profiling.host import measure_host  # noqa: E402
-from profiling.run import model_input  # noqa: E402
-from validate.metrics import compare  # noqa: E402
-from validate.report import tool_versions  # noqa: E402
-from validate.runners import run_onnx, run_tflite  # noqa: E402
+from mobile_vision_export.export import images as imgs  # noqa: E402
+from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
+from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
+from mobile_vision_export.export.tflite_inspect import inspect_tflite  # noqa: E402
+from mobile_vision_export.models.weights import sha256_file  # noqa: E402
+from mobile_vision_export.profiling.arm_setup import default_cache  # noqa: E402
+from mobile_vision_export.profiling.cores import CORES  # noqa: E402
+from mobile_vision_export.profiling.emulated import EmulationError, find_environment, run_emulated  # noqa: E402
+from mobile_vision_export.profiling.host import measure_host  # noqa: E402
+from mobile_vision_export.profiling.run import model_input  # noqa: E402
+from mobile_vision_export.validate.metrics import compare  # noqa: E402
+from mobile_vision_export.validate.runners import run_onnx, run_tflite  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
 VARIANTS = {  # name: (--quant, flags)

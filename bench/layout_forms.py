@@ -23,19 +23,19 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.files import write_text_atomic  # noqa: E402
-from export.images import calibration_batch, calibration_photos  # noqa: E402
-from export.onnx_stage import describe_onnx  # noqa: E402
-from export.tflite_inspect import inspect_tflite  # noqa: E402
-from export.tflite_optimize import optimize_tflite  # noqa: E402
-from export.tflite_stage import convert_tflite  # noqa: E402
-from models import get_spec  # noqa: E402
-from profiling.arm_setup import default_cache, setup  # noqa: E402
-from profiling.cores import CORES  # noqa: E402
-from profiling.emulated import find_environment, run_emulated  # noqa: E402
-from profiling.host import measure_host  # noqa: E402
-from profiling.run import host_output, model_input  # noqa: E402
-from validate.report import tool_versions  # noqa: E402
+from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
+from mobile_vision_export.export.images import calibration_batch, calibration_photos  # noqa: E402
+from mobile_vision_export.export.onnx_stage import describe_onnx  # noqa: E402
+from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
+from mobile_vision_export.export.tflite_inspect import inspect_tflite  # noqa: E402
+from mobile_vision_export.export.tflite_optimize import optimize_tflite  # noqa: E402
+from mobile_vision_export.export.tflite_stage import convert_tflite  # noqa: E402
+from mobile_vision_export.models import get_spec  # noqa: E402
+from mobile_vision_export.profiling.arm_setup import default_cache, setup  # noqa: E402
+from mobile_vision_export.profiling.cores import CORES  # noqa: E402
+from mobile_vision_export.profiling.emulated import find_environment, run_emulated  # noqa: E402
+from mobile_vision_export.profiling.host import measure_host  # noqa: E402
+from mobile_vision_export.profiling.run import host_output, model_input  # noqa: E402
 
 MODEL = "shufflenet_v2_x0_5"
 

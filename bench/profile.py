@@ -16,10 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.files import write_text_atomic  # noqa: E402
-from profiling.arm_setup import default_cache, setup  # noqa: E402
-from profiling.cores import parse_cores  # noqa: E402
-from profiling.run import ProfileRequest, profile_models  # noqa: E402
+from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
+from mobile_vision_export.profiling.arm_setup import default_cache, setup  # noqa: E402
+from mobile_vision_export.profiling.cores import parse_cores  # noqa: E402
+from mobile_vision_export.profiling.run import ProfileRequest, profile_models  # noqa: E402
 
 MODELS = {"shufflenet_v2_x0_5": [], "mobilenet_v2": ["--weights", "imagenet"]}
 

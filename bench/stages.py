@@ -23,13 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import images as imgs  # noqa: E402
-from export.files import write_text_atomic  # noqa: E402
-from export.onnx_stage import describe_onnx  # noqa: E402
-from export.tflite_stage import onnx2tf_args, write_onnx2tf_sample  # noqa: E402
-from models import get_spec  # noqa: E402
-from pipeline.request import CALIBRATION_CROPS  # noqa: E402
-from validate.report import tool_versions  # noqa: E402
+from mobile_vision_export.export import images as imgs  # noqa: E402
+from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
+from mobile_vision_export.export.onnx_stage import describe_onnx  # noqa: E402
+from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
+from mobile_vision_export.export.tflite_stage import onnx2tf_args, write_onnx2tf_sample  # noqa: E402
+from mobile_vision_export.models import get_spec  # noqa: E402
+from mobile_vision_export.pipeline.request import CALIBRATION_CROPS  # noqa: E402
 
 WEIGHTS = {"mobilenet_v2": "imagenet"}
 RATIO_TARGET = {"int8": 1.0, "all": 1.3}

@@ -6,13 +6,15 @@ import importlib.util
 import json
 from pathlib import Path
 
-from export.images import CROP_FRACTION
-from export.metadata import MetadataError, read_metadata
-from export.tflite_inspect import TfliteSummary
-from models.registry import IMAGENET_MEAN, IMAGENET_STD
+from mobile_vision_export.export.images import CROP_FRACTION
+from mobile_vision_export.export.metadata import MetadataError, read_metadata
+from mobile_vision_export.export.tflite_inspect import TfliteSummary
+from mobile_vision_export.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+from mobile_vision_export.errors import UserError
 
 
-class LabelsError(ValueError):
+class LabelsError(UserError, ValueError):
     """Class names that cannot be read or do not fit the model."""
 
 

@@ -13,12 +13,14 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mobile_vision_export.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
 
 
-class ImageDataError(ValueError):
+class ImageDataError(UserError, ValueError):
     """A folder or file that yields no usable images."""
 
 
@@ -196,6 +198,28 @@ def unread_photos(photos: list[Photo], samples: int) -> list[Photo]:
         return []
     centred = set(_centred(len(photos), samples))
     return [photo for i, photo in enumerate(photos) if i not in centred]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration photos of one export: the user's (decoded each time, never copied into a cache) or the
+    built-in set (its crops cached per machine)."""
+
+    photos: list[Photo]
+    where: str
+    user_owned: bool
+
+    def crops(self, photos: list[Photo], make: Callable[[], np.ndarray], *key: object) -> np.ndarray:
+        """`make()`'s crops of `photos` (some of this set's)."""
+        return make() if self.user_owned else cached_crops(photos, make, *key)
+
+
+def calibration_set(folder: Path | None) -> CalibrationSet:
+    """The photos in `folder`, or the built-in calibration set when there is none."""
+    if folder is not None:
+        return CalibrationSet(photos_in_dir(folder), str(folder), user_owned=True)
+    built_in = "built-in photos: gcompris-qt-data 1.0, endless-sky, krank"
+    return CalibrationSet(calibration_photos(), built_in, user_owned=False)
 
 
 def heldout_batch(photos: list[Photo], size: int) -> np.ndarray:

@@ -12,14 +12,16 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.provenance import TOOL_NAME, tool_version
-from export.tflite_inspect import TensorInfo, inspect_tflite
+from mobile_vision_export.export.provenance import TOOL_NAME, tool_version
+from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite
+
+from mobile_vision_export.errors import UserError
 
 LABELS_FILE = "labels.txt"
 PIXEL_MAX = 255.0  # metadata normalizes raw 0..255 pixels; the contract normalizes pixel / 255
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """The metadata library is missing or cannot read or write a model's metadata."""
 
 

@@ -12,12 +12,14 @@ import onnxsim
 import torch
 from torch import nn
 
+from mobile_vision_export.errors import UserError
+
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-class OnnxError(ValueError):
+class OnnxError(UserError, ValueError):
     """An ONNX model that cannot go through the pipeline."""
 
 

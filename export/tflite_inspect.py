@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from mobile_vision_export.export.tflite_model import op_type_name
+from mobile_vision_export.export.threads import runtime_threads
 
-from export.tflite_model import op_type_name
-from export.threads import runtime_threads
+from mobile_vision_export.errors import UserError
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "GATHER")
 
 
-class NotTfliteError(ValueError):
+class NotTfliteError(UserError, ValueError):
     """A file that is not a TFLite flatbuffer."""
 
 
@@ -98,12 +100,32 @@ def _name_parts(name: str) -> set[str]:
     return {part for part in name.split(";") if part and not part.startswith("Const")}
 
 
-def paired_layers(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int, str]]:
-    """(int8 op index, op type, float tensor, int8 tensor, name) for each op present in both graphs: by position
-    when the op lists match, otherwise by output tensor name, or by the one same-type op sharing a fused name."""
+class LayerPair(NamedTuple):
+    """An op present in both the float and the int8 graph of one model."""
+
+    op_index: int  # in the int8 graph
+    kind: str  # op type
+    float_tensor: int  # the op's output in the float graph
+    int8_tensor: int  # the op's output in the int8 graph
+    name: str
+
+
+@dataclass(frozen=True)
+class TwinLayer:
+    """An int8 op with the float twin's op that computes the same layer."""
+
+    kind: str
+    float_tensor: int
+    int8_tensor: int
+    twin_op: schema.OperatorT  # in the twin's ModelT, with its (float) constants
+
+
+def paired_layers(float_model: Path, int8_model: Path) -> list[LayerPair]:
+    """Each op present in both graphs: by position when the op lists match, otherwise by output tensor name, or by
+    the one same-type op sharing a fused name."""
     f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
     if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
-        return [(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
+        return [LayerPair(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
     by_name = {name: tensor for _, tensor, name in f_ops}
     by_part: dict[tuple[str, str], set[int]] = {}
     for op, tensor, name in f_ops:
@@ -115,8 +137,18 @@ def paired_layers(float_model: Path, int8_model: Path) -> list[tuple[int, str, i
         if not candidates:
             candidates = set().union(*(by_part.get((op, part), set()) for part in _name_parts(name)))
         if len(candidates) == 1:
-            pairs.append((i, op, candidates.pop(), tensor, name))
+            pairs.append(LayerPair(i, op, candidates.pop(), tensor, name))
     return pairs
+
+
+def twin_layers(float_twin: Path, int8_model: Path, twin: schema.ModelT) -> dict[int, TwinLayer]:
+    """The paired layers by int8 op index, each with the op of `twin` (the float twin, read) that computes it."""
+    producer = {int(op.outputs[0]): op for op in twin.subgraphs[0].operators}
+    return {
+        p.op_index: TwinLayer(p.kind, p.float_tensor, p.int8_tensor, producer[p.float_tensor])
+        for p in paired_layers(float_twin, int8_model)
+        if p.float_tensor in producer
+    }
 
 
 def tensor_keeping_interpreter(model: Path | bytes) -> Interpreter:

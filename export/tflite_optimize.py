@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-
-from export.tflite_model import compact, op_name, read_single_graph, write_model
+from mobile_vision_export.export.tflite_model import compact, op_name, read_single_graph, write_model
 
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]

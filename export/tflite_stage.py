@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from mobile_vision_export.export.images import from_pixel_codes
+from mobile_vision_export.export.onnx_stage import OnnxError, OnnxModel
 
-from export.images import from_pixel_codes
-from export.onnx_stage import OnnxError, OnnxModel
+from mobile_vision_export.errors import UserError
 
 QUANT_MODES = ("fp32", "fp16", "dynamic", "int8")
 # onnx2tf's output suffix for each mode.
@@ -25,7 +26,7 @@ _SUFFIX = {"fp32": "float32", "fp16": "float16", "dynamic": "dynamic_range_quant
 ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """onnx2tf failed; the message names the node when the log does."""
 
     def __init__(self, message: str, log_path: Path | None = None):
@@ -155,7 +156,8 @@ def convert_tflite(
     files = {m: out_dir / f"{onnx_model.path.stem}_{_SUFFIX[m]}.tflite" for m in modes}
     flags = [f"--{m}" for m in ("fp16", "dynamic") if m in modes]
     int8 = [str(calib_npy), json.dumps(list(mean)), json.dumps(list(std)), str(files["int8"])] if calib_npy else []
-    cmd = [sys.executable, "-m", "export.onnx2tf_run", *flags, *int8, "--", *args]  # onnx2tf, minus unasked files
+    # onnx2tf, minus unasked files
+    cmd = [sys.executable, "-m", "mobile_vision_export.export.onnx2tf_run", *flags, *int8, "--", *args]
     with open(log_path, "w") as log:
         log.write(" ".join(cmd[1:]) + "\n")
         log.flush()

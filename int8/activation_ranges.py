@@ -16,12 +16,18 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-
-from export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter
-from export.tflite_model import BIASED_OPS, buffer_uses, op_name, own_buffer, read_single_graph, write_model
-from int8.crops import Crops
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter
+from mobile_vision_export.export.tflite_model import (
+    BIASED_OPS,
+    buffer_uses,
+    op_name,
+    own_buffer,
+    read_single_graph,
+    write_model,
+)
+from mobile_vision_export.int8.crops import Crops
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 PERCENTILES = (99.999, 99.99)  # cuts tried; 99.95 and below clipped real photos' top logits
 MIN_GAIN_DB = 1.0  # a cut is kept only if it gains this much on the selection crops (smaller gains did not

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-
-from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
-from int8.crops import Crops, keep_if_closer
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.export.tflite_inspect import (
+    inspect_tflite,
+    paired_layers,
+    quantize,
+    tensor_keeping_interpreter,
+)
+from mobile_vision_export.export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from mobile_vision_export.int8.crops import Crops, keep_if_closer
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 IMAGES = 16  # calibration crops the correction measures on
 
@@ -44,7 +48,7 @@ class _Layer:
 
 def _layers(model: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_Layer]:
     """The int8 graph's biased layers without a fused activation that the float twin has too."""
-    twins = {index: (f_tensor, q_tensor) for index, _, f_tensor, q_tensor, _ in paired_layers(float_twin, int8_path)}
+    twins = {pair.op_index: pair for pair in paired_layers(float_twin, int8_path)}
     graph = model.subgraphs[0]
     uses = buffer_uses(graph)
     layers = []
@@ -65,8 +69,8 @@ def _layers(model: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_La
         layers.append(
             _Layer(
                 op_index=index,
-                float_tensor=twins[index][0],
-                int8_tensor=twins[index][1],
+                float_tensor=twins[index].float_tensor,
+                int8_tensor=twins[index].int8_tensor,
                 bias=bias,
                 bias_scale=np.asarray(bias_t.quantization.scale, np.float64),
                 out_scale=float(out_t.quantization.scale[0]),

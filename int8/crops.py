@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 SELECTION_IMAGES = 32  # crops held back to score each step's candidates against ONNX Runtime
 

@@ -20,11 +20,10 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from mobile_vision_export.export.onnx_stage import OnnxModel, describe_onnx
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_onnx
 from onnx import numpy_helper
-
-from export.onnx_stage import OnnxModel, describe_onnx
-from validate.metrics import sqnr_db
-from validate.runners import run_onnx
 
 MARGIN = 2.0  # a scaled channel's clip point stays at least this many times above its calibration maximum
 MAX_SCALE = 16.0  # bound on k_i: tiny or dead channels are not blown up

@@ -13,14 +13,14 @@ output.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-
-from export.tflite_inspect import op_inputs, op_outputs, paired_layers
-from export.tflite_model import (
+from mobile_vision_export.export.tflite_inspect import op_inputs, op_outputs, paired_layers, twin_layers
+from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
     add_float_bias,
     add_opcode,
@@ -31,12 +31,10 @@ from export.tflite_model import (
     unary_op,
     write_model,
 )
-from int8.crops import Crops
-from profiling.host import measure_host
-from profiling.run import model_input
-from validate.diagnose import diagnose
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.int8.crops import Crops
+from mobile_vision_export.validate.diagnose import diagnose
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 MAX_STEPS = 12  # worst layers (each with its consumers) tried before giving up on the targets
 MIN_GAIN_DB = 0.1  # a layer's new form stays only if it gains at least this much on the judging photos
@@ -67,9 +65,8 @@ def fall_back(
     depthwise conv, fully-connected) in dynamic-range form, the others in float32 with `float_twin`'s weights."""
     model, twin = read_model(int8_path), read_model(float_twin)
     graph, twin_graph = model.subgraphs[0], twin.subgraphs[0]
-    twin_producer = {int(op.outputs[0]): op for op in twin_graph.operators}
-    by_output = {index: f_tensor for index, _, f_tensor, _, _ in paired_layers(float_twin, int8_path)}
-    missing = sorted(i for i in op_indices if i not in by_output)
+    twins = twin_layers(float_twin, int8_path, twin)
+    missing = sorted(i for i in op_indices if i not in twins)
     if missing:
         raise ValueError(f"ops {missing} of {int8_path.name} have no counterpart in {float_twin.name}")
     chosen = sorted(op_indices)
@@ -83,7 +80,7 @@ def fall_back(
     after: dict[int, list] = {i: [] for i in chosen}
     float_weights = 0
     for index in chosen:
-        op, twin_op = graph.operators[index], twin_producer[by_output[index]]
+        op, twin_op = graph.operators[index], twins[index].twin_op
         hybrid = index in dynamic and op_name(model, op) in BIASED_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0
         new_inputs = []
         for position, t in enumerate(op.inputs):
@@ -244,11 +241,6 @@ def _op_ranges(ops: list[int]) -> str:
     return ", ".join(f"#{r[0]}" if len(r) == 1 else f"#{r[0]}-#{r[-1]}" for r in runs) or "-"
 
 
-def _cost(model: Path) -> Cost:
-    image = model_input(model)[0]
-    return Cost(model.stat().st_size, measure_host(model, image, threads=1, warmups=5, runs=30).median_ms)
-
-
 def agreement_margin(target: float, photos: int) -> float:
     """One standard error of an agreement of `target` measured on `photos` photos: the fallback aims this much higher,
     since an agreement that reaches the target on the judging photos only by chance misses it on other photos as
@@ -263,13 +255,15 @@ def reach_targets(
     judge: Judge,
     min_sqnr: float | None,
     min_top1: float | None,
+    cost: Callable[[Path], Cost],
 ) -> Fallback:
     """Move int8 layers of `int8` (in place) with the ops reading their output to float activations, a form kept only
     if it gains MIN_GAIN_DB against the float twin on `judge`, until `min_sqnr` dB and `min_top1` agreement hold
     there. First the worst layers one at a time (by SQNR drop on 8 selection crops of `crops`), at most MAX_STEPS;
     then the last 1, 2, 4, ... layers of the graph: after the tuning no single layer gains (the layers after it
     were fitted around its error), but the error that builds up towards the output can still be taken out. Each
-    time dynamic-range form first, float32 after. The held-out parity then checks the targets on other photos."""
+    time dynamic-range form first, float32 after; `cost` measures what each file costs. The held-out parity then
+    checks the targets on other photos."""
     reference = run_tflite(float_twin, judge.images)
     aim = None if min_top1 is None else min_top1 + agreement_margin(min_top1, len(judge.images))
 
@@ -281,7 +275,7 @@ def reach_targets(
         return (min_sqnr is None or sqnr >= min_sqnr) and (aim is None or top1 >= aim)
 
     best, agreement = score(int8)
-    steps = [FallbackStep(None, None, [], best, agreement, True, _cost(int8))]
+    steps = [FallbackStep(None, None, [], best, agreement, True, cost(int8))]
     if reached(best, agreement):
         return Fallback(min_sqnr, min_top1, aim, judge.description, steps, reached=True)
     ops = op_outputs(int8)
@@ -303,7 +297,7 @@ def reach_targets(
         fall_back(int8, float_twin, tried, trial, tried_dynamic)
         sqnr, top1 = score(trial)
         kept = sqnr >= best + MIN_GAIN_DB  # a form that does not help is not paid for
-        steps.append(FallbackStep(layer, form, sorted(tried), sqnr, top1, kept, _cost(trial), tail))
+        steps.append(FallbackStep(layer, form, sorted(tried), sqnr, top1, kept, cost(trial), tail))
         if kept:
             chosen, dynamic, best, agreement = tried, tried_dynamic, sqnr, top1
             trial.replace(candidate)

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
-
-from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import (
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter, twin_layers
+from mobile_vision_export.export.tflite_model import (
     buffer_spans,
     buffer_uses,
     constant_view,
@@ -30,9 +29,9 @@ from export.tflite_model import (
     serialize,
     write_model,
 )
-from int8.crops import Crops, keep_if_closer
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.int8.crops import Crops, keep_if_closer
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 FIT_IMAGES = 16  # calibration crops each layer is fitted on (32 took twice as long for the same held-out SQNR)
 JUDGE_IMAGES = 16  # other calibration crops that decide whether a layer keeps its new values
@@ -66,14 +65,13 @@ class _Layer:
 def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_Layer]:
     """The int8 graph's conv (not grouped) and depthwise conv layers (depth multiplier 1), without dilation, with
     unshared int8 weights and int32 bias, that the float twin has too."""
-    pairs = {index: f_tensor for index, _, f_tensor, _, _ in paired_layers(float_twin, int8_path)}
+    twins = twin_layers(float_twin, int8_path, twin)
     graph, twin_graph = model.subgraphs[0], twin.subgraphs[0]
-    twin_producer = {int(op.outputs[0]): op for op in twin_graph.operators}
     uses = buffer_uses(graph)
     layers = []
     for index, op in enumerate(graph.operators):
         kind = op_name(model, op)
-        if kind not in ("CONV_2D", "DEPTHWISE_CONV_2D") or index not in pairs or len(op.inputs) < 3 or op.inputs[2] < 0:
+        if kind not in ("CONV_2D", "DEPTHWISE_CONV_2D") or index not in twins or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         x_t, w_t, b_t = (graph.tensors[int(t)] for t in op.inputs[:3])
         options = op.builtinOptions
@@ -86,7 +84,7 @@ def _layers(model: schema.ModelT, twin: schema.ModelT, float_twin: Path, int8_pa
             or int(w_t.shape[3]) != int(x_t.shape[3])  # a grouped conv, or a depth multiplier above 1
         ):
             continue
-        f_op = twin_producer[pairs[index]]
+        f_op = twins[index].twin_op
         f_w, f_b = (twin_graph.tensors[int(t)] for t in f_op.inputs[1:3])
         if f_w.type != schema.TensorType.FLOAT32 or twin.buffers[f_w.buffer].data is None:
             continue

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
-
-from export.tflite_inspect import paired_layers
-from export.tflite_model import (
+from mobile_vision_export.export.tflite_inspect import twin_layers
+from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
     buffer_uses,
     constant_view,
@@ -38,10 +37,10 @@ from export.tflite_model import (
     read_single_graph,
     write_model,
 )
-from int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
-from int8.crops import Crops, keep_if_closer
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
+from mobile_vision_export.int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
+from mobile_vision_export.int8.crops import Crops, keep_if_closer
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
 STEPS = 120  # Adam steps (mobilenet_v2, ImageNet, held-out photos: 80 steps gave 0.5 dB less, 200 about the same)
 BATCH = 8  # calibration crops per step
@@ -373,11 +372,10 @@ def _float_weights(int8_path: Path, float_twin: Path) -> dict[int, np.ndarray]:
     """The float twin's weights of each biased op of the int8 graph, by its op index."""
     twin = read_single_graph(float_twin)
     graph = twin.subgraphs[0]
-    producer = {int(op.outputs[0]): op for op in graph.operators}
     out = {}
-    for index, kind, f_tensor, _, _ in paired_layers(float_twin, int8_path):
-        op = producer.get(f_tensor)
-        if kind not in BIASED_OPS or op is None or len(op.inputs) < 3 or op.inputs[2] < 0:
+    for index, layer in twin_layers(float_twin, int8_path, twin).items():
+        op = layer.twin_op
+        if layer.kind not in BIASED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         w_t = graph.tensors[op.inputs[1]]
         if w_t.type != schema.TensorType.FLOAT32 or twin.buffers[w_t.buffer].data is None:

@@ -1,6 +1,6 @@
 """Model zoo: lightweight CNN families with torchvision-compatible weights layouts."""
 
-from models.registry import (
+from mobile_vision_export.models.registry import (
     ModelSpec,
     UnknownModelError,
     get_model,

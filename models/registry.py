@@ -7,16 +7,17 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mobile_vision_export.models.complexity import count_macs, count_parameters
+from mobile_vision_export.models.mobilenet_v1 import mobilenet_v1
+from mobile_vision_export.models.mobilenet_v2 import mobilenet_v2
+from mobile_vision_export.models.shufflenet_v1 import shufflenet_v1
+from mobile_vision_export.models.shufflenet_v2 import shufflenet_v2
+from mobile_vision_export.models.squeezenet import squeezenet
+from mobile_vision_export.models.weights import load_weights
+from mobile_vision_export.models.xception import xception
 from torch import nn
 
-from models.complexity import count_macs, count_parameters
-from models.mobilenet_v1 import mobilenet_v1
-from models.mobilenet_v2 import mobilenet_v2
-from models.shufflenet_v1 import shufflenet_v1
-from models.shufflenet_v2 import shufflenet_v2
-from models.squeezenet import squeezenet
-from models.weights import load_weights
-from models.xception import xception
+from mobile_vision_export.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,7 +125,7 @@ _register(
 )
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """Raised for a model name that is not registered."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobile_vision_export.errors import UserError
+
 # Checkpoints that a package installs offline: model -> (package, file inside it, SHA-256).
 BUNDLED_IMAGENET = {
     "mobilenet_v2": (
@@ -23,7 +25,7 @@ BUNDLED_IMAGENET = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A checkpoint that cannot be found, read or matched to the model."""
 
 

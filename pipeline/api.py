@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mobile_vision_export.export.contract import read_labels
+from mobile_vision_export.export.tflite_stage import QUANT_MODES
+from mobile_vision_export.pipeline.int8_steps import SWITCHES
+from mobile_vision_export.pipeline.progress import StageTimer
+from mobile_vision_export.pipeline.request import CALIBRATION_CROPS, ExportRequest
+from mobile_vision_export.pipeline.run import ExportResult, run_export
+from mobile_vision_export.pipeline.sources import (
+    ModelSource,
+    SourceError,
+    from_factory,
+    from_module,
+    from_onnx,
+    from_registry,
+)
+from mobile_vision_export.validate.thresholds import thresholds_for
 from torch import nn
-
-from export.contract import read_labels
-from export.tflite_stage import QUANT_MODES
-from pipeline.progress import StageTimer
-from pipeline.request import CALIBRATION_CROPS, ExportRequest
-from pipeline.run import ExportResult, run_export
-from pipeline.sources import ModelSource, SourceError, from_factory, from_module, from_onnx, from_registry
-from validate.thresholds import thresholds_for
 
 
 def is_factory(model: str) -> bool:
@@ -52,18 +59,18 @@ def export_model(
     min_top1: float | None = None,
     int8_output: str = "int8",
     thresholds: dict[str, dict[str, float]] | None = None,
-    equalize: bool = True,
-    percentile_ranges: bool = True,
-    fitted_rounding: bool = True,
-    bias_correction: bool = True,
-    tuning: bool = True,
     optimize: bool = True,
     command: str | None = None,
+    **int8_switches: bool,
 ) -> ExportResult:
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
-    min_sqnr, min_cosine, min_top1). Raises the tool's one-line errors (ValueError/OSError subclasses) on bad
-    input."""
+    min_sqnr, min_cosine, min_top1). Each int8 step can be turned off by its switch, e.g. `tuning=False` (the
+    switches: pipeline.int8_steps.SWITCHES). Raises the tool's one-line errors (ValueError/OSError subclasses) on
+    bad input."""
+    unknown = sorted(set(int8_switches) - set(SWITCHES))
+    if unknown:
+        raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
     if quant not in (*QUANT_MODES, "all"):
         raise SourceError(f"unknown quant '{quant}': use one of {', '.join(QUANT_MODES)} or all")
     if int8_output not in ("int8", "float"):
@@ -89,11 +96,7 @@ def export_model(
         calib_samples,
         labels,
         optimize=optimize,
-        equalize=equalize,
-        percentile_ranges=percentile_ranges,
-        fitted_rounding=fitted_rounding,
-        bias_correction=bias_correction,
-        tuning=tuning,
+        int8_off=frozenset(name for name, on in int8_switches.items() if not on),
         min_sqnr=min_sqnr,
         min_top1=min_top1,
         int8_output=int8_output,

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.images import center_crop, heldout_photos, load_rgb, normalize
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
+from mobile_vision_export.pipeline.export import main as export_main
+from mobile_vision_export.pipeline.signals import run_interruptible
 
-from export.files import write_text_atomic
-from export.images import center_crop, heldout_photos, load_rgb, normalize
-from export.tflite_inspect import inspect_tflite, quantize
-from pipeline.export import USER_ERRORS
-from pipeline.export import main as export_main
-from pipeline.signals import run_interruptible
+from mobile_vision_export.errors import UserError
 
 GOLDEN_PHOTOS = 4  # labelled held-out ImageNet photos
 SAMPLE_PHOTOS = 3  # bundled in the app as ready-made examples
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """The app folder or the exported model is not what bundling needs."""
 
 
@@ -121,7 +121,7 @@ def _main(argv: list[str] | None) -> int:
             if code != 0:
                 return code
         cases = bundle(folder, args.android)
-    except (BundleError, *USER_ERRORS) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.contract import normalization_beside
-from export.images import ImageDataError, heldout_batch, heldout_photos, normalize
-from export.tflite_inspect import NotTfliteError, inspect_tflite
-from pipeline.signals import run_interruptible
-from validate.diagnose import DiagnoseError, diagnose
-from validate.diagnose_report import write_diagnosis
+from mobile_vision_export.export.contract import normalization_beside
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
+from mobile_vision_export.export.tflite_inspect import inspect_tflite
+from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.report.diagnose import write_diagnosis
+from mobile_vision_export.validate.diagnose import DiagnoseError, diagnose
+
+from mobile_vision_export.errors import UserError
 
 
 def _float_sibling(int8_model: Path) -> Path:
@@ -60,7 +62,7 @@ def _main(argv: list[str] | None) -> int:
         photos = heldout_photos()[: args.images]
         x = normalize(heldout_batch(photos, size), mean, std)
         diagnosis = diagnose(float_model, args.int8_model, x)
-    except (DiagnoseError, NotTfliteError, ImageDataError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     page = write_diagnosis(

@@ -8,16 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
-from export.contract import LabelsError, normalization_beside, read_labels
-from export.files import write_text_atomic
-from export.images import ImageDataError, heldout_batch, normalize
-from export.metadata import LABELS_FILE, labels_in
-from export.tflite_inspect import NotTfliteError, inspect_tflite
-from models.weights import sha256_file
-from pipeline.signals import run_interruptible
-from validate.labelled import accuracy, content_hashes, read_labelled
-from validate.report import tool_versions
-from validate.runners import run_tflite
+from mobile_vision_export.export.contract import LabelsError, normalization_beside, read_labels
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.images import ImageDataError, heldout_batch, normalize
+from mobile_vision_export.export.metadata import LABELS_FILE, labels_in
+from mobile_vision_export.export.provenance import tool_versions
+from mobile_vision_export.export.tflite_inspect import inspect_tflite
+from mobile_vision_export.models.weights import sha256_file
+from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.validate.labelled import accuracy, content_hashes, read_labelled
+from mobile_vision_export.validate.runners import run_tflite
+
+from mobile_vision_export.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +62,7 @@ def _main(argv: list[str] | None) -> int:
         size = summary.inputs[0].shape[1]
         x = normalize(heldout_batch(labelled.photos, size), mean, std)
         result = accuracy(args.model.name, run_tflite(args.model, x), labelled.labels)
-    except (ImageDataError, LabelsError, NotTfliteError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = len(labelled.photos)

@@ -9,40 +9,23 @@ import shlex
 import sys
 from pathlib import Path
 
+from mobile_vision_export.export.tflite_stage import QUANT_MODES
+from mobile_vision_export.models import get_spec, list_models
+from mobile_vision_export.pipeline.api import export_model, is_factory
+from mobile_vision_export.pipeline.arguments import positive_int
+from mobile_vision_export.pipeline.int8_steps import STEPS, SWITCHES
+from mobile_vision_export.pipeline.profile import run as profile_run
+from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
+from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.pipeline.sources import SourceError
+from mobile_vision_export.pipeline.zoo import export_many, write_summary
+from mobile_vision_export.profiling.arm_setup import default_cache
+from mobile_vision_export.profiling.cores import parse_cores
+from mobile_vision_export.profiling.run import ProfileRequest
 from rich.console import Console
 
-from export.contract import LabelsError
-from export.images import ImageDataError
-from export.metadata import MetadataError
-from export.onnx_stage import OnnxError
-from export.tflite_stage import QUANT_MODES, ConversionError
-from models import UnknownModelError, get_spec, list_models
-from models.weights import WeightsError
-from pipeline.api import export_model, is_factory
-from pipeline.arguments import positive_int
-from pipeline.profile import USER_ERRORS as PROFILE_ERRORS
-from pipeline.profile import run as profile_run
-from pipeline.request import CALIBRATION_CROPS
-from pipeline.signals import run_interruptible
-from pipeline.sources import SourceError
-from pipeline.staging import OutputError
-from pipeline.zoo import export_many, write_summary
-from profiling.arm_setup import default_cache
-from profiling.cores import parse_cores
-from profiling.run import ProfileRequest
+from mobile_vision_export.errors import UserError
 
-USER_ERRORS = (
-    UnknownModelError,
-    WeightsError,
-    ImageDataError,
-    OnnxError,
-    ConversionError,
-    SourceError,
-    OutputError,
-    LabelsError,
-    MetadataError,
-    *PROFILE_ERRORS,
-)
 EXIT_PARITY_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -92,11 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
     p.add_argument(
-        "--no-equalize",
-        action="store_true",
-        help="convert int8 from the plain graph (no cross-layer range equalization)",
-    )
-    p.add_argument(
         "--min-sqnr",
         type=float,
         metavar="DB",
@@ -117,26 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the int8 file's output: int8 (default) or float32 logits from a dynamic-range output layer (int8 input "
         "either way)",
     )
-    p.add_argument(
-        "--no-percentile-ranges",
-        action="store_true",
-        help="keep the converter's min-max int8 activation ranges (no percentile narrowing)",
-    )
-    p.add_argument(
-        "--no-fitted-rounding",
-        action="store_true",
-        help="keep the converter's int8 weight rounding (no refit of weights and biases to the float output)",
-    )
-    p.add_argument(
-        "--no-bias-correction",
-        action="store_true",
-        help="keep the converter's int8 biases (no empirical bias correction)",
-    )
-    p.add_argument(
-        "--no-tuning",
-        action="store_true",
-        help="skip the end-to-end training of int8 weight levels, biases and activation scales against float",
-    )
+    for step in STEPS:
+        if step.switch:
+            p.add_argument(step.flag, action="store_true", help=step.off_help)
     p.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifacts go to OUT/<model>/ (default artifacts)"
     )
@@ -215,12 +176,8 @@ def _options(args, argv: list[str]) -> dict:
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
-        equalize=not args.no_equalize,
-        percentile_ranges=not args.no_percentile_ranges,
-        fitted_rounding=not args.no_fitted_rounding,
-        bias_correction=not args.no_bias_correction,
-        tuning=not args.no_tuning,
         optimize=not args.no_optimize,
+        **{switch: not getattr(args, f"no_{switch}") for switch in SWITCHES},
         command="python -m pipeline.export " + shlex.join(argv),
     )
 
@@ -255,7 +212,7 @@ def _export_all(args, argv: list[str]) -> int:
         rows.append(row)
         if exc is not None:
             print(f"error: {row['model']}: {exc}", file=sys.stderr)
-            worst = max(worst, EXIT_USER_ERROR if isinstance(exc, USER_ERRORS) else EXIT_INTERNAL_ERROR)
+            worst = max(worst, EXIT_USER_ERROR if isinstance(exc, UserError) else EXIT_INTERNAL_ERROR)
         else:
             worst = max(worst, 0 if passed else EXIT_PARITY_FAILED)
     path = write_summary(args.out, rows, mode)
@@ -283,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _check_flags(args)
             return _export_all(args, argv) if args.all else _export_one(args, argv)
-        except USER_ERRORS as exc:
+        except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         except Exception as exc:

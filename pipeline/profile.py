@@ -7,20 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from export.files import write_text_atomic
-from export.images import ImageDataError
-from export.tflite_inspect import NotTfliteError
-from pipeline.arguments import positive_int
-from pipeline.signals import run_interruptible
-from profiling.arm_setup import default_cache
-from profiling.cores import UnknownCoreError, parse_cores
-from profiling.device import DeviceError
-from profiling.emulated import EmulationError
-from profiling.host import HostMeasurementError
-from profiling.report import merge_into_report, render_profile
-from profiling.run import ProfileRequest, profile_models
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.tflite_inspect import NotTfliteError
+from mobile_vision_export.pipeline.arguments import positive_int
+from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.profiling.arm_setup import default_cache
+from mobile_vision_export.profiling.cores import parse_cores
+from mobile_vision_export.profiling.run import ProfileRequest, profile_models
+from mobile_vision_export.report.document import read_report
+from mobile_vision_export.report.profile import SECTION, profile_figures, render_profile
 
-USER_ERRORS = (NotTfliteError, UnknownCoreError, DeviceError, EmulationError, HostMeasurementError, ImageDataError)
+from mobile_vision_export.errors import UserError
 
 
 def _threads(text: str) -> list[int]:
@@ -37,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.profile", description=__doc__)
     p.add_argument("models", nargs="+", type=Path, help=".tflite files")
     p.add_argument("--host", action="store_true", help="host latency (the default when nothing else is chosen)")
-    p.add_argument("--arm", help="emulated cores, e.g. a53,a55,a76 (needs 'python -m profiling.arm_setup')")
+    p.add_argument("--arm", help="emulated cores, e.g. a53,a55,a76 (needs 'mve-arm-setup')")
     p.add_argument("--threads", type=_threads, default=[1, 2], help="host and device thread counts (default 1,2)")
     p.add_argument("--warmups", type=positive_int, default=10, help="warm-up inferences before timing (default 10)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed inferences (default 50)")
@@ -51,14 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(models: list[Path], request: ProfileRequest, out_dir: Path) -> dict:
-    """Profile `models`, write profile.json in `out_dir` and the profile section of its report.md."""
+    """Profile `models`, write profile.json in `out_dir` and the profile section of its report (report.md and
+    report.html)."""
     for model in models:
         if not model.is_file():
             raise NotTfliteError(f"model not found: {model}")
     data = profile_models(models, request)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "profile.json", json.dumps(data, indent=2) + "\n")
-    merge_into_report(out_dir / "report.md", render_profile(data))
+    read_report(out_dir).with_section(SECTION, render_profile(data), profile_figures(data)).write(out_dir)
     return data
 
 
@@ -86,7 +84,7 @@ def _main(argv: list[str] | None) -> int:
             arm_cache=args.arm_cache,
         )
         data = run(args.models, request, args.out or args.models[0].parent)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render_profile(data))

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import json
 
-from export.contract import preprocess_contract
-from export.files import write_text_atomic
-from export.tflite_inspect import TfliteSummary
-from export.threads import runtime_threads
-from models.weights import sha256_file
-from pipeline.stages import DIAGNOSIS_IMAGES, Job
-from validate.diagnose_report import report_section, sqnr_curve
-from validate.html_report import Bar, bar_chart, contact_sheet, render_html
-from validate.report import format_sqnr, parity_json, render_report, sha256_array
+from mobile_vision_export.export.contract import preprocess_contract
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.provenance import sha256_array
+from mobile_vision_export.export.tflite_inspect import TfliteSummary
+from mobile_vision_export.export.threads import runtime_threads
+from mobile_vision_export.models.weights import sha256_file
+from mobile_vision_export.pipeline.int8_steps import STEPS
+from mobile_vision_export.pipeline.stages import DIAGNOSIS_IMAGES, Job
+from mobile_vision_export.report.diagnose import report_section, sqnr_curve
+from mobile_vision_export.report.document import Report
+from mobile_vision_export.report.html import Bar, bar_chart, contact_sheet
+from mobile_vision_export.report.parity import format_sqnr, parity_json, render_report
 
 SHEET_PHOTOS = 48  # changed answers shown in report.html's contact sheet
 WORST_CLASSES = 15
-
-# parity.json key and report order of each int8 step's summary
-INT8_STEPS = (
-    ("int8_equalization", "equalization", "range equalization (int8 graph)"),
-    ("int8_activation_ranges", "ranges", "int8 percentile activation ranges"),
-    ("int8_bias_correction", "bias_correction", "int8 bias correction"),
-    ("int8_tuning", "tuning", "int8 tuning"),
-    ("int8_fitted_rounding", "rounding", "int8 fitted rounding"),
-    ("int8_fallback", "fallback", "int8 fallback"),
-    ("int8_output", "output", "int8 output in float"),
-)
 
 
 def _model_info(job: Job, params, macs) -> dict:
@@ -47,9 +39,10 @@ def _model_info(job: Job, params, macs) -> dict:
         "onnx_nodes_simplified": graphs.simplified.nodes,
         "converter_settings": job.tflites.settings,
     }
-    for key, attribute, stage in INT8_STEPS:
-        summary = getattr(job, attribute)
-        info[key] = summary.as_dict() if summary else {"applied": False, "reason": job.skipped.get(stage, "not run")}
+    for step in STEPS:
+        summary = job.int8_summaries.get(step.name)
+        reason = job.skipped.get(step.title, "not run")
+        info[step.key] = summary.as_dict() if summary else {"applied": False, "reason": reason}
     info["graph_optimization"] = job.layout
     return info
 
@@ -90,14 +83,13 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
     if job.accuracy is not None:
         record["accuracy_on_your_photos"] = job.accuracy.as_dict()
     write_text_atomic(stage_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
-    steps = [job.accuracy] + [getattr(job, attribute) for _, attribute, _ in INT8_STEPS]
+    steps = [job.accuracy] + [job.int8_summaries.get(step.name) for step in STEPS]
     sections = [section for section in (s.markdown() for s in steps if s) if section]
     report = render_report(model, inputs, job.rows, summaries, timings, sections, job.passed)
     if job.diagnosis is not None:
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)
-    write_text_atomic(stage_dir / "report.md", report)
-    write_text_atomic(stage_dir / "report.html", render_html(report, _figures(job)))
+    Report(report, _figures(job)).write(stage_dir)
 
 
 def _figures(job: Job) -> dict[str, list[str]]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from validate.thresholds import Thresholds
+from mobile_vision_export.validate.thresholds import Thresholds
 
-# Calibration crops by default. On mobilenet_v2 (ImageNet weights, 194 held-out photos) 200 crops of the built-in
-# set agreed with float on 87.1 % (15.8 dB), 100 crops on 85.1 % (15.6 dB), 300 on 86.6 % (15.8 dB); 200 costs
-# 46 s more per export than 100.
+# Calibration crops by default: chosen against 100 and 300 on mobilenet_v2 (ImageNet weights); bench/accuracy.py
+# measures an export's int8 with other counts (--calib-samples).
 CALIBRATION_CROPS = 200
 
 
@@ -23,11 +22,7 @@ class ExportRequest:
     calib_samples: int = CALIBRATION_CROPS
     labels: list[str] | None = None
     optimize: bool = True
-    equalize: bool = True
-    percentile_ranges: bool = True
-    fitted_rounding: bool = True
-    bias_correction: bool = True
-    tuning: bool = True
+    int8_off: frozenset[str] = frozenset()  # switches of the int8 steps turned off (pipeline.int8_steps.SWITCHES)
     min_sqnr: float | None = None  # int8 targets: layers fall back (dynamic-range, else float), worst first,
     min_top1: float | None = None  # until they hold
     val_dir: Path | None = None  # the user's labelled photos (class folders or a CSV): accuracy of every model
@@ -35,5 +30,5 @@ class ExportRequest:
     int8_output: str = "int8"  # "float": the int8 file gives float32 logits (its output layer in dynamic range)
 
     @property
-    def int8(self) -> bool:
+    def wants_int8(self) -> bool:
         return "int8" in self.modes

@@ -6,14 +6,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from export.tflite_inspect import TfliteSummary
-from pipeline import stages as s
-from pipeline.progress import StageTimer
-from pipeline.reports import write_reports
-from pipeline.request import ExportRequest
-from pipeline.sources import ModelSource
-from pipeline.staging import staged_dir
-from validate.parity import VariantParity
+from mobile_vision_export.export.tflite_inspect import TfliteSummary
+from mobile_vision_export.pipeline import stages as s
+from mobile_vision_export.pipeline.int8_steps import EQUALIZATION, STEPS, Int8Step, run_int8_steps
+from mobile_vision_export.pipeline.progress import StageTimer
+from mobile_vision_export.pipeline.reports import write_reports
+from mobile_vision_export.pipeline.request import ExportRequest
+from mobile_vision_export.pipeline.sources import ModelSource
+from mobile_vision_export.pipeline.staging import staged_dir
+from mobile_vision_export.validate.parity import VariantParity
 
 __all__ = ["STAGES", "ExportRequest", "ExportResult", "Stage", "run_export"]
 
@@ -21,18 +22,14 @@ __all__ = ["STAGES", "ExportRequest", "ExportResult", "Stage", "run_export"]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[s.Job], s.Job]
+    run: Callable[[s.Job], s.Job] | None = None
     skip: Callable[[s.Job], str | None] = lambda job: None  # why the stage does not run for this job, or None
     title: Callable[[s.Job], str] | None = None  # what the console and the timings call it, if not `name`
+    int8_steps: tuple[Int8Step, ...] = ()  # instead of `run`: int8 steps, each timed and recorded on its own
 
 
 def _no_int8(job: s.Job) -> str | None:
-    return None if job.request.int8 else "no int8 requested"
-
-
-def _int8_step(off: str, enabled: Callable[[ExportRequest], bool]) -> Callable[[s.Job], str | None]:
-    """Skip an int8 step, saying why, when no int8 is requested or the step is not enabled."""
-    return lambda job: _no_int8(job) or (None if enabled(job.request) else off)
+    return None if job.request.wants_int8 else "no int8 requested"
 
 
 def _trained(job: s.Job) -> str | None:
@@ -51,25 +48,6 @@ def _not_fp32_and_int8(job: s.Job) -> str | None:
     return None if {"fp32", "int8"} <= set(job.request.modes) else "needs the fp32 and int8 variants"
 
 
-_no_equalize = _int8_step("turned off (--no-equalize)", lambda r: r.equalize)
-_no_percentile = _int8_step("turned off (--no-percentile-ranges)", lambda r: r.percentile_ranges)
-_no_fitted_rounding = _int8_step("turned off (--no-fitted-rounding)", lambda r: r.fitted_rounding)
-_no_bias_correction = _int8_step("turned off (--no-bias-correction)", lambda r: r.bias_correction)
-_no_tuning = _int8_step("turned off (--no-tuning)", lambda r: r.tuning)
-
-
-def _rounding_not_tuned(job: s.Job) -> str | None:
-    """A kept tuning has fitted every weight level end to end: the fitted rounding would only start it over (on
-    mobilenet_v2 ImageNet the tuning lands within 0.02 dB with or without it)."""
-    kept = job.tuning is not None and job.tuning.applied
-    return _no_fitted_rounding(job) or ("the int8 tuning was kept: it fitted the weight levels" if kept else None)
-
-
-_no_target = _int8_step(
-    "no target (--min-sqnr, --min-top1)", lambda r: r.min_sqnr is not None or r.min_top1 is not None
-)
-_int8_output = _int8_step("int8 output (the default)", lambda r: r.int8_output == "float")
-
 STAGES = (
     Stage("load photos", s.load_photos),
     Stage("BatchNorm statistics (random weights)", s.estimate_batchnorm, _trained),
@@ -78,15 +56,10 @@ STAGES = (
     Stage("class names", s.name_classes),
     Stage("your labelled photos", s.read_labelled_photos, _no_val_dir),
     Stage("int8 selection crops", s.hold_out_selection_crops, _no_int8),
-    Stage("range equalization (int8 graph)", s.equalize, _no_equalize),
+    Stage("int8 graph steps", int8_steps=(EQUALIZATION,)),
     Stage("onnx2tf", s.convert, title=s.convert_title),
     Stage("graph optimization", s.optimize_layout, _no_optimize),
-    Stage("int8 percentile activation ranges", s.narrow_activation_ranges, _no_percentile),
-    Stage("int8 bias correction", s.correct_int8_biases, _no_bias_correction),
-    Stage("int8 tuning", s.tune_int8, _no_tuning),
-    Stage("int8 fitted rounding", s.fit_int8_rounding, _rounding_not_tuned),
-    Stage("int8 fallback", s.fall_back_layers, _no_target),
-    Stage("int8 output in float", s.float_logits, _int8_output),
+    Stage("int8 file steps", int8_steps=tuple(step for step in STEPS if step is not EQUALIZATION)),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("TFLite metadata", s.embed_metadata),
     Stage("parity", s.parity),
@@ -126,9 +99,11 @@ def run_stages(job: s.Job, timer: StageTimer) -> s.Job:
         reason = stage.skip(job)
         if reason is not None:
             job = replace(job, skipped={**job.skipped, stage.name: reason})
-            continue
-        with timer.stage(stage.title(job) if stage.title else stage.name):
-            job = stage.run(job)
+        elif stage.int8_steps:
+            job = run_int8_steps(job, timer, stage.int8_steps)
+        else:
+            with timer.stage(stage.title(job) if stage.title else stage.name):
+                job = stage.run(job)
     return job
 
 

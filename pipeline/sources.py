@@ -8,21 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from mobile_vision_export.export.onnx_stage import describe_onnx
+from mobile_vision_export.models import get_model, get_spec
+from mobile_vision_export.models.complexity import count_macs, count_parameters
+from mobile_vision_export.models.random_init import estimate_batchnorm_stats
+from mobile_vision_export.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from mobile_vision_export.models.weights import load_weights, sha256_file
+from mobile_vision_export.pipeline.arguments import input_size_problem
 from torch import nn
 
-from export.onnx_stage import describe_onnx
-from models import get_model, get_spec
-from models.complexity import count_macs, count_parameters
-from models.random_init import estimate_batchnorm_stats
-from models.registry import IMAGENET_MEAN, IMAGENET_STD
-from models.weights import load_weights, sha256_file
-from pipeline.arguments import input_size_problem
+from mobile_vision_export.errors import UserError
 
 RANDOM_INIT = "random initialization (seed 0)"
 RANDOM_CAVEAT = "parity is meaningful, accuracy is not"
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A model source that cannot be loaded."""
 
 

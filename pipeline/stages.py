@@ -1,46 +1,56 @@
 """The export's stages. Each takes the `Job` so far and returns it with what the stage made; `pipeline.run` lists
-them in order."""
+them in order (the int8 steps are in `pipeline.int8_steps`)."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-
-from export import images as imgs
-from export.contract import labels_for, preprocess_contract
-from export.files import write_text_atomic
-from export.metadata import LABELS_FILE, MetadataError, disagreements, read_metadata, write_metadata
-from export.onnx_stage import OnnxError, OnnxModel, describe_onnx, export_onnx, load_onnx, simplify_onnx
-from export.tflite_inspect import TfliteSummary, inspect_tflite
-from export.tflite_optimize import optimize_tflite
-from export.tflite_stage import (
+from mobile_vision_export.export import images as imgs
+from mobile_vision_export.export.contract import labels_for, preprocess_contract
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.metadata import (
+    LABELS_FILE,
+    MetadataError,
+    disagreements,
+    read_metadata,
+    write_metadata,
+)
+from mobile_vision_export.export.onnx_stage import (
+    OnnxError,
+    OnnxModel,
+    describe_onnx,
+    export_onnx,
+    load_onnx,
+    simplify_onnx,
+)
+from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
+from mobile_vision_export.export.tflite_optimize import optimize_tflite
+from mobile_vision_export.export.tflite_stage import (
     QUANT_MODES,
     ConversionError,
     TfliteConversion,
     check_converter_supports,
     convert_tflite,
 )
-from int8.activation_ranges import ActivationRanges, cut_activation_ranges
-from int8.bias_correction import BiasCorrection, correct_biases
-from int8.crops import SELECTION_IMAGES, Crops
-from int8.equalize import Equalization, equalize_for_int8
-from int8.fallback import JUDGE_PHOTOS, Fallback, Judge, reach_targets
-from int8.output import FloatOutput, float_output
-from int8.rounding import FittedRounding, fit_rounding
-from int8.tuning import Tuning, tune
-from pipeline.request import ExportRequest
-from pipeline.sources import ModelSource, calibrate_random_weights
-from validate.diagnose import Diagnosis, diagnose
-from validate.diagnose_report import write_diagnosis
-from validate.labelled import LabelledAccuracy, LabelledSet, accuracy, check_disjoint, read_labelled
-from validate.parity import VariantParity, check_parity
-from validate.runners import run_onnx, run_tflite, run_torch
+from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
+from mobile_vision_export.pipeline.request import ExportRequest
+from mobile_vision_export.pipeline.sources import ModelSource, calibrate_random_weights
+from mobile_vision_export.report.diagnose import write_diagnosis
+from mobile_vision_export.validate.diagnose import Diagnosis, diagnose
+from mobile_vision_export.validate.labelled import (
+    LabelledAccuracy,
+    LabelledSet,
+    accuracy,
+    check_disjoint,
+    read_labelled,
+)
+from mobile_vision_export.validate.parity import VariantParity, check_parity
+from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
 
 IMAGENET_CLASSES = 1000
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
@@ -53,6 +63,7 @@ class Photos:
     calib: np.ndarray  # NHWC uint8 pixel codes (every crop is a code / 255): what onnx2tf calibrates on
     calib_x: np.ndarray  # the same, normalized: what the model sees
     calib_description: str
+    calibration: imgs.CalibrationSet
     heldout_photos: list[imgs.Photo]
     heldout: np.ndarray  # normalized NHWC
     unread: list[imgs.Photo]  # calibration photos no calibration crop comes from: what the int8 fallback judges on
@@ -83,16 +94,9 @@ class Job:
     photos: Photos | None = None
     graphs: Graphs | None = None
     crops: Crops | None = None  # int8 only
-    equalization: Equalization | None = None
     tflites: Tflites | None = None
     layout: dict[str, dict] = field(default_factory=dict)
-    ranges: ActivationRanges | None = None
-    rounding: FittedRounding | None = None
-    bias_correction: BiasCorrection | None = None
-    before_bias: Path | None = None  # the int8 file before the bias correction, while the fitted rounding may run
-    tuning: Tuning | None = None
-    fallback: Fallback | None = None
-    output: FloatOutput | None = None
+    int8_summaries: dict[str, object] = field(default_factory=dict)  # int8 step name -> its summary
     rows: list[VariantParity] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     labelled: LabelledSet | None = None  # --val-dir
@@ -105,42 +109,35 @@ class Job:
         return all(r.passed for r in self.rows) and not (self.accuracy and self.accuracy.failures)
 
     @property
-    def int8(self) -> Path:
+    def int8_file(self) -> Path:
         return self.tflites.files["int8"]
 
 
-def _nchw(batch_nhwc: np.ndarray) -> np.ndarray:
+def nchw(batch_nhwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch_nhwc.transpose(0, 3, 1, 2))
 
 
-def _calibration_crops(
-    request: ExportRequest, photos: list[imgs.Photo], make: Callable[[], np.ndarray], *key: object
-) -> np.ndarray:
-    """`make()`'s crops of calibration photos: the user's photos are decoded each time, never copied into a cache."""
-    return make() if request.calib_dir else imgs.cached_crops(photos, make, *key)
-
-
 def load_photos(job: Job) -> Job:
+    """Every photo set of the export, made once: the calibration crops, the held-out photos and the calibration
+    photos no crop comes from."""
     request, source, size = job.request, job.source, job.source.input_size
-    photos = imgs.photos_in_dir(request.calib_dir) if request.calib_dir else imgs.calibration_photos()
-    where = str(request.calib_dir) if request.calib_dir else "built-in photos: gcompris-qt-data 1.0, endless-sky, krank"
-    samples = request.calib_samples
-    calib = _calibration_crops(
-        request, photos, lambda: imgs.calibration_batch(photos, size, samples), "calibration", size, samples
-    )
+    calibration = imgs.calibration_set(request.calib_dir)
+    photos, samples = calibration.photos, request.calib_samples
+    make = lambda: imgs.calibration_batch(photos, size, samples)  # noqa: E731
+    calib = calibration.crops(photos, make, "calibration", size, samples)
     heldout_photos = imgs.heldout_photos()
     heldout_crop = lambda: imgs.heldout_batch(heldout_photos, size)  # noqa: E731
     heldout = imgs.normalize(imgs.cached_crops(heldout_photos, heldout_crop, "held-out", size), source.mean, source.std)
-    description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({where})"
+    description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({calibration.where})"
     calib_x = imgs.normalize(calib, source.mean, source.std)
     codes = imgs.pixel_codes(calib)  # a quarter of the memory while the converters run
     unread = imgs.unread_photos(photos, samples)
-    return replace(job, photos=Photos(codes, calib_x, description, heldout_photos, heldout, unread))
+    return replace(job, photos=Photos(codes, calib_x, description, calibration, heldout_photos, heldout, unread))
 
 
 def estimate_batchnorm(job: Job) -> Job:
     """A random-weight model outputs (almost) its last bias until its BatchNorm statistics come from photos."""
-    calibrate_random_weights(job.source, torch.from_numpy(_nchw(job.photos.calib_x)))
+    calibrate_random_weights(job.source, torch.from_numpy(nchw(job.photos.calib_x)))
     return job
 
 
@@ -175,8 +172,7 @@ def name_classes(job: Job) -> Job:
 def read_labelled_photos(job: Job) -> Job:
     """The user's labelled photos, refused if calibration saw any of them."""
     labelled = read_labelled(job.request.val_dir, job.labels)
-    calibration = imgs.photos_in_dir(job.request.calib_dir) if job.request.calib_dir else imgs.calibration_photos()
-    check_disjoint(labelled.photos, calibration)
+    check_disjoint(labelled.photos, job.photos.calibration.photos)
     return replace(job, labelled=labelled)
 
 
@@ -186,8 +182,8 @@ def measure_accuracy(job: Job) -> Job:
     x = imgs.normalize(imgs.heldout_batch(job.labelled.photos, source.input_size), source.mean, source.std)
     outputs = {}
     if source.module is not None:
-        outputs["pytorch"] = run_torch(source.module, _nchw(x))
-    outputs["onnxruntime"] = run_onnx(job.graphs.simplified.path, _nchw(x))
+        outputs["pytorch"] = run_torch(source.module, nchw(x))
+    outputs["onnxruntime"] = run_onnx(job.graphs.simplified.path, nchw(x))
     outputs.update({mode: run_tflite(path, x) for mode, path in job.tflites.files.items()})
     names = list(outputs)
     reference = accuracy(names[0], outputs[names[0]], labels)
@@ -200,15 +196,8 @@ def measure_accuracy(job: Job) -> Job:
 def hold_out_selection_crops(job: Job) -> Job:
     """The calibration crops that judge the int8 choices, with ONNX Runtime's output on them."""
     selection = job.photos.calib_x[:SELECTION_IMAGES]
-    reference = run_onnx(job.graphs.simplified.path, _nchw(selection))
+    reference = run_onnx(job.graphs.simplified.path, nchw(selection))
     return replace(job, crops=Crops(job.photos.calib_x, reference))
-
-
-def equalize(job: Job) -> Job:
-    path = job.stage_dir / f"{job.source.name}_equalized.onnx"
-    calib, heldout = _nchw(job.photos.calib_x), _nchw(job.photos.heldout)
-    equalized, summary = equalize_for_int8(job.graphs.simplified, path, calib, heldout)
-    return replace(job, graphs=replace(job.graphs, equalized=equalized), equalization=summary)
 
 
 def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteConversion:
@@ -295,65 +284,11 @@ def optimize_layout(job: Job) -> Job:
     return replace(job, layout=layout)
 
 
-def narrow_activation_ranges(job: Job) -> Job:
-    return replace(job, ranges=cut_activation_ranges(job.int8, job.crops))
-
-
-def correct_int8_biases(job: Job) -> Job:
-    """While the fitted rounding may still run, the file before the correction is kept aside for it."""
-    if job.request.fitted_rounding:
-        before = job.int8.with_name(f".{job.int8.name}.before_bias")
-        shutil.copyfile(job.int8, before)
-        job = replace(job, before_bias=before)
-    return replace(job, bias_correction=correct_biases(job.int8, job.tflites.float_twin, job.crops))
-
-
-def tune_int8(job: Job) -> Job:
-    tuning = tune(job.int8, job.tflites.float_twin, job.crops)
-    if tuning.applied and job.before_bias is not None:  # the fitted rounding will not run
-        job.before_bias.unlink()
-        job = replace(job, before_bias=None)
-    return replace(job, tuning=tuning)
-
-
-def fit_int8_rounding(job: Job) -> Job:
-    """Without a kept tuning, the per-layer route: the fitted rounding from the file before the bias correction,
-    then the bias correction again (the rounding first, as it was before the tuning: 0.7 dB more on
-    shufflenet_v1_g1 than the rounding after the correction)."""
-    if job.before_bias is None:
-        return replace(job, rounding=fit_rounding(job.int8, job.tflites.float_twin, job.crops))
-    job.before_bias.replace(job.int8)
-    rounding = fit_rounding(job.int8, job.tflites.float_twin, job.crops)
-    bias_correction = correct_biases(job.int8, job.tflites.float_twin, job.crops)
-    return replace(job, before_bias=None, rounding=rounding, bias_correction=bias_correction)
-
-
-def fall_back_layers(job: Job) -> Job:
-    """The fallback is judged on photos no earlier step read: the tuning fits the calibration crops themselves
-    (mobilenet_v2 ImageNet: 94.0 % agreement on them, 92.8 % on the unread photos)."""
-    request, source, unread = job.request, job.source, job.photos.unread[:JUDGE_PHOTOS]
-    if unread:
-        crops = _calibration_crops(
-            request, unread, lambda: imgs.heldout_batch(unread, source.input_size), "judge", source.input_size
-        )
-        judge = Judge(imgs.normalize(crops, source.mean, source.std), f"{len(unread)} unread calibration photos")
-    else:
-        judge = Judge(job.crops.selection, f"{len(job.crops.selection)} selection crops (no calibration photo unread)")
-    fallback = reach_targets(job.int8, job.tflites.float_twin, job.crops, judge, request.min_sqnr, request.min_top1)
-    return replace(job, fallback=fallback)
-
-
-def float_logits(job: Job) -> Job:
-    candidate = job.int8.with_name(f".{job.int8.name}.float_output")
-    summary = float_output(job.int8, candidate)
-    candidate.replace(job.int8)
-    return replace(job, output=summary)
-
-
 def drop_float_twin(job: Job) -> Job:
     """The float twin ships only when it differs from the fp32 file and the diagnosis uses it."""
     twin = job.tflites.float_twin
-    if job.equalization is not None and job.equalization.applied and "fp32" in job.tflites.files:
+    equalization = job.int8_summaries.get("equalization")
+    if equalization is not None and equalization.applied and "fp32" in job.tflites.files:
         return job
     twin.unlink()
     return replace(job, tflites=replace(job.tflites, float_twin=None))

@@ -9,8 +9,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 
-class OutputError(OSError):
+
+class OutputError(UserError, OSError):
     """The output folder cannot be created or written."""
 
 

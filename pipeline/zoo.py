@@ -12,14 +12,16 @@ import re
 import sys
 from pathlib import Path
 
-from export.files import write_text_atomic
-from export.threads import batch_environment
-from models import get_spec, list_models
-from models.complexity import count_parameters
-from pipeline.api import export_model
-from pipeline.signals import sigterm_raises
-from pipeline.staging import OutputError
-from validate.report import format_sqnr
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.threads import batch_environment
+from mobile_vision_export.models import get_spec, list_models
+from mobile_vision_export.models.complexity import count_parameters
+from mobile_vision_export.pipeline.api import export_model
+from mobile_vision_export.pipeline.signals import sigterm_raises
+from mobile_vision_export.pipeline.staging import OutputError
+from mobile_vision_export.report.parity import format_sqnr
+
+from mobile_vision_export.errors import UserError
 
 
 def summary_row(record: dict, mode: str) -> dict:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         path, rows = merge(args.dirs, args.out, args.quant)
-    except OutputError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(path.read_text(), end="")

@@ -16,7 +16,9 @@ import tarfile
 from importlib.metadata import version
 from pathlib import Path
 
-from profiling.cores import CORES
+from mobile_vision_export.profiling.cores import CORES
+
+from mobile_vision_export.errors import UserError
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_window.c"
 ARM_PACKAGES = ["python3.11:arm64", "libstdc++6:arm64"]
@@ -26,7 +28,7 @@ EMULATED_LITERT = "2.3.0"
 _SKIP_PACKAGES = ("dpkg:", "install-info:", "tar:", "perl:", "perl-base:")
 
 
-class ArmSetupError(RuntimeError):
+class ArmSetupError(UserError, RuntimeError):
     """A set-up step failed; the message names it."""
 
 
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         setup(args.cache)
-    except ArmSetupError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

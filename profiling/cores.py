@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mobile_vision_export.errors import UserError
+
 _BASE_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
 _V82_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
 
@@ -33,7 +35,7 @@ CORES = {
 }
 
 
-class UnknownCoreError(ValueError):
+class UnknownCoreError(UserError, ValueError):
     """A core name we have no profile for."""
 
 

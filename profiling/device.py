@@ -7,10 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
+
 DEVICE_DIR = "/data/local/tmp/mve"
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """adb or the benchmark binary is missing, or the device run failed."""
 
 

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mobile_vision_export.profiling.cores import Core
+from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of
 
-from profiling.cores import Core
-from profiling.symbols import FAMILIES, attribute, family_of
+from mobile_vision_export.errors import UserError
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
-SETUP_HINT = "run 'python -m profiling.arm_setup' to set it up"
+SETUP_HINT = "run 'mve-arm-setup' to set it up"
 
 
-class EmulationError(RuntimeError):
+class EmulationError(UserError, RuntimeError):
     """The emulated run could not happen or did not finish."""
 
 
@@ -131,8 +132,7 @@ def run_emulated(
         seen = (tmp_path / "cpuinfo.txt").read_text()
         if f"CPU part\t: {core.part}" not in seen:
             raise EmulationError(
-                f"the guest did not see the {core.name} cpuinfo (CPU part {core.part}): "
-                f"rerun 'python -m profiling.arm_setup'"
+                f"the guest did not see the {core.name} cpuinfo (CPU part {core.part}): rerun 'mve-arm-setup'"
             )
         windows = _windows(counts.read_text())
         if len(windows) != runs:

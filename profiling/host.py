@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_vision_export.errors import UserError
 
-class HostMeasurementError(RuntimeError):
+
+class HostMeasurementError(UserError, RuntimeError):
     """The measuring process failed."""
 
 
@@ -66,7 +68,7 @@ def measure_host(model: Path, input_array: np.ndarray, threads: int, warmups: in
             [
                 sys.executable,
                 "-m",
-                "profiling.host",
+                "mobile_vision_export.profiling.host",
                 str(model.resolve()),
                 str(input_path),
                 str(threads),
@@ -75,7 +77,6 @@ def measure_host(model: Path, input_array: np.ndarray, threads: int, warmups: in
             ],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).resolve().parents[1],
         )
     if proc.returncode != 0:
         raise HostMeasurementError(f"host measurement of {model} failed: {proc.stderr.strip()[-400:]}")

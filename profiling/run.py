@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-
-from export.contract import normalization_beside
-from export.images import heldout_batch, heldout_photos, normalize
-from export.tflite_inspect import inspect_tflite, quantize
-from models.weights import sha256_file
-from profiling import device
-from profiling.arm_setup import emulated_litert
-from profiling.cores import Core
-from profiling.emulated import find_environment, run_emulated
-from profiling.host import measure_host
-from validate.report import sha256_array, tool_versions
+from mobile_vision_export.export.contract import normalization_beside
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
+from mobile_vision_export.export.provenance import sha256_array, tool_versions
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
+from mobile_vision_export.models.weights import sha256_file
+from mobile_vision_export.profiling import device
+from mobile_vision_export.profiling.arm_setup import emulated_litert
+from mobile_vision_export.profiling.cores import Core
+from mobile_vision_export.profiling.emulated import find_environment, run_emulated
+from mobile_vision_export.profiling.host import measure_host
 
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
 

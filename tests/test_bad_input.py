@@ -4,11 +4,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from mobile_vision_export.models import get_model
+from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 from onnx import TensorProto, helper
 from PIL import Image
-
-from models import get_model
-from pipeline.export import EXIT_USER_ERROR, main
 
 
 def _fails(capsys, tmp_path, *argv: str) -> str:
@@ -112,7 +111,7 @@ def test_truncated_photos_are_skipped_then_refused(capsys, tmp_path, caplog):
     folder.mkdir()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "whole.jpg")
     (folder / "cut.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
-    from export.images import photos_in_dir
+    from mobile_vision_export.export.images import photos_in_dir
 
     assert [p.path.name for p in photos_in_dir(folder)] == ["whole.jpg"]
     assert "cut.jpg" in caplog.text

@@ -2,19 +2,25 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
+from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.pipeline import run
+from mobile_vision_export.pipeline.export import main as export_main
+from mobile_vision_export.validate.metrics import compare
+from mobile_vision_export.validate.runners import run_onnx, run_tflite
 
-from export.images import heldout_batch, heldout_photos, normalize
-from export.onnx_stage import export_onnx
+from mobile_vision_export.errors import UserError
 from tests.conftest import error_lines, network_attempts, run_cli
 from tests.data.tiny_model import build
-from validate.metrics import compare
-from validate.runners import run_onnx, run_tflite
+from tests.test_packaging import user_project
 
 
 def test_network_guard_catches_a_download(tmp_path):
@@ -237,3 +243,37 @@ def test_layout_pass_runs_by_default_and_can_be_turned_off(tmp_path, tiny_model)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parity = json.loads((tmp_path / "off" / "tiny_model_build_shuffle" / "parity.json").read_text())
     assert parity["model"]["graph_optimization"] == {}
+
+
+def test_export_runs_from_a_project_with_its_own_models_package(tmp_path):
+    """`python -m pipeline.export` from a PyTorch project whose `models` package is not ours (the common layout)."""
+    project = user_project(tmp_path / "project")
+    proc = run_cli("pipeline.export", "--list", tmp_path=project)
+    assert proc.returncode == 0 and "shufflenet_v2_x0_5" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_installed_script_exports_a_model_that_imports_the_users_models(tmp_path):
+    project = user_project(tmp_path / "project")
+    script = Path(sys.executable).parent / "mobile-vision-export"
+    cmd = [script, "--model", "my_net.py:build", "--input-size", "32", "--quant", "fp32", "--out", "out"]
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (project / "out" / "my_net_build" / "my_net_build_fp32.tflite").is_file()
+
+
+@pytest.mark.parametrize("base, code", [(ValueError, 2), (RuntimeError, 2), (KeyError, 3)])
+def test_an_error_raised_from_a_stage_exits_by_its_kind(tmp_path, monkeypatch, capsys, base, code):
+    """A user error the CLI has never heard of exits 2 with its message; anything else is a bug (exit 3)."""
+    kind = type("NewMistake", (UserError, base) if code == 2 else (base,), {})
+
+    def fail(job):
+        raise kind("the photo folder is upside down: turn it over")
+
+    monkeypatch.setattr(run, "STAGES", (run.Stage("load photos", fail),))
+    out = tmp_path / "out"
+    assert export_main(["--model", "shufflenet_v2_x0_5", "--quant", "fp32", "--out", str(out)]) == code
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "the photo folder is upside down: turn it over" in line
+    assert line.startswith("error: unexpected") == (code == 3)
+    assert not (out / "shufflenet_v2_x0_5").exists()

@@ -3,15 +3,21 @@
 import numpy as np
 import pytest
 import torch
+from mobile_vision_export.export.images import (
+    calibration_batch,
+    calibration_photos,
+    heldout_batch,
+    heldout_photos,
+    normalize,
+)
+from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.export.tflite_inspect import op_outputs
+from mobile_vision_export.export.tflite_model import read_model, write_model
+from mobile_vision_export.export.tflite_stage import convert_tflite
+from mobile_vision_export.pipeline.diagnose import main as diagnose_main
+from mobile_vision_export.validate.diagnose import diagnose
 
-from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
-from export.onnx_stage import export_onnx
-from export.tflite_inspect import op_outputs
-from export.tflite_model import read_model, write_model
-from export.tflite_stage import convert_tflite
-from pipeline.diagnose import main as diagnose_main
 from tests.data.tiny_model import build
-from validate.diagnose import diagnose
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -5,9 +5,7 @@ import logging
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from export.images import (
+from mobile_vision_export.export.images import (
     ImageDataError,
     Photo,
     cached_crops,
@@ -21,6 +19,8 @@ from export.images import (
     photos_in_dir,
     unread_photos,
 )
+from PIL import Image
+
 from tests.conftest import ROOT
 
 
@@ -59,7 +59,7 @@ def test_unread_photos_are_the_ones_no_calibration_crop_comes_from(tmp_path, mon
         Image.new("RGB", (48, 40), (20 * k, 255 - 20 * k, 7 * k)).save(tmp_path / f"{k}.png")
         photos.append(Photo(tmp_path / f"{k}.png"))
     read = []
-    monkeypatch.setattr("export.images.load_rgb", lambda path: read.append(path) or load_rgb(path))
+    monkeypatch.setattr("mobile_vision_export.export.images.load_rgb", lambda path: read.append(path) or load_rgb(path))
     calibration_batch(photos, 32, 4)
     unread = unread_photos(photos, 4)
     assert len(unread) == 5 and not {p.path for p in unread} & set(read)

@@ -7,22 +7,33 @@ import numpy as np
 import onnx
 import pytest
 from ai_edge_litert import schema_py_generated as schema
+from mobile_vision_export.export.images import (
+    calibration_batch,
+    calibration_photos,
+    heldout_batch,
+    heldout_photos,
+    normalize,
+)
+from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
+from mobile_vision_export.export.tflite_model import op_name, read_model, write_model
+from mobile_vision_export.int8.activation_ranges import (
+    SHARED_QUANTIZATION_OPS,
+    _percentile_codes,
+    code_counts,
+    narrow_ranges,
+)
+from mobile_vision_export.int8.bias_correction import shift_biases
+from mobile_vision_export.int8.crops import SELECTION_IMAGES
+from mobile_vision_export.int8.equalize import channel_stats, equalize_onnx
+from mobile_vision_export.int8.fallback import fall_back
+from mobile_vision_export.int8.output import float_output
+from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_onnx, run_tflite
 
-from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
-from export.onnx_stage import export_onnx
-from export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
-from export.tflite_model import op_name, read_model, write_model
-from int8.activation_ranges import SHARED_QUANTIZATION_OPS, _percentile_codes, code_counts, narrow_ranges
-from int8.bias_correction import shift_biases
-from int8.crops import SELECTION_IMAGES
-from int8.equalize import channel_stats, equalize_onnx
-from int8.fallback import fall_back
-from int8.output import float_output
-from pipeline.request import CALIBRATION_CROPS
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
-from validate.metrics import sqnr_db
-from validate.runners import run_onnx, run_tflite
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
-from export.metadata import _without_zip_times, disagreements, read_metadata
-from export.tflite_model import read_model, write_model
-from validate.runners import run_tflite
+from mobile_vision_export.export.metadata import _without_zip_times, disagreements, read_metadata
+from mobile_vision_export.export.tflite_model import read_model, write_model
+from mobile_vision_export.validate.runners import run_tflite
 
 
 @pytest.mark.slow

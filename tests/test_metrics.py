@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-
-from validate.metrics import compare, sqnr_db
-from validate.thresholds import DEFAULTS, failures, thresholds_for
+from mobile_vision_export.validate.metrics import compare, sqnr_db
+from mobile_vision_export.validate.thresholds import DEFAULTS, failures, thresholds_for
 
 
 def test_identical_outputs_are_perfect():

@@ -18,10 +18,13 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Every top-level package of the tree ships (int8 included once it exists), except these:
-NOT_SHIPPED = {"tests"}
-CORE_PACKAGES = {"models", "export", "validate", "profiling", "pipeline"}
-PACKAGE_DATA = ["profiling/qemu_plugin/insn_window.c"]
+NAMESPACE = "mobile_vision_export"
+# Every top-level package folder of the tree ships as NAMESPACE/<folder>, except these:
+NOT_SHIPPED = {"tests", NAMESPACE}
+CORE_PACKAGES = {"models", "export", "validate", "profiling", "int8", "report", "pipeline"}
+# What the installed distribution puts on sys.path: the namespace, and `pipeline` for `python -m pipeline.export`.
+TOP_LEVEL = {NAMESPACE, "pipeline"}
+PACKAGE_DATA = [f"{NAMESPACE}/profiling/qemu_plugin/insn_window.c"]
 SCRIPTS = ["mobile-vision-export", "mve-profile", "mve-diagnose", "mve-bundle", "mve-arm-setup", "mve-evaluate"]
 # Never packaged; left out of the copy the wheel is built from (setuptools writes build/ and *.egg-info into it).
 NOT_SOURCE = (".venv", ".git", "__pycache__", "*.egg-info", "build", "dist", "artifacts", "android_demo")
@@ -54,8 +57,18 @@ def _packages(src: Path) -> list[str]:
 
 
 def _source_files(src: Path, package: str) -> set[str]:
-    """Every file under a package folder, data files included: code may read them next to itself (Path(__file__))."""
-    return {p.relative_to(src).as_posix() for p in (src / package).rglob("*") if p.is_file()}
+    """Every file under a package folder, as installed in the namespace, data files included: code may read them
+    next to itself (Path(__file__))."""
+    return {f"{NAMESPACE}/{p.relative_to(src).as_posix()}" for p in (src / package).rglob("*") if p.is_file()}
+
+
+def user_project(folder: Path) -> Path:
+    """The most common PyTorch project layout: its own `models` package, and a model file that imports from it."""
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "__init__.py").write_text('"""The project\'s own models package."""\n')
+    (folder / "models" / "tiny.py").write_text((ROOT / "tests" / "data" / "tiny_model.py").read_text())
+    (folder / "my_net.py").write_text("from models.tiny import build  # the user's models, not ours\n")
+    return folder
 
 
 def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
@@ -76,25 +89,26 @@ def test_wheel_installs_and_every_cli_runs_from_anywhere(tmp_path):
     assert ROOT not in tmp_path.parents, "the fresh venv and the cwd must be outside the repo"
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == TOP_LEVEL, sorted(names)[:20]
+    assert {n for n in names if n.startswith("pipeline/")} == {"pipeline/__init__.py"}  # the launcher alone
     packages = _packages(tmp_path / "src")
     assert CORE_PACKAGES <= set(packages), packages
     for package in packages:
         missing = sorted(_source_files(tmp_path / "src", package) - names)
-        assert f"{package}/__init__.py" in names and not missing, f"wheel lacks files of {package}: {missing}"
+        assert not missing, f"wheel lacks files of {package}: {missing}"
     for data in PACKAGE_DATA:
         assert data in names, f"wheel lacks package data {data}"
 
     env_dir = _fresh_venv(tmp_path, wheel)
     python, bin_dir = env_dir / "bin" / "python", env_dir / "bin"
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere = user_project(tmp_path / "elsewhere")
 
     # Every project package comes from the wheel; the editable finder of .venv is not active.
     probe = (
         "import sys, importlib\n"
         f"for name in {packages!r}:\n"
-        "    print(importlib.import_module(name).__file__)\n"
-        "from profiling.arm_setup import PLUGIN_SOURCE\n"
+        f"    print(importlib.import_module('{NAMESPACE}.' + name).__file__)\n"
+        f"from {NAMESPACE}.profiling.arm_setup import PLUGIN_SOURCE\n"
         "print(PLUGIN_SOURCE, PLUGIN_SOURCE.is_file())\n"
         "print('editable finder active:', any(m.startswith('__editable__') for m in sys.modules))\n"
     )
@@ -114,3 +128,8 @@ def test_wheel_installs_and_every_cli_runs_from_anywhere(tmp_path):
     assert "shufflenet_v2_x0_5" in zoo, zoo
     out = _ok(_run([python, "-m", "pipeline.profile", "--help"], cwd=elsewhere), "python -m pipeline.profile --help")
     assert out.startswith("usage:"), out
+
+    # The user's project has its own `models` package, which their model file imports.
+    export = [bin_dir / "mobile-vision-export", "--model", "my_net.py:build", "--input-size", "32", "--quant", "fp32"]
+    _ok(_run([*export, "--out", "out"], cwd=elsewhere, timeout=600), "export of a model importing the user's models")
+    assert (elsewhere / "out" / "my_net_build" / "my_net_build_fp32.tflite").is_file()

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from mobile_vision_export.pipeline.profile import main as profile_main
+from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
+from mobile_vision_export.profiling.cores import UnknownCoreError, parse_cores
+from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_output
+from mobile_vision_export.profiling.symbols import executable_mappings, family_of
+from mobile_vision_export.report.document import Report, read_report
 
-from pipeline.profile import main as profile_main
-from profiling.arm_setup import EMULATED_LITERT
-from profiling.cores import UnknownCoreError, parse_cores
-from profiling.device import DeviceError, parse_benchmark_output
-from profiling.symbols import executable_mappings, family_of
 from tests.conftest import ROOT, error_lines
 
 
@@ -57,7 +58,7 @@ def arm_cache(tmp_path_factory):
     """The ARM set-up, made (or reused) by its own one command."""
     cache = Path.home() / ".cache" / "mobile-vision-export" / "arm"
     proc = subprocess.run(
-        [sys.executable, "-m", "profiling.arm_setup", "--cache", str(cache)],
+        [sys.executable, "-m", "mobile_vision_export.profiling.arm_setup", "--cache", str(cache)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -76,6 +77,19 @@ def test_export_profile_flag_profiles_every_variant(shufflenet_variants):
     assert all(len(m["host"]) == 2 and m["arm"] == [] for m in data["models"])
     report = (shufflenet_variants / "report.md").read_text()
     assert "## Parity" in report and "### Host (wall time, this machine's x86 CPU)" in report
+    page = (shufflenet_variants / "report.html").read_text()  # rendered from the same record as report.md
+    assert "<h2>Parity</h2>" in page and "<h3>Host (wall time, this machine's x86 CPU)</h3>" in page
+    assert "Host median latency" in page  # the profile's figure
+
+
+def test_a_later_section_is_rendered_into_both_report_files(tmp_path):
+    Report("# m\n\n## Parity\n\nok\n\n## Versions\n\n- x: 1\n", {"Parity": ["<p>bars</p>"]}).write(tmp_path)
+    for text in ("first", "second"):  # profiling again replaces the section
+        read_report(tmp_path).with_section("Profile", f"## Profile\n\n{text} run\n", ["<p>fig</p>"]).write(tmp_path)
+    markdown, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert markdown.count("## Profile") == 1 and "second run" in markdown and "first run" not in markdown
+    assert "<h2>Profile</h2>" in page and "second run" in page and "first run" not in page
+    assert page.count("<p>fig</p>") == 1 and "<p>bars</p>" in page and "<h2>Versions</h2>" in page
 
 
 @pytest.mark.slow
@@ -85,7 +99,7 @@ def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
         profile_main([str(model), "--arm", "a53", "--arm-cache", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
     )
     line = error_lines(capsys.readouterr().err)[0]
-    assert "ARM emulation is not set up" in line and "python -m profiling.arm_setup" in line
+    assert "ARM emulation is not set up" in line and "mve-arm-setup" in line
 
 
 @pytest.mark.slow

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from models import UnknownModelError, get_model, get_spec, list_models
-from models.complexity import count_macs, count_parameters
-from models.random_init import estimate_batchnorm_stats
+from mobile_vision_export.models import UnknownModelError, get_model, get_spec, list_models
+from mobile_vision_export.models.complexity import count_macs, count_parameters
+from mobile_vision_export.models.random_init import estimate_batchnorm_stats
 
 # Parameter counts of torchvision's implementations of the same models.
 TORCHVISION_PARAMS = {

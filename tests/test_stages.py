@@ -4,22 +4,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
-
-from export.images import calibration_batch, calibration_photos, normalize
-from export.onnx_stage import OnnxError, describe_onnx, export_onnx, simplify_onnx
-from export.tflite_inspect import NotTfliteError, dequantize, inspect_tflite, quantize
-from export.tflite_stage import (
+from mobile_vision_export.export.images import calibration_batch, calibration_photos, normalize
+from mobile_vision_export.export.onnx_stage import OnnxError, describe_onnx, export_onnx, simplify_onnx
+from mobile_vision_export.export.tflite_inspect import NotTfliteError, dequantize, inspect_tflite, quantize
+from mobile_vision_export.export.tflite_stage import (
     ONNX2TF_SAMPLE_FILE,
     _failure_message,
     check_converter_supports,
     convert_tflite,
 )
-from models import get_model
+from mobile_vision_export.models import get_model
+from mobile_vision_export.validate.metrics import compare
+from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
+from onnx import TensorProto, helper
+
 from tests.conftest import ROOT, network_attempts
 from tests.data.tiny_model import build
-from validate.metrics import compare
-from validate.runners import run_onnx, run_tflite, run_torch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -128,7 +128,7 @@ def test_inspect_rejects_non_tflite_and_quantization_round_trips(tmp_path):
     (tmp_path / "x.tflite").write_bytes(b"definitely not a flatbuffer")
     with pytest.raises(NotTfliteError, match="not a TFLite model"):
         inspect_tflite(tmp_path / "x.tflite")
-    from export.tflite_inspect import TensorInfo
+    from mobile_vision_export.export.tflite_inspect import TensorInfo
 
     info = TensorInfo("t", [4], "int8", 0.5, -3)
     q = quantize(np.array([0.0, 0.25, 0.75, 100.0], np.float32), info)

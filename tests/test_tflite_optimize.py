@@ -4,15 +4,21 @@ import numpy as np
 import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
+from mobile_vision_export.export.images import (
+    calibration_batch,
+    calibration_photos,
+    heldout_batch,
+    heldout_photos,
+    normalize,
+)
+from mobile_vision_export.export.onnx_stage import export_onnx, simplify_onnx
+from mobile_vision_export.export.tflite_inspect import inspect_tflite
+from mobile_vision_export.export.tflite_model import buffer_spans, read_model, serialize
+from mobile_vision_export.export.tflite_optimize import optimize_tflite
+from mobile_vision_export.export.tflite_stage import convert_tflite
+from mobile_vision_export.validate.runners import run_tflite
 
-from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
-from export.onnx_stage import export_onnx, simplify_onnx
-from export.tflite_inspect import inspect_tflite
-from export.tflite_model import buffer_spans, read_model, serialize
-from export.tflite_optimize import optimize_tflite
-from export.tflite_stage import convert_tflite
 from tests.data.tiny_model import build_shuffle
-from validate.runners import run_tflite
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

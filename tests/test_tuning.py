@@ -5,15 +5,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from mobile_vision_export.export.images import (
+    calibration_batch,
+    calibration_photos,
+    heldout_batch,
+    heldout_photos,
+    normalize,
+)
+from mobile_vision_export.export.tflite_inspect import (
+    inspect_tflite,
+    paired_layers,
+    quantize,
+    tensor_keeping_interpreter,
+)
+from mobile_vision_export.export.tflite_model import op_name, read_model, read_single_graph
+from mobile_vision_export.int8.crops import Crops
+from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
+from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.runners import run_tflite
 
-from export.images import calibration_batch, calibration_photos, heldout_batch, heldout_photos, normalize
-from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
-from export.tflite_model import op_name, read_model, read_single_graph
-from int8.crops import Crops
-from int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
 from tests.test_int8_fixes import MEAN, STD, _widen_range
-from validate.metrics import sqnr_db
-from validate.runners import run_tflite
 
 
 def test_fake_quant_gradients_are_learned_step_size():

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
-
-from export.images import heldout_batch, heldout_photos, normalize
-from models import get_model, get_spec
-from models import weights as weights_mod
-from models.weights import WeightsError, load_weights
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
+from mobile_vision_export.models import get_model, get_spec
+from mobile_vision_export.models import weights as weights_mod
+from mobile_vision_export.models.weights import WeightsError, load_weights
 
 
 def test_imagenet_weights_load_offline_and_classify_real_photos():

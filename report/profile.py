@@ -1,17 +1,15 @@
-"""The '## Profile' section of report.md, from profile.json data."""
+"""The profile section of the report, from profile.json data."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from mobile_vision_export.profiling.symbols import FAMILIES
+from mobile_vision_export.report.html import Bar, bar_chart
 
-from profiling.symbols import FAMILIES
-
-SECTION = "## Profile"
+SECTION = "Profile"
 
 
 def render_profile(data: dict) -> str:
-    lines = [SECTION, "", f"_{data['note']}._", ""]
+    lines = [f"## {SECTION}", "", f"_{data['note']}._", ""]
     hosts = [(m["model"], h) for m in data["models"] for h in m["host"]]
     if hosts:
         lines += [
@@ -66,11 +64,13 @@ def render_profile(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge_into_report(report: Path, section: str) -> None:
-    """Replace the profile section of an existing report.md, or append it."""
-    text = report.read_text() if report.is_file() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## (?!#)|\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(report)
+def profile_figures(data: dict) -> list[str]:
+    """report.html's bars of the host median latency of each model, per thread count."""
+    bars = [
+        Bar(f"{m['model']}, {h['threads']} thread(s)", h["median_ms"], f"{h['median_ms']:.2f} ms")
+        for m in data["models"]
+        for h in m["host"]
+    ]
+    if not bars:
+        return []
+    return [bar_chart("Host median latency (this machine's x86 CPU)", bars, max(b.value for b in bars))]
