@@ -1,7 +1,7 @@
 """Three forms of ShuffleNet V2's channel shuffle in TFLite, measured in one run.
 
 - island: what onnx2tf writes (NHWC -> NCHW TRANSPOSE, 5-D RESHAPE/TRANSPOSE/RESHAPE, TRANSPOSEs back);
-- nhwc: the same graph after export/tflite_optimize.py with nhwc_shuffles=True (one 5-D TRANSPOSE per shuffle);
+- nhwc: the same graph after export/layout_pass.py with nhwc_shuffles=True (one 5-D TRANSPOSE per shuffle);
 - gather: the ONNX shuffle replaced by one Gather on the channel axis before conversion (one GATHER per shuffle).
 For shufflenet_v2_x0_5 fp32 and int8: op counts, host median latency (1 thread), emulated Cortex-A76 and A53
 instructions per inference (not time), and whether outputs equal the island form's.
@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
 from mobile_vision_export.export.images import calibration_batch, calibration_photos  # noqa: E402
-from mobile_vision_export.export.onnx_stage import describe_onnx  # noqa: E402
+from mobile_vision_export.export.layout_pass import rewrite_layout  # noqa: E402
+from mobile_vision_export.export.onnx_graph import describe_onnx  # noqa: E402
 from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
+from mobile_vision_export.export.tflite_convert import convert_tflite  # noqa: E402
 from mobile_vision_export.export.tflite_inspect import inspect_tflite  # noqa: E402
-from mobile_vision_export.export.tflite_optimize import optimize_tflite  # noqa: E402
-from mobile_vision_export.export.tflite_stage import convert_tflite  # noqa: E402
 from mobile_vision_export.models import get_spec  # noqa: E402
 from mobile_vision_export.profiling.arm_setup import default_cache, setup  # noqa: E402
 from mobile_vision_export.profiling.cores import CORES  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> None:
     for mode in ("fp32", "int8"):
         island = folder / f"{MODEL}_{mode}.tflite"
         nhwc = work / f"{MODEL}_{mode}_nhwc.tflite"
-        optimize_tflite(island, nhwc, nhwc_shuffles=True)
+        rewrite_layout(island, nhwc, nhwc_shuffles=True)
         island_row, reference = measure(island, env, None)
         rows = {"island": island_row}
         rows["nhwc"], _ = measure(nhwc, env, reference)

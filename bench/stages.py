@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from mobile_vision_export.export import images as imgs  # noqa: E402
 from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
-from mobile_vision_export.export.onnx_stage import describe_onnx  # noqa: E402
+from mobile_vision_export.export.onnx_graph import describe_onnx  # noqa: E402
 from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
-from mobile_vision_export.export.tflite_stage import onnx2tf_args, write_onnx2tf_sample  # noqa: E402
+from mobile_vision_export.export.tflite_convert import onnx2tf_args, write_onnx2tf_sample  # noqa: E402
 from mobile_vision_export.models import get_spec  # noqa: E402
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS  # noqa: E402
 

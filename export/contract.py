@@ -6,12 +6,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import CROP_FRACTION
 from mobile_vision_export.export.metadata import MetadataError, read_metadata
 from mobile_vision_export.export.tflite_inspect import TfliteSummary
-from mobile_vision_export.models.registry import IMAGENET_MEAN, IMAGENET_STD
-
-from mobile_vision_export.errors import UserError
+from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 class LabelsError(UserError, ValueError):

@@ -12,10 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.provenance import TOOL_NAME, tool_version
 from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite
-
-from mobile_vision_export.errors import UserError
 
 LABELS_FILE = "labels.txt"
 PIXEL_MAX = 255.0  # metadata normalizes raw 0..255 pixels; the contract normalizes pixel / 255

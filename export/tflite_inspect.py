@@ -10,10 +10,10 @@ from typing import NamedTuple
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from mobile_vision_export.export.tflite_model import op_type_name
-from mobile_vision_export.export.threads import runtime_threads
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.tflite_model import op_type_name
+from mobile_vision_export.export.threads import runtime_threads
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "GATHER")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,

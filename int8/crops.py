@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
 

@@ -20,10 +20,11 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from mobile_vision_export.export.onnx_stage import OnnxModel, describe_onnx
+from onnx import numpy_helper
+
+from mobile_vision_export.export.onnx_graph import OnnxModel, describe_onnx
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_onnx
-from onnx import numpy_helper
 
 MARGIN = 2.0  # a scaled channel's clip point stays at least this many times above its calibration maximum
 MAX_SCALE = 16.0  # bound on k_i: tiny or dead channels are not blown up

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.tflite_inspect import op_inputs, op_outputs, paired_layers, twin_layers
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,

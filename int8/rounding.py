@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
+
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter, twin_layers
 from mobile_vision_export.export.tflite_model import (
     buffer_spans,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.tflite_inspect import twin_layers
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,

@@ -7,20 +7,18 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
+from torch import nn
+
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.models.complexity import count_macs, count_parameters
 from mobile_vision_export.models.mobilenet_v1 import mobilenet_v1
 from mobile_vision_export.models.mobilenet_v2 import mobilenet_v2
 from mobile_vision_export.models.shufflenet_v1 import shufflenet_v1
 from mobile_vision_export.models.shufflenet_v2 import shufflenet_v2
 from mobile_vision_export.models.squeezenet import squeezenet
-from mobile_vision_export.models.weights import load_weights
+from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_weights
 from mobile_vision_export.models.xception import xception
-from torch import nn
 
-from mobile_vision_export.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 

@@ -1,9 +1,10 @@
 """ShuffleNet V1 (Zhang et al., 2017) at 1.0x with the ImageNet stem."""
 
 import torch
-from mobile_vision_export.models.shufflenet_v2 import channel_shuffle
 from torch import nn
 from torch.nn import functional as F
+
+from mobile_vision_export.models.shufflenet_v2 import channel_shuffle
 
 # Output channels of stages 2-4 for each group count (paper, Table 1, scale 1x).
 _STAGE_CHANNELS = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}

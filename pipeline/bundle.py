@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.images import center_crop, heldout_photos, load_rgb, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
 from mobile_vision_export.pipeline.export import main as export_main
 from mobile_vision_export.pipeline.signals import run_interruptible
-
-from mobile_vision_export.errors import UserError
 
 GOLDEN_PHOTOS = 4  # labelled held-out ImageNet photos
 SAMPLE_PHOTOS = 3  # bundled in the app as ready-made examples

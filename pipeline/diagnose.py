@@ -6,14 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.pipeline.signals import run_interruptible
 from mobile_vision_export.report.diagnose import write_diagnosis
 from mobile_vision_export.validate.diagnose import DiagnoseError, diagnose
-
-from mobile_vision_export.errors import UserError
 
 
 def _float_sibling(int8_model: Path) -> Path:

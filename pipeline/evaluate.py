@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.contract import LabelsError, normalization_beside, read_labels
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.images import ImageDataError, heldout_batch, normalize
@@ -18,8 +19,6 @@ from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.pipeline.signals import run_interruptible
 from mobile_vision_export.validate.labelled import accuracy, content_hashes, read_labelled
 from mobile_vision_export.validate.runners import run_tflite
-
-from mobile_vision_export.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from mobile_vision_export.export.tflite_stage import QUANT_MODES
+from rich.console import Console
+
+from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
-from mobile_vision_export.pipeline.api import export_model, is_factory
+from mobile_vision_export.pipeline.api import export_model
 from mobile_vision_export.pipeline.arguments import positive_int
 from mobile_vision_export.pipeline.int8_steps import STEPS, SWITCHES
 from mobile_vision_export.pipeline.profile import run as profile_run
@@ -22,9 +25,6 @@ from mobile_vision_export.pipeline.zoo import export_many, write_summary
 from mobile_vision_export.profiling.arm_setup import default_cache
 from mobile_vision_export.profiling.cores import parse_cores
 from mobile_vision_export.profiling.run import ProfileRequest
-from rich.console import Console
-
-from mobile_vision_export.errors import UserError
 
 EXIT_PARITY_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -50,9 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--list", action="store_true", help="list the zoo models and exit")
     p.add_argument("--quant", default="int8", choices=[*QUANT_MODES, "all"], help="variant(s) to write (default int8)")
     p.add_argument("--weights", help="state_dict checkpoint path, or 'imagenet' (mobilenet_v2, offline)")
-    p.add_argument("--input-size", type=positive_int, help="square input size, required with --model file.py:factory")
-    p.add_argument("--mean", type=_floats3, help="per-channel mean R,G,B for a file or ONNX model (default ImageNet)")
-    p.add_argument("--std", type=_floats3, help="per-channel std R,G,B for a file or ONNX model (default ImageNet)")
+    p.add_argument(
+        "--input-size",
+        type=positive_int,
+        help="square input size: required with --model file.py:factory; for a zoo model it overrides its own",
+    )
+    p.add_argument(
+        "--mean",
+        type=_floats3,
+        help="per-channel mean R,G,B the model was trained with (default: the zoo weights' own, else ImageNet)",
+    )
+    p.add_argument(
+        "--std",
+        type=_floats3,
+        help="per-channel std R,G,B the model was trained with (default: the zoo weights' own, else ImageNet)",
+    )
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
     p.add_argument(
@@ -120,9 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_flags(args) -> None:
     """Refuse flags that would be silently ignored for the chosen source."""
-    zoo = args.all or (args.model and not is_factory(args.model))
-    if zoo and (args.input_size or args.mean or args.std):
-        raise SourceError("--input-size, --mean and --std apply to file and ONNX models; zoo models fix their own")
+    if args.all and (args.input_size or args.mean or args.std):
+        raise SourceError("--input-size, --mean and --std apply to one model, not to --all")
     if args.onnx and (args.weights or args.input_size):
         raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
     if args.all and (args.weights or args.labels):

@@ -47,7 +47,7 @@ class Int8Step:
 
 
 def _equalize(job: Job):
-    path = job.stage_dir / f"{job.source.name}_equalized.onnx"
+    path = job.work_dir / f"{job.source.name}_equalized.onnx"
     calib, heldout = nchw(job.photos.calib_x), nchw(job.photos.heldout)
     equalized, summary = equalize_for_int8(job.graphs.simplified, path, calib, heldout)
     return summary, replace(job, graphs=replace(job.graphs, equalized=equalized))

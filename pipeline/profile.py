@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.tflite_inspect import NotTfliteError
 from mobile_vision_export.pipeline.arguments import positive_int
@@ -16,8 +17,6 @@ from mobile_vision_export.profiling.cores import parse_cores
 from mobile_vision_export.profiling.run import ProfileRequest, profile_models
 from mobile_vision_export.report.document import read_report
 from mobile_vision_export.report.profile import SECTION, profile_figures, render_profile
-
-from mobile_vision_export.errors import UserError
 
 
 def _threads(text: str) -> list[int]:

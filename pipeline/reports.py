@@ -63,14 +63,14 @@ def _inputs(job: Job) -> dict:
 
 
 def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[str, float], params, macs) -> None:
-    stage_dir, source = job.stage_dir, job.source
+    work_dir, source = job.work_dir, job.source
     num_classes = job.graphs.simplified.num_classes
     contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, num_classes)
-    write_text_atomic(stage_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
+    write_text_atomic(work_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
     model, inputs = _model_info(job, params, macs), _inputs(job)
     artifacts = {
         p.name: sha256_file(p)
-        for p in sorted(stage_dir.iterdir())
+        for p in sorted(work_dir.iterdir())
         if p.suffix in (".tflite", ".onnx") or p.name in ("labels.txt", "preprocess.json")
     }
     record = parity_json(model, inputs, job.rows, artifacts, job.request.command, job.passed)
@@ -82,14 +82,14 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
     record["runtime_threads"] = runtime_threads()  # fewer when a batch ran exports side by side
     if job.accuracy is not None:
         record["accuracy_on_your_photos"] = job.accuracy.as_dict()
-    write_text_atomic(stage_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(work_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     steps = [job.accuracy] + [job.int8_summaries.get(step.name) for step in STEPS]
     sections = [section for section in (s.markdown() for s in steps if s) if section]
     report = render_report(model, inputs, job.rows, summaries, timings, sections, job.passed)
     if job.diagnosis is not None:
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)
-    Report(report, _figures(job)).write(stage_dir)
+    Report(report, _figures(job)).write(work_dir)
 
 
 def _figures(job: Job) -> dict[str, list[str]]:

@@ -9,11 +9,11 @@ from typing import Callable
 from mobile_vision_export.export.tflite_inspect import TfliteSummary
 from mobile_vision_export.pipeline import stages as s
 from mobile_vision_export.pipeline.int8_steps import EQUALIZATION, STEPS, Int8Step, run_int8_steps
+from mobile_vision_export.pipeline.partial_dir import partial_dir
 from mobile_vision_export.pipeline.progress import StageTimer
 from mobile_vision_export.pipeline.reports import write_reports
 from mobile_vision_export.pipeline.request import ExportRequest
 from mobile_vision_export.pipeline.sources import ModelSource
-from mobile_vision_export.pipeline.staging import staged_dir
 from mobile_vision_export.validate.parity import VariantParity
 
 __all__ = ["STAGES", "ExportRequest", "ExportResult", "Stage", "run_export"]
@@ -58,7 +58,7 @@ STAGES = (
     Stage("int8 selection crops", s.hold_out_selection_crops, _no_int8),
     Stage("int8 graph steps", int8_steps=(EQUALIZATION,)),
     Stage("onnx2tf", s.convert, title=s.convert_title),
-    Stage("graph optimization", s.optimize_layout, _no_optimize),
+    Stage("layout pass", s.optimize_layout, _no_optimize),
     Stage("int8 file steps", int8_steps=tuple(step for step in STEPS if step is not EQUALIZATION)),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("TFLite metadata", s.embed_metadata),
@@ -110,8 +110,8 @@ def run_stages(job: s.Job, timer: StageTimer) -> s.Job:
 def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -> ExportResult:
     """Run every stage for `source`; artifacts land in out_root/<name>/ only if all stages complete."""
     out_dir = request.out_root / source.name
-    with staged_dir(out_dir) as stage_dir:
-        job = run_stages(s.Job(source, request, stage_dir), timer)
+    with partial_dir(out_dir) as work_dir:
+        job = run_stages(s.Job(source, request, work_dir), timer)
         params, macs = source.complexity()
         summaries = job.tflites.summaries()
         write_reports(job, summaries, dict(timer.timings), params, macs)

@@ -2,8 +2,8 @@
 
 Python's default SIGTERM kills the process on the spot: no `finally` runs, so a converter subprocess keeps running
 on its own and a half-written staging folder stays behind. Under `interrupts_raise()` both SIGINT and SIGTERM raise
-`Interrupted` in the main thread instead, so every context manager on the way out cleans up (pipeline.staging
-removes the partial folder, export.tflite_stage stops the converter's process group).
+`Interrupted` in the main thread instead, so every context manager on the way out cleans up (pipeline.partial_dir
+removes the partial folder, export.tflite_convert stops the converter's process group).
 """
 
 from __future__ import annotations

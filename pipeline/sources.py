@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from mobile_vision_export.export.onnx_stage import describe_onnx
-from mobile_vision_export.models import get_model, get_spec
-from mobile_vision_export.models.complexity import count_macs, count_parameters
-from mobile_vision_export.models.random_init import estimate_batchnorm_stats
-from mobile_vision_export.models.registry import IMAGENET_MEAN, IMAGENET_STD
-from mobile_vision_export.models.weights import load_weights, sha256_file
-from mobile_vision_export.pipeline.arguments import input_size_problem
 from torch import nn
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.onnx_graph import describe_onnx
+from mobile_vision_export.models import get_model, get_spec
+from mobile_vision_export.models.complexity import count_macs, count_parameters
+from mobile_vision_export.models.random_init import estimate_batchnorm_stats
+from mobile_vision_export.models.weights import BUNDLED_IMAGENET, IMAGENET_MEAN, IMAGENET_STD, load_weights, sha256_file
+from mobile_vision_export.pipeline.arguments import input_size_problem
 
+log = logging.getLogger(__name__)
 RANDOM_INIT = "random initialization (seed 0)"
 RANDOM_CAVEAT = "parity is meaningful, accuracy is not"
 
@@ -48,16 +50,40 @@ class ModelSource:
         return count_parameters(self.module), count_macs(self.module, self.input_size)
 
 
-def from_registry(name: str, weights: str | None) -> ModelSource:
+def _preprocessing(name: str, weights: str | None, input_size, mean, std) -> tuple[int, tuple, tuple]:
+    """A zoo model's input size and normalization: those its bundled weights were trained with, else the zoo's
+    defaults for the architecture; a flag that differs overrides them, with a warning naming what it replaces."""
     spec = get_spec(name)
+    bundled = BUNDLED_IMAGENET.get(name) if weights == "imagenet" else None
+    known = bundled or spec
+    where = f"the ImageNet weights of {name} were trained with" if bundled else f"the zoo's default for {name} is"
+    chosen = []
+    for flag, given, default in (
+        ("--input-size", input_size, known.input_size),
+        ("--mean", mean, known.mean),
+        ("--std", std, known.std),
+    ):
+        if given is not None and tuple(np.atleast_1d(given)) != tuple(np.atleast_1d(default)):
+            shown = ",".join(f"{v:g}" for v in np.atleast_1d(default))
+            log.warning("%s overrides %s: %s %s", flag, name, f"{where} {shown}", "(use it if yours was trained so)")
+        chosen.append(default if given is None else given)
+    size, mean, std = chosen
+    if problem := input_size_problem(size, f"--input-size {size}"):
+        raise SourceError(problem)
+    return size, tuple(mean), tuple(std)
+
+
+def from_registry(name: str, weights: str | None, input_size=None, mean=None, std=None) -> ModelSource:
+    spec = get_spec(name)
+    size, mean, std = _preprocessing(name, weights, input_size, mean, std)
     torch.manual_seed(0)
     model = get_model(name)
     source = ModelSource(
         name,
         f"model zoo: {spec.family}",
-        spec.input_size,
-        spec.mean,
-        spec.std,
+        size,
+        mean,
+        std,
         module=model,
         channel_shuffles=spec.channel_shuffles,
     )

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from mobile_vision_export.export import images as imgs
 from mobile_vision_export.export.contract import labels_for, preprocess_contract
 from mobile_vision_export.export.files import write_text_atomic
+from mobile_vision_export.export.layout_pass import rewrite_layout
 from mobile_vision_export.export.metadata import (
     LABELS_FILE,
     MetadataError,
@@ -20,7 +22,7 @@ from mobile_vision_export.export.metadata import (
     read_metadata,
     write_metadata,
 )
-from mobile_vision_export.export.onnx_stage import (
+from mobile_vision_export.export.onnx_graph import (
     OnnxError,
     OnnxModel,
     describe_onnx,
@@ -28,15 +30,14 @@ from mobile_vision_export.export.onnx_stage import (
     load_onnx,
     simplify_onnx,
 )
-from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
-from mobile_vision_export.export.tflite_optimize import optimize_tflite
-from mobile_vision_export.export.tflite_stage import (
+from mobile_vision_export.export.tflite_convert import (
     QUANT_MODES,
     ConversionError,
     TfliteConversion,
     check_converter_supports,
     convert_tflite,
 )
+from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
 from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
 from mobile_vision_export.pipeline.request import ExportRequest
 from mobile_vision_export.pipeline.sources import ModelSource, calibrate_random_weights
@@ -90,7 +91,7 @@ class Tflites:
 class Job:
     source: ModelSource
     request: ExportRequest
-    stage_dir: Path
+    work_dir: Path
     photos: Photos | None = None
     graphs: Graphs | None = None
     crops: Crops | None = None  # int8 only
@@ -142,7 +143,7 @@ def estimate_batchnorm(job: Job) -> Job:
 
 
 def to_onnx(job: Job) -> Job:
-    source, path = job.source, job.stage_dir / f"{job.source.name}.onnx"
+    source, path = job.source, job.work_dir / f"{job.source.name}.onnx"
     if source.module is not None:
         raw = export_onnx(source.module, source.input_size, path)
     else:
@@ -154,7 +155,7 @@ def to_onnx(job: Job) -> Job:
 def simplify(job: Job) -> Job:
     raw = job.graphs.raw
     try:
-        simplified = simplify_onnx(raw, job.stage_dir / f"{job.source.name}_simplified.onnx")
+        simplified = simplify_onnx(raw, job.work_dir / f"{job.source.name}_simplified.onnx")
     except OnnxError:
         check_converter_supports(raw.path)  # an unconvertible op is the clearer message, if there is one
         raise
@@ -204,7 +205,7 @@ def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteCo
     """Run onnx2tf; on failure keep its log beside the (never created) artifact folder."""
     try:
         return convert_tflite(
-            graph, job.stage_dir / f"work_{key}", modes, job.photos.calib, job.source.mean, job.source.std
+            graph, job.work_dir / f"work_{key}", modes, job.photos.calib, job.source.mean, job.source.std
         )
     except ConversionError as exc:
         if exc.log_path is not None and exc.log_path.is_file():
@@ -237,17 +238,17 @@ def convert(job: Job) -> Job:
     conversions = {key: _convert(job, graph, key, modes) for key, (graph, modes) in runs.items()}
     float_twin = None
     if "int8" in modes:
-        float_twin = job.stage_dir / f"{job.source.name}_int8_float_twin.tflite"
+        float_twin = job.work_dir / f"{job.source.name}_int8_float_twin.tflite"
         shutil.copyfile(conversions[int8_graph].files["fp32"], float_twin)
     files = {}
     for mode in modes:
-        files[mode] = job.stage_dir / f"{job.source.name}_{mode}.tflite"
+        files[mode] = job.work_dir / f"{job.source.name}_{mode}.tflite"
         shutil.move(str(conversions[int8_graph if mode == "int8" else "plain"].files[mode]), files[mode])
     settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
     log = "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
-    (job.stage_dir / "convert.log").write_text(log)
+    (job.work_dir / "convert.log").write_text(log)
     for key in conversions:
-        shutil.rmtree(job.stage_dir / f"work_{key}")
+        shutil.rmtree(job.work_dir / f"work_{key}")
     return replace(job, tflites=Tflites(files, settings, float_twin))
 
 
@@ -255,7 +256,7 @@ def _optimize(path: Path, images: np.ndarray) -> dict:
     """Apply the .tflite layout pass in place, keeping the result only if outputs stay identical on `images`."""
     candidate = path.with_name(f".{path.name}.optimized")
     try:
-        result = optimize_tflite(path, candidate)
+        result = rewrite_layout(path, candidate)
         summary = {"islands_rewritten": result.islands, "ops_before": result.ops_before, "ops_after": result.ops_after}
         if result.islands == 0:
             candidate.unlink()
@@ -305,7 +306,7 @@ VARIANT_TEXT = {
 def embed_metadata(job: Job) -> Job:
     """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite, read back with the
     official reader and checked against the contract preprocess.json will state."""
-    source, labels_file = job.source, job.stage_dir / LABELS_FILE
+    source, labels_file = job.source, job.work_dir / LABELS_FILE
     write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
     caveat = " Random weights: for testing the export only." if source.random_weights else ""
     contract = preprocess_contract(
@@ -341,5 +342,5 @@ def diagnose_int8(job: Job) -> Job:
     heldout = job.photos.heldout[:DIAGNOSIS_IMAGES]
     reference = job.tflites.float_twin or files["fp32"]
     diagnosis = diagnose(reference, files["int8"], heldout)
-    write_diagnosis(job.stage_dir, diagnosis, reference, files["int8"], f"{len(heldout)} held-out photos")
+    write_diagnosis(job.work_dir, diagnosis, reference, files["int8"], f"{len(heldout)} held-out photos")
     return replace(job, diagnosis=diagnosis)

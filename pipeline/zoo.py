@@ -12,16 +12,15 @@ import re
 import sys
 from pathlib import Path
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.threads import batch_environment
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.models.complexity import count_parameters
 from mobile_vision_export.pipeline.api import export_model
+from mobile_vision_export.pipeline.partial_dir import OutputError
 from mobile_vision_export.pipeline.signals import sigterm_raises
-from mobile_vision_export.pipeline.staging import OutputError
 from mobile_vision_export.report.parity import format_sqnr
-
-from mobile_vision_export.errors import UserError
 
 
 def summary_row(record: dict, mode: str) -> dict:

@@ -16,9 +16,8 @@ import tarfile
 from importlib.metadata import version
 from pathlib import Path
 
-from mobile_vision_export.profiling.cores import CORES
-
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.profiling.cores import CORES
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_window.c"
 ARM_PACKAGES = ["python3.11:arm64", "libstdc++6:arm64"]

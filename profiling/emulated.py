@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mobile_vision_export.profiling.cores import Core
-from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.profiling.cores import Core
+from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
 SETUP_HINT = "run 'mve-arm-setup' to set it up"

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from mobile_vision_export.pipeline.bundle import bundle
 from mobile_vision_export.pipeline.bundle import main as bundle_main
-
 from tests.conftest import ROOT, run_cli
 
 DEMO = ROOT / "android_demo"

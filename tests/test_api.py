@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+
 from mobile_vision_export.pipeline.api import export_model
 from mobile_vision_export.pipeline.sources import SourceError
-
 from tests.data.tiny_model import build
 
 

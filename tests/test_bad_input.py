@@ -4,10 +4,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from mobile_vision_export.models import get_model
-from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 from onnx import TensorProto, helper
 from PIL import Image
+
+from mobile_vision_export.models import get_model
+from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD
+from mobile_vision_export.pipeline.api import model_source
+from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 
 
 def _fails(capsys, tmp_path, *argv: str) -> str:
@@ -135,7 +138,7 @@ def test_factory_that_raises_or_cannot_export(capsys, tmp_path):
 
 
 def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
-    assert "zoo models fix their own" in _fails(capsys, tmp_path, "--model", "mobilenet_v2", "--input-size", "160")
+    assert "apply to one model, not to --all" in _fails(capsys, tmp_path, "--all", "--input-size", "160")
     assert "--std must be positive" in _fails(
         capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size", "32", "--std", "0,1,1"
     )
@@ -146,3 +149,14 @@ def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "mobilenet_v2", "--calib-samples", "0"])
     assert exit_info.value.code == EXIT_USER_ERROR and "must be at least 1" in capsys.readouterr().err
+
+
+def test_zoo_weights_carry_their_preprocessing_and_flags_override_with_a_warning(caplog):
+    source = model_source("mobilenet_v2", "imagenet")
+    assert (source.input_size, source.mean, source.std) == (224, IMAGENET_MEAN, IMAGENET_STD)
+    assert caplog.records == []
+    source = model_source("mobilenet_v2", "imagenet", input_size=160, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert (source.input_size, source.mean, source.std) == (160, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 3 and all("the ImageNet weights of mobilenet_v2 were trained with" in w for w in warnings)
+    assert "--mean overrides mobilenet_v2" in warnings[1] and "0.485,0.456,0.406" in warnings[1]

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
+
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
-from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.pipeline import run
 from mobile_vision_export.pipeline.export import main as export_main
 from mobile_vision_export.validate.metrics import compare
 from mobile_vision_export.validate.runners import run_onnx, run_tflite
-
-from mobile_vision_export.errors import UserError
 from tests.conftest import error_lines, network_attempts, run_cli
 from tests.data.tiny_model import build
 from tests.test_packaging import user_project

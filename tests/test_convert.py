@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from mobile_vision_export.export.onnx_stage import export_onnx
-from mobile_vision_export.export.tflite_stage import convert_tflite, write_onnx2tf_sample
 from torch import nn
+
+from mobile_vision_export.export.onnx_graph import export_onnx
+from mobile_vision_export.export.tflite_convert import convert_tflite, write_onnx2tf_sample
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from mobile_vision_export.export.images import (
     calibration_batch,
     calibration_photos,
@@ -10,13 +11,12 @@ from mobile_vision_export.export.images import (
     heldout_photos,
     normalize,
 )
-from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.export.onnx_graph import export_onnx
+from mobile_vision_export.export.tflite_convert import convert_tflite
 from mobile_vision_export.export.tflite_inspect import op_outputs
 from mobile_vision_export.export.tflite_model import read_model, write_model
-from mobile_vision_export.export.tflite_stage import convert_tflite
 from mobile_vision_export.pipeline.diagnose import main as diagnose_main
 from mobile_vision_export.validate.diagnose import diagnose
-
 from tests.data.tiny_model import build
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -17,13 +17,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+from PIL import Image
+from torch import nn
+
 from mobile_vision_export.export.images import ImageDataError, Photo, calibration_batch, load_rgb, photos_in_dir
 from mobile_vision_export.models.weights import WeightsError, read_state_dict
 from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 from mobile_vision_export.pipeline.sources import from_factory
-from onnx import TensorProto, helper
-from PIL import Image
-from torch import nn
 
 from .conftest import ROOT, error_lines
 from .data.tiny_model import TinyNet
@@ -250,13 +251,13 @@ def test_an_interrupted_export_stops_the_converter_and_leaves_nothing(tmp_path, 
 _RACER = """
 import sys, time
 from pathlib import Path
-from mobile_vision_export.pipeline.staging import staged_dir
+from mobile_vision_export.pipeline.partial_dir import partial_dir
 
 final, writer, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 while not (final.parent / "go").exists():
     time.sleep(0.001)
 for i in range(rounds):
-    with staged_dir(final) as tmp:
+    with partial_dir(final) as tmp:
         for name in ("a.txt", "b.txt", "c.txt"):
             (tmp / name).write_text(f"{writer} {i}")
 """

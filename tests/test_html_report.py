@@ -5,10 +5,10 @@ import io
 import re
 
 import numpy as np
-from mobile_vision_export.export.images import heldout_photos
-from mobile_vision_export.report.html import Bar, bar_chart, contact_sheet, markdown_html, render_html
 from PIL import Image
 
+from mobile_vision_export.export.images import heldout_photos
+from mobile_vision_export.report.html import Bar, bar_chart, contact_sheet, markdown_html, render_html
 from tests.conftest import open_in_browser
 
 MARKDOWN = """# model: PASSED parity

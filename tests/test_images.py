@@ -5,6 +5,8 @@ import logging
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mobile_vision_export.export.images import (
     ImageDataError,
     Photo,
@@ -19,8 +21,6 @@ from mobile_vision_export.export.images import (
     photos_in_dir,
     unread_photos,
 )
-from PIL import Image
-
 from tests.conftest import ROOT
 
 

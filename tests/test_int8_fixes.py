@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.images import (
     calibration_batch,
     calibration_photos,
@@ -14,7 +15,7 @@ from mobile_vision_export.export.images import (
     heldout_photos,
     normalize,
 )
-from mobile_vision_export.export.onnx_stage import export_onnx
+from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
 from mobile_vision_export.export.tflite_model import op_name, read_model, write_model
 from mobile_vision_export.int8.activation_ranges import (
@@ -31,7 +32,6 @@ from mobile_vision_export.int8.output import float_output
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_onnx, run_tflite
-
 from tests.conftest import run_cli
 from tests.data.tiny_model import build_unbalanced
 

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from mobile_vision_export.export.images import ImageDataError, heldout_photos
 from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 from mobile_vision_export.validate.labelled import accuracy, check_disjoint, read_labelled

@@ -71,7 +71,7 @@ def test_every_project_import_goes_through_the_namespace():
 
 
 def test_the_layer_check_sees_the_imports():
-    assert "models.registry" in _modules()["pipeline.sources"]
+    assert "models.weights" in _modules()["pipeline.sources"]
 
 
 def test_no_import_cycles():

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from mobile_vision_export.export.metadata import _without_zip_times, disagreements, read_metadata
 from mobile_vision_export.export.tflite_model import read_model, write_model
 from mobile_vision_export.validate.runners import run_tflite

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from mobile_vision_export.validate.metrics import compare, sqnr_db
 from mobile_vision_export.validate.thresholds import DEFAULTS, failures, thresholds_for
 

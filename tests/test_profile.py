@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mobile_vision_export.pipeline.profile import main as profile_main
 from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
 from mobile_vision_export.profiling.cores import UnknownCoreError, parse_cores
 from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_output
 from mobile_vision_export.profiling.symbols import executable_mappings, family_of
 from mobile_vision_export.report.document import Report, read_report
-
 from tests.conftest import ROOT, error_lines
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from mobile_vision_export.models import UnknownModelError, get_model, get_spec, list_models
 from mobile_vision_export.models.complexity import count_macs, count_parameters
 from mobile_vision_export.models.random_init import estimate_batchnorm_stats

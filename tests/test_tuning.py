@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from mobile_vision_export.export.images import (
     calibration_batch,
     calibration_photos,
@@ -23,7 +24,6 @@ from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
-
 from tests.test_int8_fixes import MEAN, STD, _widen_range
 
 

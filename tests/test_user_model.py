@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
+
 from mobile_vision_export.export.images import calibration_batch, heldout_batch, normalize, photo_cache, photos_in_dir
 from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.tflite_inspect import paired_layers
@@ -17,9 +20,6 @@ from mobile_vision_export.int8.rounding import refit_layers
 from mobile_vision_export.validate.labelled import read_labelled
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
-from PIL import Image
-from torch import nn
-
 from tests.conftest import network_attempts, open_in_browser, run_cli
 
 CLASSES = {0: "t-shirt", 1: "trouser", 5: "sandal", 8: "bag", 9: "ankle boot"}  # Fashion-MNIST index -> name

@@ -1,6 +1,9 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.models import get_model, get_spec
 from mobile_vision_export.models import weights as weights_mod
@@ -19,8 +22,8 @@ def test_imagenet_weights_load_offline_and_classify_real_photos():
 
 
 def test_imagenet_weights_are_verified_by_sha256(monkeypatch):
-    package, relpath, _ = weights_mod.BUNDLED_IMAGENET["mobilenet_v2"]
-    monkeypatch.setitem(weights_mod.BUNDLED_IMAGENET, "mobilenet_v2", (package, relpath, "0" * 64))
+    bundled = weights_mod.BUNDLED_IMAGENET["mobilenet_v2"]
+    monkeypatch.setitem(weights_mod.BUNDLED_IMAGENET, "mobilenet_v2", dataclasses.replace(bundled, sha256="0" * 64))
     with pytest.raises(WeightsError, match="SHA-256"):
         get_model("mobilenet_v2", "imagenet")
 

@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from mobile_vision_export.models import list_models
 from ruamel.yaml import YAML
 
+from mobile_vision_export.models import list_models
 from tests.conftest import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "parity.yml"

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+
 from mobile_vision_export.pipeline.zoo import export_many, main
 
 OPTIONS = {"input_size": 32, "quant": "fp32", "calib_samples": 8}

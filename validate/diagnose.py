@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.tflite_inspect import (
     LayerPair,
     inspect_tflite,
@@ -14,8 +16,6 @@ from mobile_vision_export.export.tflite_inspect import (
     quantize,
     tensor_keeping_interpreter,
 )
-
-from mobile_vision_export.errors import UserError
 
 JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
 NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone

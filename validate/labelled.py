@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from mobile_vision_export.export.images import ImageDataError, Photo, photos_in_dir
 from mobile_vision_export.validate.metrics import compare
 

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
+
 from mobile_vision_export.validate.metrics import ParityMetrics, compare
 from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
 from mobile_vision_export.validate.thresholds import Thresholds, failures
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from ai_edge_litert.interpreter import Interpreter
+from torch import nn
+
 from mobile_vision_export.export.tflite_inspect import dequantize, inspect_tflite, quantize
 from mobile_vision_export.export.threads import runtime_threads
-from torch import nn
 
 
 def run_torch(model: nn.Module, batch_nchw: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.tflite_model import compact, op_name, read_single_graph, write_model
 
 TO_NCHW = [0, 3, 1, 2]
@@ -212,7 +213,7 @@ def _histogram(graph: _Graph) -> dict[str, int]:
     return dict(Counter(graph.op_name(op) for op in graph.g.operators).most_common())
 
 
-def optimize_tflite(src: Path, dst: Path, nhwc_shuffles: bool = False) -> OptimizeResult:
+def rewrite_layout(src: Path, dst: Path, nhwc_shuffles: bool = False) -> OptimizeResult:
     """Rewrite the NCHW islands of `src` in NHWC and write the result to `dst` (via a temporary file)."""
     model = read_single_graph(src)
     if any(op.intermediates is not None and len(op.intermediates) for op in model.subgraphs[0].operators):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from mobile_vision_export.export.images import from_pixel_codes
-from mobile_vision_export.export.onnx_stage import OnnxError, OnnxModel
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.images import from_pixel_codes
+from mobile_vision_export.export.onnx_graph import OnnxError, OnnxModel
 
 QUANT_MODES = ("fp32", "fp16", "dynamic", "int8")
 # onnx2tf's output suffix for each mode.

@@ -4,20 +4,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+
 from mobile_vision_export.export.images import calibration_batch, calibration_photos, normalize
-from mobile_vision_export.export.onnx_stage import OnnxError, describe_onnx, export_onnx, simplify_onnx
-from mobile_vision_export.export.tflite_inspect import NotTfliteError, dequantize, inspect_tflite, quantize
-from mobile_vision_export.export.tflite_stage import (
+from mobile_vision_export.export.onnx_graph import OnnxError, describe_onnx, export_onnx, simplify_onnx
+from mobile_vision_export.export.tflite_convert import (
     ONNX2TF_SAMPLE_FILE,
     _failure_message,
     check_converter_supports,
     convert_tflite,
 )
+from mobile_vision_export.export.tflite_inspect import NotTfliteError, dequantize, inspect_tflite, quantize
 from mobile_vision_export.models import get_model
 from mobile_vision_export.validate.metrics import compare
 from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
-from onnx import TensorProto, helper
-
 from tests.conftest import ROOT, network_attempts
 from tests.data.tiny_model import build
 

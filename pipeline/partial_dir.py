@@ -30,7 +30,7 @@ def _swap_lock(folder: Path):
 
 
 @contextmanager
-def staged_dir(final: Path):
+def partial_dir(final: Path):
     """Yield a temporary sibling of `final`; on success it replaces `final`, on error it is removed.
 
     Exports that finish at the same time into the same folder each swap their complete folder in under an

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
+
 from mobile_vision_export.export.images import (
     calibration_batch,
     calibration_photos,
@@ -11,13 +12,12 @@ from mobile_vision_export.export.images import (
     heldout_photos,
     normalize,
 )
-from mobile_vision_export.export.onnx_stage import export_onnx, simplify_onnx
+from mobile_vision_export.export.layout_pass import rewrite_layout
+from mobile_vision_export.export.onnx_graph import export_onnx, simplify_onnx
+from mobile_vision_export.export.tflite_convert import convert_tflite
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.export.tflite_model import buffer_spans, read_model, serialize
-from mobile_vision_export.export.tflite_optimize import optimize_tflite
-from mobile_vision_export.export.tflite_stage import convert_tflite
 from mobile_vision_export.validate.runners import run_tflite
-
 from tests.data.tiny_model import build_shuffle
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -50,7 +50,7 @@ def _params(q):
 def test_islands_go_and_outputs_stay(tiny_shuffle, tmp_path, mode, nhwc_shuffles):
     src = tiny_shuffle[mode]
     dst = tmp_path / src.name
-    result = optimize_tflite(src, dst, nhwc_shuffles=nhwc_shuffles)
+    result = rewrite_layout(src, dst, nhwc_shuffles=nhwc_shuffles)
     assert result.ops_before["TRANSPOSE"] == 4  # shuffle island (in, 5-D, out) and one before the global average
     if nhwc_shuffles:
         assert result.islands == 2 and inspect_tflite(dst).ops["TRANSPOSE"] == 1  # one 5-D TRANSPOSE per shuffle
@@ -73,12 +73,12 @@ def test_shufflenet_islands_with_slices_rewrite_exactly(shufflenet_variants, tmp
     x = normalize(heldout_batch(heldout_photos()[:4], 224), MEAN, STD)
     for mode in ("fp32", "int8"):
         src = shufflenet_variants / f"shufflenet_v2_x0_5_{mode}.tflite"
-        result = optimize_tflite(src, tmp_path / src.name, nhwc_shuffles=True)
+        result = rewrite_layout(src, tmp_path / src.name, nhwc_shuffles=True)
         assert result.islands == 16 and result.ops_before["TRANSPOSE"] == 61 and result.ops_after["TRANSPOSE"] == 16
         assert result.ops_after["STRIDED_SLICE"] == result.ops_before["STRIDED_SLICE"]
         assert np.array_equal(run_tflite(src, x), run_tflite(tmp_path / src.name, x))
         # the default keeps the shuffle islands: nothing to rewrite in ShuffleNet V2
-        assert optimize_tflite(src, tmp_path / f"default_{src.name}").islands == 0
+        assert rewrite_layout(src, tmp_path / f"default_{src.name}").islands == 0
 
 
 @pytest.mark.slow
