@@ -76,8 +76,11 @@ def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
         return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet mean/std (no preprocess.json, no metadata)"
 
 
-def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int) -> dict:
-    """The contract an app must follow to feed the model and read its output."""
+def preprocess_contract(
+    input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int, folded=None
+) -> dict:
+    """The contract an app must follow to feed the model and read its output. `folded`: the (mean, std) the graph
+    applies itself (then `mean`/`std` are 0 and 1, and float inputs are pixel / 255)."""
     return {
         "input_size": input_size,
         "layout": "NHWC",
@@ -91,8 +94,10 @@ def preprocess_contract(input_size: int, mean, std, summaries: dict[str, TfliteS
         "mean": list(mean),
         "std": list(std),
         "normalize": "x = (pixel / 255 - mean[c]) / std[c]",
-        "quantize_input": "q = clamp(round_half_even(x / scale) + zero_point, -128, 127)  (int8 variants)",
-        "dequantize_output": "y = (q - zero_point) * scale  (variants whose output is int8)",
+        "normalization_in_graph": None if folded is None else {"mean": list(folded[0]), "std": list(folded[1])},
+        "quantize_input": "q = clamp(round_half_even(x / scale) + zero_point, type's range)  (integer inputs; a "
+        "uint8 input with scale 1/255 and zero point 0 takes the pixels as they are)",
+        "dequantize_output": "y = (q - zero_point) * scale  (variants whose output is an integer type)",
         "output": {"kind": "logits", "classes": num_classes, "softmax_applied": False, "labels": "labels.txt"},
         "variants": {mode: {"file": s.path.name, **_io(s)} for mode, s in summaries.items()},
     }

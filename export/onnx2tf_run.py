@@ -1,5 +1,5 @@
-"""onnx2tf, building only the files asked for. Run as a child process (`python -m export.onnx2tf_run`) so it can be
-stopped with its process group.
+"""onnx2tf, building only the files asked for. Run as a child process (`python -m
+mobile_vision_export.export.onnx2tf_run`) so it can be stopped with its process group.
 
 onnx2tf writes a float16 file beside the float32 one, and with `-oiqt` (its int8 graph choices: MaxPool pads with
 0 rather than the float minimum, which would wreck a calibration range) seven files, four of them calibrated on
@@ -8,8 +8,9 @@ dataset (and its dynamic-range one, unless asked for) are turned away, which onn
 float16 conversion, unless asked for, returns an empty file that is removed (on mobilenet_v2 it took 17 s and the
 converter's peak memory). For int8 the full-integer file is then built once from its SavedModel with the converter
 settings onnx2tf uses for `*_full_integer_quant`, giving the same bytes.
-Usage: python -m export.onnx2tf_run [--fp16] [--dynamic] [CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE] -- ONNX2TF_ARGS...
-(the four int8 arguments with `-oiqt` among onnx2tf's)
+Usage: python -m mobile_vision_export.export.onnx2tf_run [--fp16] [--dynamic]
+    [CALIB_NPY MEAN_JSON STD_JSON OUT_TFLITE] -- ONNX2TF_ARGS...  (the four int8 arguments with `-oiqt` among
+    onnx2tf's)
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def convert_tflite(
     settings = {
         "tool": "onnx2tf",
         "args": args,
-        "launcher": "export.onnx2tf_run: onnx2tf builds only the requested files",
+        "launcher": "mobile_vision_export.export.onnx2tf_run: onnx2tf builds only the requested files",
         "quant_type": "per-channel" if "int8" in modes else None,
         "int8_io": "int8" if "int8" in modes else None,
         "calibration_samples": int(len(calib_nhwc01)) if "int8" in modes else 0,

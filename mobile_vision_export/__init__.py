@@ -2,7 +2,7 @@
 
 Everything the project installs lives under this one name, so a user's own `models`, `export` or `pipeline`
 package never meets ours. The repository keeps its folders at the top (models/, export/, validate/, profiling/,
-int8/, pipeline/); pyproject.toml maps them to `mobile_vision_export.<folder>` and, in a source checkout, the
+int8/, report/, pipeline/); pyproject.toml maps them to `mobile_vision_export.<folder>` and, in a source checkout, the
 repository root is searched too.
 """
 

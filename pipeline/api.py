@@ -15,6 +15,7 @@ from mobile_vision_export.pipeline.run import ExportResult, run_export
 from mobile_vision_export.pipeline.sources import (
     ModelSource,
     SourceError,
+    fold_normalization,
     from_factory,
     from_module,
     from_onnx,
@@ -59,6 +60,7 @@ def export_model(
     min_sqnr: float | None = None,
     min_top1: float | None = None,
     int8_output: str = "int8",
+    int8_io: str = "uint8",
     thresholds: dict[str, dict[str, float]] | None = None,
     optimize: bool = True,
     command: str | None = None,
@@ -67,8 +69,8 @@ def export_model(
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
     min_sqnr, min_cosine, min_top1). Each int8 step can be turned off by its switch, e.g. `tuning=False` (the
-    switches: pipeline.int8_steps.SWITCHES). Raises the tool's one-line errors (ValueError/OSError subclasses) on
-    bad input."""
+    switches: pipeline.int8_steps.SWITCHES). Raises the tool's one-line errors (mobile_vision_export.errors.UserError)
+    on bad input."""
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
@@ -76,9 +78,11 @@ def export_model(
         raise SourceError(f"unknown quant '{quant}': use one of {', '.join(QUANT_MODES)} or all")
     if int8_output not in ("int8", "float"):
         raise SourceError(f"unknown int8_output '{int8_output}': use int8 or float")
+    if int8_io not in ("uint8", "int8"):
+        raise SourceError(f"unknown int8_io '{int8_io}': use uint8 (pixels, what clients take) or int8")
     modes = list(QUANT_MODES) if quant == "all" else [quant]
     labels = read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels  # fails before any model work
-    source = model_source(model, weights, input_size, mean, std, name)
+    source = fold_normalization(model_source(model, weights, input_size, mean, std, name))
     overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
     if min_sqnr is not None:
         overrides["int8"]["min_sqnr"] = min_sqnr
@@ -101,6 +105,7 @@ def export_model(
         min_sqnr=min_sqnr,
         min_top1=min_top1,
         int8_output=int8_output,
+        int8_io=int8_io,
         val_dir=Path(val_dir) if val_dir else None,
         max_accuracy_drop=max_accuracy_drop,
     )

@@ -16,8 +16,8 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.images import center_crop, heldout_photos, load_rgb, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
 from mobile_vision_export.pipeline.export import main as export_main
-from mobile_vision_export.pipeline.signals import run_interruptible
 
 GOLDEN_PHOTOS = 4  # labelled held-out ImageNet photos
 SAMPLE_PHOTOS = 3  # bundled in the app as ready-made examples
@@ -28,8 +28,8 @@ class BundleError(UserError, ValueError):
 
 
 def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
-    """Decoded pixels, the pipeline's int8 input, the model's output (int8, or float32 logits) and top-5 for a few
-    real photos."""
+    """Decoded pixels, the pipeline's input tensor (uint8 pixels or int8), the model's output (quantized, or float32
+    logits) and top-5 for a few real photos."""
     variant = contract["variants"]["int8"]
     info = inspect_tflite(model).inputs[0]
     interpreter = Interpreter(model_path=str(model))
@@ -48,7 +48,7 @@ def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
             logits, raw = output.astype(np.float32), output.astype("<f4").tobytes()
         else:
             zero, scale = variant["output"]["zero_point"], np.float32(variant["output"]["scale"])
-            logits, raw = (output.astype(np.float32) - zero) * scale, output.astype(np.int8).tobytes()
+            logits, raw = (output.astype(np.float32) - zero) * scale, output.tobytes()  # uint8 or int8 codes
         (out_dir / f"{name}.rgb").write_bytes(pixels.tobytes())
         (out_dir / f"{name}.input.bin").write_bytes(q.tobytes())
         (out_dir / f"{name}.output.bin").write_bytes(raw)
@@ -96,13 +96,16 @@ def bundle(artifacts: Path, app: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
-    return run_interruptible(
-        lambda: _main(argv), "stopped bundling; the app's assets and golden vectors may be incomplete: run it again"
+    return run_command(
+        lambda: _main(argv),
+        argv,
+        "stopped bundling; the app's assets and golden vectors may be incomplete: run it again",
     )
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.bundle"), description=__doc__.splitlines()[0])
+    add_common_flags(p)
     p.add_argument("--model", default="mobilenet_v2", help="zoo model to bundle (default mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="weights for the export (default imagenet)")
     p.add_argument("--quant", default="int8", choices=["int8"], help="the app runs the full-integer model")

@@ -10,7 +10,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
-from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
 from mobile_vision_export.report.diagnose import write_diagnosis
 from mobile_vision_export.validate.diagnose import DiagnoseError, diagnose
 
@@ -23,11 +23,12 @@ def _float_sibling(int8_model: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
-    return run_interruptible(lambda: _main(argv), "stopped the diagnosis before writing diagnose.html")
+    return run_command(lambda: _main(argv), argv, "stopped the diagnosis before writing diagnose.html")
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.diagnose"), description=__doc__)
+    add_common_flags(p)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
     p.add_argument(
         "--float",

@@ -8,22 +8,25 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.contract import LabelsError, normalization_beside, read_labels
 from mobile_vision_export.export.files import write_text_atomic
-from mobile_vision_export.export.images import ImageDataError, heldout_batch, normalize
+from mobile_vision_export.export.images import ImageDataError, heldout_batch, normalize, pixel_codes
 from mobile_vision_export.export.metadata import LABELS_FILE, labels_in
 from mobile_vision_export.export.provenance import tool_versions
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.models.weights import sha256_file
-from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.validate.clients import CLIENTS, classify
 from mobile_vision_export.validate.labelled import accuracy, content_hashes, read_labelled
 from mobile_vision_export.validate.runners import run_tflite
 
 
 def main(argv: list[str] | None = None) -> int:
     """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
-    return run_interruptible(lambda: _main(argv), "stopped the evaluation before writing evaluate.json")
+    return run_command(lambda: _main(argv), argv, "stopped the evaluation before writing evaluate.json")
 
 
 def _labels(model: Path, given: Path | None) -> list[str]:
@@ -38,7 +41,8 @@ def _labels(model: Path, given: Path | None) -> list[str]:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.evaluate"), description=__doc__)
+    add_common_flags(p)
     p.add_argument(
         "model", type=Path, help="an exported .tflite (with metadata, or preprocess.json and labels.txt beside it)"
     )
@@ -47,6 +51,12 @@ def _main(argv: list[str] | None) -> int:
         "--labels",
         type=Path,
         help="class names, one per line (default: labels.txt beside the model, else its metadata)",
+    )
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        help="also run the file in this real client (set up by scripts/setup_clients.sh) and compare its top-1 with "
+        "our runtime's on every photo",
     )
     p.add_argument("--out", type=Path, help="folder for evaluate.json (default: beside the model)")
     args = p.parse_args(argv)
@@ -59,12 +69,24 @@ def _main(argv: list[str] | None) -> int:
         mean, std, where = normalization_beside(args.model)
         labelled = read_labelled(args.val_dir, labels)
         size = summary.inputs[0].shape[1]
-        x = normalize(heldout_batch(labelled.photos, size), mean, std)
-        result = accuracy(args.model.name, run_tflite(args.model, x), labelled.labels)
+        crops = heldout_batch(labelled.photos, size)
+        ours = run_tflite(args.model, normalize(crops, mean, std))
+        result = accuracy(args.model.name, ours, labelled.labels)
+        client = None
+        if args.client:
+            answers = np.asarray(classify(args.client, args.model, pixel_codes(crops)))
+            client = {
+                "client": args.client,
+                "top1_agreement_with_our_runtime": float(np.mean(answers == ours.argmax(1))),
+            }
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = len(labelled.photos)
+    if client is not None:
+        print(
+            f"{args.client}: top-1 equal to our runtime's on {client['top1_agreement_with_our_runtime']:.1%} of photos"
+        )
     print(f"{args.model.name} on {labelled.description}; normalization from {where}")
     print(f"top-1 {result.top1:.1%}  top-5 {result.top5:.1%}  (one photo moves top-1 by {100 / n:.1f} points)")
     for c, acc in sorted(result.per_class.items(), key=lambda item: item[1])[:5]:
@@ -78,6 +100,8 @@ def _main(argv: list[str] | None) -> int:
         "versions": tool_versions(),
         "accuracy": result.as_dict(),
     }
+    if client is not None:
+        record["client"] = client
     out = args.out or args.model.parent
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "evaluate.json", json.dumps(record, indent=2) + "\n")

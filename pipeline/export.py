@@ -16,10 +16,10 @@ from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.pipeline.api import export_model
 from mobile_vision_export.pipeline.arguments import positive_int
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
 from mobile_vision_export.pipeline.int8_steps import STEPS, SWITCHES
 from mobile_vision_export.pipeline.profile import run as profile_run
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
-from mobile_vision_export.pipeline.signals import run_interruptible
 from mobile_vision_export.pipeline.sources import SourceError
 from mobile_vision_export.pipeline.zoo import export_many, write_summary
 from mobile_vision_export.profiling.arm_setup import default_cache
@@ -42,7 +42,8 @@ def _floats3(text: str) -> tuple[float, float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.export"), description=__doc__)
+    add_common_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name (see --list) or path/to/file.py:factory")
     src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xSxS float input)")
@@ -104,8 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-output",
         choices=["int8", "float"],
         default="int8",
-        help="the int8 file's output: int8 (default) or float32 logits from a dynamic-range output layer (int8 input "
-        "either way)",
+        help="the int8 file's output: quantized (default) or float32 logits from a dynamic-range output layer",
+    )
+    p.add_argument(
+        "--int8-io",
+        choices=["uint8", "int8"],
+        default="uint8",
+        help="the int8 file's input and quantized output type: uint8 (default: the camera's pixels as they are, what "
+        "MediaPipe Tasks and the Task Library take) or int8",
     )
     for step in STEPS:
         if step.switch:
@@ -184,6 +191,7 @@ def _options(args, argv: list[str]) -> dict:
         min_sqnr=args.min_sqnr,
         min_top1=args.min_top1,
         int8_output=args.int8_output,
+        int8_io=args.int8_io,
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
@@ -266,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ctrl-C and SIGTERM (CI cancellation, `timeout`) unwind like KeyboardInterrupt: the converter's process group
     # is stopped and the partial folder removed, then one line and exit 130 (SIGINT) or 143 (SIGTERM).
-    return run_interruptible(
-        export, "stopped the export and its converter; an unfinished export leaves no model folder behind"
+    return run_command(
+        export, argv, "stopped the export and its converter; an unfinished export leaves no model folder behind"
     )
 
 

@@ -15,6 +15,7 @@ from mobile_vision_export.int8.activation_ranges import cut_activation_ranges
 from mobile_vision_export.int8.bias_correction import correct_biases
 from mobile_vision_export.int8.equalize import equalize_for_int8
 from mobile_vision_export.int8.fallback import JUDGE_PHOTOS, Cost, Judge, reach_targets
+from mobile_vision_export.int8.io_types import uint8_io
 from mobile_vision_export.int8.output import float_output
 from mobile_vision_export.int8.rounding import fit_rounding
 from mobile_vision_export.int8.tuning import tune
@@ -103,6 +104,13 @@ def _float_output(job: Job):
     return summary, job
 
 
+def _uint8_io(job: Job):
+    candidate = job.int8_file.with_name(f".{job.int8_file.name}.uint8_io")
+    summary = uint8_io(job.int8_file, candidate)
+    candidate.replace(job.int8_file)
+    return summary, job
+
+
 def _no_target(request: ExportRequest) -> str | None:
     asked = request.min_sqnr is not None or request.min_top1 is not None
     return None if asked else "no target (--min-sqnr, --min-top1)"
@@ -110,6 +118,10 @@ def _no_target(request: ExportRequest) -> str | None:
 
 def _int8_output(request: ExportRequest) -> str | None:
     return None if request.int8_output == "float" else "int8 output (the default)"
+
+
+def _int8_io(request: ExportRequest) -> str | None:
+    return None if request.int8_io == "uint8" else "int8 input and output (--int8-io int8)"
 
 
 EQUALIZATION = Int8Step(
@@ -149,8 +161,9 @@ FITTED_ROUNDING = Int8Step(
 )
 FALLBACK = Int8Step("fallback", "int8 fallback", _fallback, asked=_no_target)
 FLOAT_OUTPUT = Int8Step("output", "int8 output in float", _float_output, asked=_int8_output)
+UINT8_IO = Int8Step("io", "int8 file takes uint8 pixels", _uint8_io, asked=_int8_io)
 
-STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBACK, FLOAT_OUTPUT)
+STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBACK, FLOAT_OUTPUT, UINT8_IO)
 SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's keyword arguments, flags --no-*
 
 

@@ -11,7 +11,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.tflite_inspect import NotTfliteError
 from mobile_vision_export.pipeline.arguments import positive_int
-from mobile_vision_export.pipeline.signals import run_interruptible
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
 from mobile_vision_export.profiling.arm_setup import default_cache
 from mobile_vision_export.profiling.cores import parse_cores
 from mobile_vision_export.profiling.run import ProfileRequest, profile_models
@@ -30,7 +30,8 @@ def _threads(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.profile", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.profile"), description=__doc__)
+    add_common_flags(p)
     p.add_argument("models", nargs="+", type=Path, help=".tflite files")
     p.add_argument("--host", action="store_true", help="host latency (the default when nothing else is chosen)")
     p.add_argument("--arm", help="emulated cores, e.g. a53,a55,a76 (needs 'mve-arm-setup')")
@@ -61,8 +62,8 @@ def run(models: list[Path], request: ProfileRequest, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Ctrl-C or SIGTERM: one `error: interrupted` line and exit 130/143 instead of a traceback."""
-    return run_interruptible(
-        lambda: _main(argv), "stopped profiling (and the runs it had started) before writing profile.json"
+    return run_command(
+        lambda: _main(argv), argv, "stopped profiling (and the runs it had started) before writing profile.json"
     )
 
 

@@ -30,6 +30,9 @@ def _model_info(job: Job, params, macs) -> dict:
         "input_size": source.input_size,
         "mean": list(source.mean),
         "std": list(source.std),
+        "normalization_in_graph": None
+        if source.folded is None
+        else {"mean": list(source.folded[0]), "std": list(source.folded[1])},
         "params": params,
         "macs": macs,
         "channel_shuffles": source.channel_shuffles,
@@ -65,7 +68,7 @@ def _inputs(job: Job) -> dict:
 def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[str, float], params, macs) -> None:
     work_dir, source = job.work_dir, job.source
     num_classes = job.graphs.simplified.num_classes
-    contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, num_classes)
+    contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, num_classes, source.folded)
     write_text_atomic(work_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
     model, inputs = _model_info(job, params, macs), _inputs(job)
     artifacts = {
@@ -80,16 +83,33 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
     }
     record["timings_s"] = {stage: round(seconds, 2) for stage, seconds in timings.items()}
     record["runtime_threads"] = runtime_threads()  # fewer when a batch ran exports side by side
+    record["gpu_delegate"] = {mode: readiness.as_dict() for mode, readiness in job.gpu.items()}
     if job.accuracy is not None:
         record["accuracy_on_your_photos"] = job.accuracy.as_dict()
     write_text_atomic(work_dir / "parity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     steps = [job.accuracy] + [job.int8_summaries.get(step.name) for step in STEPS]
     sections = [section for section in (s.markdown() for s in steps if s) if section]
+    if job.gpu:
+        sections.append(_gpu_section(job))
     report = render_report(model, inputs, job.rows, summaries, timings, sections, job.passed)
     if job.diagnosis is not None:
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)
     Report(report, _figures(job)).write(work_dir)
+
+
+def _gpu_section(job: Job) -> list[str]:
+    lines = [
+        "## GPU delegate readiness",
+        "",
+        "TensorFlow's analyzer (`tf.lite.experimental.Analyzer`, gpu_compatibility=True) on each file. LiteRT 2.x "
+        "runs the GPU through `CompiledModel`; the `Interpreter` API the Android demo uses is CPU-only.",
+        "",
+        "| variant | ops | GPU delegate |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {mode} | {r.ops} | {r.summary()} |" for mode, r in job.gpu.items()]
+    return lines
 
 
 def _figures(job: Job) -> dict[str, list[str]]:

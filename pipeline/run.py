@@ -62,6 +62,7 @@ STAGES = (
     Stage("int8 file steps", int8_steps=tuple(step for step in STEPS if step is not EQUALIZATION)),
     Stage("drop the float twin", s.drop_float_twin, _no_int8),
     Stage("TFLite metadata", s.embed_metadata),
+    Stage("GPU delegate readiness", s.check_gpu_delegate),
     Stage("parity", s.parity),
     Stage("accuracy on your labelled photos", s.measure_accuracy, _no_val_dir),
     Stage("per-layer int8 diagnosis", s.diagnose_int8, _not_fp32_and_int8),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.normalization import IDENTITY, FoldedNormalization
 from mobile_vision_export.export.onnx_graph import describe_onnx
 from mobile_vision_export.models import get_model, get_spec
 from mobile_vision_export.models.complexity import count_macs, count_parameters
@@ -42,6 +43,7 @@ class ModelSource:
     weights_sha256: str | None = None
     random_weights: bool = False  # no checkpoint and randomly initialised (zoo or factory): accuracy means nothing
     channel_shuffles: int | None = None
+    folded: tuple[tuple, tuple] | None = None  # the (mean, std) the graph now applies itself; mean/std are then 0/1
 
     def complexity(self) -> tuple[int | None, int | None]:
         """(parameters, MACs) of the PyTorch model, or (None, None) for an ONNX source."""
@@ -205,6 +207,14 @@ def from_onnx(path: Path, mean, std) -> ModelSource:
         weights="as stored in the ONNX file",
         weights_sha256=sha256_file(path),
     )
+
+
+def fold_normalization(source: ModelSource) -> ModelSource:
+    """`source` with its mean/std as the graph's first op, so every file takes pixel / 255 (and int8 the pixels):
+    the module is wrapped here, an ONNX graph gets the same op when it is exported (stages.to_onnx)."""
+    module = None if source.module is None else FoldedNormalization(source.module, source.mean, source.std).eval()
+    mean, std = IDENTITY
+    return replace(source, module=module, mean=mean, std=std, folded=(source.mean, source.std))
 
 
 def calibrate_random_weights(source: ModelSource, images_nchw: torch.Tensor) -> None:

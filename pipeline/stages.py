@@ -22,6 +22,7 @@ from mobile_vision_export.export.metadata import (
     read_metadata,
     write_metadata,
 )
+from mobile_vision_export.export.normalization import prepend_normalization
 from mobile_vision_export.export.onnx_graph import (
     OnnxError,
     OnnxModel,
@@ -43,6 +44,7 @@ from mobile_vision_export.pipeline.request import ExportRequest
 from mobile_vision_export.pipeline.sources import ModelSource, calibrate_random_weights
 from mobile_vision_export.report.diagnose import write_diagnosis
 from mobile_vision_export.validate.diagnose import Diagnosis, diagnose
+from mobile_vision_export.validate.gpu import GpuReadiness, gpu_readiness
 from mobile_vision_export.validate.labelled import (
     LabelledAccuracy,
     LabelledSet,
@@ -103,6 +105,7 @@ class Job:
     labelled: LabelledSet | None = None  # --val-dir
     accuracy: LabelledAccuracy | None = None
     diagnosis: Diagnosis | None = None
+    gpu: dict[str, GpuReadiness] = field(default_factory=dict)  # variant -> what the GPU delegate would refuse
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
 
     @property
@@ -147,7 +150,10 @@ def to_onnx(job: Job) -> Job:
     if source.module is not None:
         raw = export_onnx(source.module, source.input_size, path)
     else:
-        onnx.save(load_onnx(source.onnx_path), str(path))  # one file, external data embedded
+        graph = load_onnx(source.onnx_path)
+        if source.folded is not None:
+            graph = prepend_normalization(graph, *source.folded)
+        onnx.save(graph, str(path))  # one file, external data embedded
         raw = describe_onnx(path)
     return replace(job, graphs=Graphs(raw, raw))
 
@@ -310,7 +316,12 @@ def embed_metadata(job: Job) -> Job:
     write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
     caveat = " Random weights: for testing the export only." if source.random_weights else ""
     contract = preprocess_contract(
-        source.input_size, source.mean, source.std, job.tflites.summaries(), job.graphs.simplified.num_classes
+        source.input_size,
+        source.mean,
+        source.std,
+        job.tflites.summaries(),
+        job.graphs.simplified.num_classes,
+        source.folded,
     )
     for mode, path in job.tflites.files.items():
         description = (
@@ -321,6 +332,10 @@ def embed_metadata(job: Job) -> Job:
         if problems:
             raise MetadataError(f"{path.name}: its metadata disagrees with preprocess.json ({problems[0]})")
     return job
+
+
+def check_gpu_delegate(job: Job) -> Job:
+    return replace(job, gpu={mode: gpu_readiness(path) for mode, path in job.tflites.files.items()})
 
 
 def parity(job: Job) -> Job:

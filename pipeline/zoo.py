@@ -18,6 +18,7 @@ from mobile_vision_export.export.threads import batch_environment
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.models.complexity import count_parameters
 from mobile_vision_export.pipeline.api import export_model
+from mobile_vision_export.pipeline.cli import add_common_flags, prog_name
 from mobile_vision_export.pipeline.partial_dir import OutputError
 from mobile_vision_export.pipeline.signals import sigterm_raises
 from mobile_vision_export.report.parity import format_sqnr
@@ -166,8 +167,10 @@ def merge(dirs: list[Path], out: Path, mode: str) -> tuple[Path, list[dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.zoo", description="Merge exports' parity.json into zoo_summary.md and .json."
+        prog=prog_name("python -m pipeline.zoo"),
+        description="Merge exports' parity.json into zoo_summary.md and .json.",
     )
+    add_common_flags(p)
     p.add_argument("dirs", nargs="+", type=Path, help="folders holding <model>/parity.json")
     p.add_argument("--out", type=Path, required=True, help="where zoo_summary.md and .json go")
     p.add_argument("--quant", default="int8", help="the variant the table shows (default: int8)")

@@ -1,4 +1,4 @@
-"""python -m profiling.arm_setup: install what ARM emulation needs into a cache folder (reused when present).
+"""mve-arm-setup: install what ARM emulation needs into a cache folder (reused when present).
 
 qemu-user (Debian package), an arm64 Python 3.11 sysroot (Debian arm64 packages unpacked, not installed),
 aarch64 wheels of LiteRT and numpy, and the project's instruction-counting qemu plugin, built from
@@ -7,7 +7,6 @@ profiling/qemu_plugin/insn_window.c against qemu-plugin.h taken from Debian's qe
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -224,19 +223,3 @@ def setup(cache: Path) -> None:
     ensure_plugin(cache)
     ensure_core_roots(cache, sysroot)
     _log(f"ready in {cache} ({qemu})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m profiling.arm_setup", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=default_cache(), help="cache folder (default %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        setup(args.cache)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,9 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def shufflenet_variants(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shufflenet")
-    proc = run_cli(
-        "pipeline.export", "--model", "shufflenet_v2_x0_5", "--quant", "all", "--profile", "--out", "out", tmp_path=tmp
-    )
+    # int8 input and output: the int8 steps' own form, which the tests of their internals take apart
+    args = ["--model", "shufflenet_v2_x0_5", "--quant", "all", "--int8-io", "int8", "--profile", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp / "out" / "shufflenet_v2_x0_5"
 
@@ -69,3 +70,20 @@ def open_in_browser(page: Path, screenshot: Path) -> list[str]:
     )
     assert screenshot.is_file(), proc.stderr[-2000:]
     return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.fixture(scope="session")
+def mobilenet_imagenet(tmp_path_factory):
+    """mobilenet_v2 with its ImageNet weights, every variant, with the labelled held-out photos as --val-dir (an
+    ImageFolder with one folder per class index). Returns (the folder it ran in, the model's artifacts)."""
+    from mobile_vision_export.export.images import heldout_photos
+
+    tmp = tmp_path_factory.mktemp("mobilenet_imagenet")
+    for photo in [p for p in heldout_photos() if p.label is not None]:
+        (tmp / "val" / str(photo.label)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo.path, tmp / "val" / str(photo.label) / photo.path.name)
+    args = ["--model", "mobilenet_v2", "--weights", "imagenet", "--quant", "all", "--val-dir", "val"]
+    proc = run_cli("pipeline.export", *args, "--max-accuracy-drop", "20", "--out", "out", tmp_path=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert network_attempts(tmp) == ""
+    return tmp, tmp / "out" / "mobilenet_v2"

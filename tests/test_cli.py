@@ -12,7 +12,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
+from mobile_vision_export.export.images import heldout_batch, heldout_photos
 from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.pipeline import run
 from mobile_vision_export.pipeline.export import main as export_main
@@ -168,34 +168,14 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_imagenet_int8_keeps_its_top1(tmp_path):
+def test_mobilenet_v2_imagenet_int8_keeps_its_top1(mobilenet_imagenet):
     """Real weights: the int8 model still classifies the labelled held-out photos, and keeps the int8 fixes' gain;
     --val-dir and pipeline.evaluate count the accuracy on a user's labelled folder as the .tflite files give it."""
+    tmp_path, out = mobilenet_imagenet
     labelled = [p for p in heldout_photos() if p.label is not None]
-    for photo in labelled:  # an ImageFolder with one folder per class index
-        (tmp_path / "val" / str(photo.label)).mkdir(parents=True, exist_ok=True)
-        shutil.copy(photo.path, tmp_path / "val" / str(photo.label) / photo.path.name)
-    proc = run_cli(
-        "pipeline.export",
-        "--model",
-        "mobilenet_v2",
-        "--weights",
-        "imagenet",
-        "--quant",
-        "int8",
-        "--val-dir",
-        "val",
-        "--max-accuracy-drop",
-        "20",
-        "--out",
-        "out",
-        tmp_path=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "mobilenet_v2"
     counted = json.loads((out / "parity.json").read_text())["accuracy_on_your_photos"]
     models = {m["model"]: m for m in counted["models"]}
-    x = normalize(heldout_batch(labelled, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = heldout_batch(labelled, 224)  # 0..1 RGB: the export folds ImageNet's mean/std into the graph
     labels = np.array([p.label for p in labelled])
     independent = float(np.mean(run_tflite(out / "mobilenet_v2_int8.tflite", x).argmax(1) == labels))
     assert models["int8"]["top1"] == independent

@@ -105,8 +105,8 @@ def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tm
     target = linear[len(linear) // 2]
     broken = tmp_path / "broken_int8.tflite"
     _shift_bias(int8, broken, target, lsb=3000)
-    calib = normalize(calibration_batch(calibration_photos(), 224, 8), MEAN, STD)
-    heldout = normalize(heldout_batch(heldout_photos()[:8], 224), MEAN, STD)
+    calib = calibration_batch(calibration_photos(), 224, 8)
+    heldout = heldout_batch(heldout_photos()[:8], 224)
     reference = run_tflite(twin, heldout)
     damaged = sqnr_db(reference, run_tflite(broken, heldout))
     assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # the shift really hurts
@@ -161,8 +161,8 @@ def test_percentile_ranges_repair_a_deliberately_wide_range(shufflenet_variants,
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
     wide = tmp_path / "wide_int8.tflite"
     _widen_range(int8, wide, factor=64.0)
-    calib = normalize(calibration_batch(calibration_photos(), 224, 16), MEAN, STD)
-    heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD)
+    calib = calibration_batch(calibration_photos(), 224, 16)
+    heldout = heldout_batch(heldout_photos()[:16], 224)
     reference = run_tflite(twin, heldout)
     damaged = sqnr_db(reference, run_tflite(wide, heldout))
     assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt
@@ -178,7 +178,7 @@ def test_narrowed_ranges_keep_the_contract_and_shared_quantization(shufflenet_va
     """Tensors that a layout op passes through unchanged keep one scale; the app's input and output keep theirs."""
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     narrowed = tmp_path / "narrowed_int8.tflite"
-    calib = normalize(calibration_batch(calibration_photos(), 224, 8), MEAN, STD)
+    calib = calibration_batch(calibration_photos(), 224, 8)
     change = narrow_ranges(int8, code_counts(int8, calib), 99.99, narrowed)
     assert change.groups > 0 and change.median_step_ratio < 1
     before, after = inspect_tflite(int8), inspect_tflite(narrowed)
@@ -207,7 +207,7 @@ def test_export_records_bias_correction(shufflenet_variants):
     assert correction["layers_corrected"] > 0
     # the shipped int8 file is the better of the corrected and uncorrected ones on the selection crops, against
     # ONNX Runtime (nothing runs after the correction for shufflenet)
-    crops = normalize(calibration_batch(calibration_photos(), 224, CALIBRATION_CROPS), MEAN, STD)[:SELECTION_IMAGES]
+    crops = calibration_batch(calibration_photos(), 224, CALIBRATION_CROPS)[:SELECTION_IMAGES]
     simplified = shufflenet_variants / "shufflenet_v2_x0_5_simplified.onnx"
     reference = run_onnx(simplified, np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
     shipped = sqnr_db(reference, run_tflite(shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite", crops))
@@ -304,7 +304,7 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
     assert after.ops["DEQUANTIZE"] == before.ops.get("DEQUANTIZE", 0) + 1
     assert after.ops["QUANTIZE"] == before.ops.get("QUANTIZE", 0) + 1
     assert after.inputs == before.inputs and after.outputs == before.outputs
-    heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD)
+    heldout = heldout_batch(heldout_photos()[:16], 224)
     reference = run_tflite(twin, heldout)
     assert sqnr_db(reference, run_tflite(dst, heldout)) > sqnr_db(reference, run_tflite(int8, heldout)) - 1
 
@@ -320,7 +320,7 @@ def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
     assert after.ops["DEQUANTIZE"] == before.ops.get("DEQUANTIZE", 0) + 1
     assert after.ops["FULLY_CONNECTED"] == before.ops["FULLY_CONNECTED"]
     assert after.size_bytes <= before.size_bytes  # int8 weights kept; the int32 bias became a float32 one
-    heldout = normalize(heldout_batch(heldout_photos(), 224), MEAN, STD)
+    heldout = heldout_batch(heldout_photos(), 224)
     reference = run_onnx(shufflenet_variants / "shufflenet_v2_x0_5_simplified.onnx", _nchw_of(heldout))
     quantized, floating = run_tflite(int8, heldout), run_tflite(dst, heldout)
     step, zero = before.outputs[0].scale, before.outputs[0].zero_point

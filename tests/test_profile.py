@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.pipeline.profile import main as profile_main
 from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
 from mobile_vision_export.profiling.cores import UnknownCoreError, parse_cores
@@ -58,7 +59,7 @@ def arm_cache(tmp_path_factory):
     """The ARM set-up, made (or reused) by its own one command."""
     cache = Path.home() / ".cache" / "mobile-vision-export" / "arm"
     proc = subprocess.run(
-        [sys.executable, "-m", "mobile_vision_export.profiling.arm_setup", "--cache", str(cache)],
+        [sys.executable, "-m", "mobile_vision_export.pipeline.arm_setup", "--cache", str(cache)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -90,6 +91,12 @@ def test_a_later_section_is_rendered_into_both_report_files(tmp_path):
     assert markdown.count("## Profile") == 1 and "second run" in markdown and "first run" not in markdown
     assert "<h2>Profile</h2>" in page and "second run" in page and "first run" not in page
     assert page.count("<p>fig</p>") == 1 and "<p>bars</p>" in page and "<h2>Versions</h2>" in page
+    (tmp_path / "report.json").unlink()  # an export made before the record: its report.html keeps its figures
+    read_report(tmp_path).with_section("Profile", "## Profile\n\nthird run\n").write(tmp_path)
+    assert "third run" in (tmp_path / "report.md").read_text() and (tmp_path / "report.html").read_text() == page
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(UserError, match="report.json is damaged"):
+        read_report(tmp_path)
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     model = read_single_graph(int8)
     replica = Replica(model, {})
-    images = normalize(heldout_batch(heldout_photos()[:4], 224), MEAN, STD).astype(np.float32)
+    images = heldout_batch(heldout_photos()[:4], 224).astype(np.float32)  # the export takes 0..1 RGB
     interpreter = tensor_keeping_interpreter(int8)
     interpreter.set_tensor(
         interpreter.get_input_details()[0]["index"], quantize(images[:1], inspect_tflite(int8).inputs[0])
@@ -93,7 +93,7 @@ def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path)
     wide = tmp_path / "wide_int8.tflite"
     conv = _widen_range(int8, wide, factor=64.0)
     tensor = read_model(wide).subgraphs[0].operators[conv].outputs[0]
-    calib = normalize(calibration_batch(calibration_photos(), 224, 64), MEAN, STD).astype(np.float32)
+    calib = calibration_batch(calibration_photos(), 224, 64).astype(np.float32)  # the export takes 0..1 RGB
     heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD).astype(np.float32)
     reference = run_tflite(twin, heldout)
     damaged = sqnr_db(reference, run_tflite(wide, heldout))

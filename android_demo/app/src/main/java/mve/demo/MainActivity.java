@@ -179,7 +179,8 @@ public class MainActivity extends Activity {
         int h = bitmap.getHeight();
         int[] argb = new int[w * h];
         bitmap.getPixels(argb, 0, w, 0, 0, w, h);
-        byte[] tensor = Preprocess.toInt8(Preprocess.rgbFromArgb(argb), w, h, contract);
+        // a model that takes pixels (the default export) gets the resized, cropped camera bytes as they are
+        byte[] tensor = Preprocess.toQuantized(Preprocess.rgbFromArgb(argb), w, h, contract);
         input = ByteBuffer.allocateDirect(tensor.length).order(ByteOrder.nativeOrder());
         input.put(tensor);
         ByteBuffer output = outputBuffer();
@@ -199,7 +200,7 @@ public class MainActivity extends Activity {
         result.setText(text.toString());
     }
 
-    /** The output tensor: int8 codes, or little-endian float32 logits (--int8-output float). */
+    /** The output tensor: uint8 or int8 codes, or little-endian float32 logits (--int8-output float). */
     private ByteBuffer outputBuffer() {
         int bytes = labels.length * (contract.isOutputQuantized() ? 1 : 4);
         return ByteBuffer.allocateDirect(bytes).order(ByteOrder.LITTLE_ENDIAN);

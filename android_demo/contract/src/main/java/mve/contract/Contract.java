@@ -9,15 +9,18 @@ public final class Contract {
     public final int shorterSide;
     public final float[] mean;
     public final float[] std;
-    /** Scale and zero point of the int8 input and output (scale 0 for a float model). */
+    /** Scale and zero point of the quantized input and output (scale 0 for a float tensor). */
     public final double inputScale;
     public final int inputZeroPoint;
     public final double outputScale;
     public final int outputZeroPoint;
     public final String modelFile;
+    /** Tensor types, "uint8", "int8" or "float32". */
+    public final String inputType;
+    public final String outputType;
 
     public Contract(int inputSize, int shorterSide, float[] mean, float[] std, double inputScale, int inputZeroPoint,
-                    double outputScale, int outputZeroPoint, String modelFile) {
+                    double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType) {
         this.inputSize = inputSize;
         this.shorterSide = shorterSide;
         this.mean = mean;
@@ -27,6 +30,8 @@ public final class Contract {
         this.outputScale = outputScale;
         this.outputZeroPoint = outputZeroPoint;
         this.modelFile = modelFile;
+        this.inputType = inputType;
+        this.outputType = outputType;
     }
 
     /** Reads the contract of one variant ("int8", "fp32", ...) from the text of preprocess.json. */
@@ -52,14 +57,25 @@ public final class Contract {
                 floats((List<Object>) root.get("std")),
                 number(input.get("scale")), (int) number(input.get("zero_point")),
                 number(output.get("scale")), (int) number(output.get("zero_point")),
-                (String) entry.get("file"));
+                (String) entry.get("file"), (String) input.get("dtype"), (String) output.get("dtype"));
     }
 
     public boolean isQuantized() {
         return inputScale != 0;
     }
 
-    /** Whether the model's output is int8 to dequantize (false: float32 logits, e.g. --int8-output float). */
+    /** Whether the input is the camera's pixels as they are: uint8, scale 1/255, zero point 0, nothing normalized
+     * (the export folds the normalization into the graph). Then the resized, cropped RGB bytes are the tensor. */
+    public boolean takesPixels() {
+        boolean identity = true;
+        for (int c = 0; c < 3; c++) {
+            identity &= mean[c] == 0f && std[c] == 1f;
+        }
+        return "uint8".equals(inputType) && inputZeroPoint == 0 && Math.abs(inputScale * 255.0 - 1.0) < 1e-6
+                && identity;
+    }
+
+    /** Whether the model's output is quantized to dequantize (false: float32 logits, e.g. --int8-output float). */
     public boolean isOutputQuantized() {
         return outputScale != 0;
     }

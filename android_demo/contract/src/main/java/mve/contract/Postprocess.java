@@ -23,7 +23,7 @@ public final class Postprocess {
         }
     }
 
-    /** Logits from the output tensor's raw bytes: int8 codes to dequantize, or float32 little-endian values. */
+    /** Logits from the output tensor's raw bytes: uint8 or int8 codes to dequantize, or float32 little-endian. */
     public static float[] logits(byte[] raw, Contract contract) {
         if (contract.isOutputQuantized()) {
             return dequantize(raw, contract);
@@ -35,9 +35,11 @@ public final class Postprocess {
 
     public static float[] dequantize(byte[] q, Contract contract) {
         float scale = (float) contract.outputScale;
+        boolean unsigned = "uint8".equals(contract.outputType);
         float[] out = new float[q.length];
         for (int i = 0; i < q.length; i++) {
-            out[i] = (q[i] - contract.outputZeroPoint) * scale;
+            int code = unsigned ? q[i] & 0xff : q[i];
+            out[i] = (code - contract.outputZeroPoint) * scale;
         }
         return out;
     }

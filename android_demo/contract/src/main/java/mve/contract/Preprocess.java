@@ -3,7 +3,8 @@ package mve.contract;
 /**
  * Photo pixels to model input, exactly as the export pipeline does it (see preprocess.json): resize the shorter
  * side with Pillow's bilinear filter (antialiased when shrinking, 8-bit fixed point), centre-crop, scale to 0..1,
- * normalize per channel in float32, and for int8 models quantize with round-half-to-even. NHWC, RGB.
+ * normalize per channel in float32, and for quantized inputs quantize with round-half-to-even; a model that takes
+ * pixels (uint8, normalization folded into its graph) gets the cropped bytes as they are. NHWC, RGB.
  */
 public final class Preprocess {
     private static final int PRECISION_BITS = 32 - 8 - 2;
@@ -22,20 +23,24 @@ public final class Preprocess {
         return rgb;
     }
 
-    /** The int8 NHWC input tensor for an RGB image (interleaved bytes, width x height). */
-    public static byte[] toInt8(byte[] rgb, int width, int height, Contract contract) {
+    /** The quantized (uint8 or int8) NHWC input tensor for an RGB image (interleaved bytes, width x height). */
+    public static byte[] toQuantized(byte[] rgb, int width, int height, Contract contract) {
+        if (contract.takesPixels()) {
+            return toPixels(rgb, width, height, contract);
+        }
         float[] x = toFloat(rgb, width, height, contract);
         float scale = (float) contract.inputScale;
+        boolean unsigned = "uint8".equals(contract.inputType);
         byte[] q = new byte[x.length];
         for (int i = 0; i < x.length; i++) {
             double v = Math.rint(x[i] / scale) + contract.inputZeroPoint;
-            q[i] = (byte) Math.max(-128, Math.min(127, v));
+            q[i] = (byte) (unsigned ? Math.max(0, Math.min(255, v)) : Math.max(-128, Math.min(127, v)));
         }
         return q;
     }
 
-    /** The float32 NHWC input tensor (normalized) for an RGB image. */
-    public static float[] toFloat(byte[] rgb, int width, int height, Contract contract) {
+    /** The resized, center-cropped RGB bytes (NHWC): the input tensor itself when the model takes pixels. */
+    public static byte[] toPixels(byte[] rgb, int width, int height, Contract contract) {
         int size = contract.inputSize;
         double scale = (double) contract.shorterSide / Math.min(width, height);
         int newWidth = Math.max(size, (int) Math.rint(width * scale));
@@ -43,15 +48,20 @@ public final class Preprocess {
         byte[] resized = resizeBilinear(rgb, width, height, newWidth, newHeight);
         int left = (newWidth - size) / 2;
         int top = (newHeight - size) / 2;
-        float[] out = new float[size * size * 3];
+        byte[] out = new byte[size * size * 3];
         for (int y = 0; y < size; y++) {
-            for (int x = 0; x < size; x++) {
-                for (int c = 0; c < 3; c++) {
-                    int pixel = resized[((top + y) * newWidth + left + x) * 3 + c] & 0xff;
-                    float unit = (float) pixel / 255.0f;
-                    out[(y * size + x) * 3 + c] = (unit - contract.mean[c]) / contract.std[c];
-                }
-            }
+            System.arraycopy(resized, ((top + y) * newWidth + left) * 3, out, y * size * 3, size * 3);
+        }
+        return out;
+    }
+
+    /** The float32 NHWC input tensor (normalized) for an RGB image. */
+    public static float[] toFloat(byte[] rgb, int width, int height, Contract contract) {
+        byte[] pixels = toPixels(rgb, width, height, contract);
+        float[] out = new float[pixels.length];
+        for (int i = 0; i < pixels.length; i++) {
+            float unit = (float) (pixels[i] & 0xff) / 255.0f;
+            out[i] = (unit - contract.mean[i % 3]) / contract.std[i % 3];
         }
         return out;
     }

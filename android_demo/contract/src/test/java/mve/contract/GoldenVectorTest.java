@@ -16,7 +16,7 @@ import java.util.Map;
 import org.junit.Test;
 
 /**
- * Golden vectors written by `python -m pipeline.bundle` from real photos: the decoded RGB pixels, the int8 input
+ * Golden vectors written by `python -m pipeline.bundle` from real photos: the decoded RGB pixels, the quantized input
  * tensor the export pipeline computes from them, the output the model gives (int8, or float32 with
  * --int8-output float), and the top-5 classes.
  */
@@ -52,7 +52,7 @@ public class GoldenVectorTest {
     }
 
     private static byte[] input(Map<String, Object> c, Contract contract) throws IOException {
-        return Preprocess.toInt8(bytes(c, "pixels"), dim(c, "width"), dim(c, "height"), contract);
+        return Preprocess.toQuantized(bytes(c, "pixels"), dim(c, "width"), dim(c, "height"), contract);
     }
 
     @Test
@@ -90,9 +90,11 @@ public class GoldenVectorTest {
         Contract right = contract();
         Contract wrongMean = new Contract(right.inputSize, right.shorterSide, new float[] {0.5f, 0.5f, 0.5f},
                 new float[] {0.5f, 0.5f, 0.5f}, right.inputScale, right.inputZeroPoint, right.outputScale,
-                right.outputZeroPoint, right.modelFile);
+                right.outputZeroPoint, right.modelFile, right.inputType, right.outputType);
+        int otherZero = right.inputZeroPoint == 0 ? -128 : 0;  // int8's for a uint8 input, and the other way
         Contract wrongZeroPoint = new Contract(right.inputSize, right.shorterSide, right.mean, right.std,
-                right.inputScale, 0, right.outputScale, right.outputZeroPoint, right.modelFile);
+                right.inputScale, otherZero, right.outputScale, right.outputZeroPoint, right.modelFile,
+                right.inputType, right.outputType);
         for (Map<String, Object> c : cases()) {
             byte[] expected = bytes(c, "input");
             byte[] rgb = bytes(c, "pixels");
@@ -103,10 +105,10 @@ public class GoldenVectorTest {
             }
             int w = dim(c, "width");
             int h = dim(c, "height");
-            assertFalse("BGR order must not pass", Arrays.equals(expected, Preprocess.toInt8(bgr, w, h, right)));
-            assertFalse("wrong mean/std must not pass", Arrays.equals(expected, Preprocess.toInt8(rgb, w, h, wrongMean)));
-            assertFalse("zero point 0 must not pass",
-                    Arrays.equals(expected, Preprocess.toInt8(rgb, w, h, wrongZeroPoint)));
+            assertFalse("BGR order must not pass", Arrays.equals(expected, Preprocess.toQuantized(bgr, w, h, right)));
+            assertFalse("wrong mean/std must not pass", Arrays.equals(expected, Preprocess.toQuantized(rgb, w, h, wrongMean)));
+            assertFalse("a wrong zero point must not pass",
+                    Arrays.equals(expected, Preprocess.toQuantized(rgb, w, h, wrongZeroPoint)));
         }
     }
 }

@@ -1,0 +1,70 @@
+"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, run in its own venv
+(scripts/setup_clients.sh), on every variant of mobilenet_v2 (ImageNet) over the held-out photos, pre-cropped as the
+contract says."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, pixel_codes
+from mobile_vision_export.export.tflite_inspect import inspect_tflite
+from mobile_vision_export.validate.clients import ClientError, classify
+from mobile_vision_export.validate.gpu import parse_analysis
+from mobile_vision_export.validate.runners import run_tflite
+
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+
+
+@pytest.mark.slow
+def test_mediapipe_answers_as_our_runtime_on_every_variant(mobilenet_imagenet):
+    _, out = mobilenet_imagenet
+    crops = heldout_batch(heldout_photos(), 224)  # 0..1 RGB: the files take pixel / 255 (or the pixels, int8)
+    ours = {mode: run_tflite(out / f"mobilenet_v2_{mode}.tflite", crops).argmax(1) for mode in VARIANTS}
+    int8 = inspect_tflite(out / "mobilenet_v2_int8.tflite")
+    assert int8.inputs[0].dtype == "uint8" and int8.inputs[0].zero_point == 0  # the camera's bytes as they are
+    assert abs(int8.inputs[0].scale * 255 - 1) < 1e-6 and int8.outputs[0].dtype == "uint8"
+    agreement = {}
+    for mode in VARIANTS:
+        answers = np.asarray(classify("mediapipe", out / f"mobilenet_v2_{mode}.tflite", pixel_codes(crops)))
+        reference = ours["fp32"] if mode in ("fp32", "fp16") else ours[mode]
+        agreement[mode] = float(np.mean(answers == reference))
+    assert min(agreement.values()) >= 0.99, agreement
+    parity = {r["variant"]: r for r in json.loads((out / "parity.json").read_text())["parity"]}
+    assert parity["int8"]["metrics"]["top1_agreement"] == pytest.approx(
+        float(np.mean(ours["int8"] == ours["fp32"])), abs=0.01
+    )
+
+
+def test_a_client_that_is_not_set_up_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVE_CLIENTS", str(tmp_path))
+    with pytest.raises(ClientError, match="run scripts/setup_clients.sh") as caught:
+        classify("mediapipe", tmp_path / "m.tflite", np.zeros((1, 8, 8, 3), np.uint8))
+    assert isinstance(caught.value, UserError)
+
+
+@pytest.mark.slow
+def test_gpu_delegate_readiness_is_reported_for_every_variant(shufflenet_variants):
+    record = json.loads((shufflenet_variants / "parity.json").read_text())["gpu_delegate"]
+    assert set(record) == set(VARIANTS)
+    for mode, readiness in record.items():
+        summary = inspect_tflite(shufflenet_variants / f"shufflenet_v2_x0_5_{mode}.tflite")
+        assert readiness["ops"] == summary.op_count and readiness["analyzer"].startswith("TensorFlow Lite analyzer")
+    assert "## GPU delegate readiness" in (shufflenet_variants / "report.md").read_text()
+    assert "<h2>GPU delegate readiness</h2>" in (shufflenet_variants / "report.html").read_text()
+
+
+def test_analyzer_warnings_name_the_ops_the_gpu_delegate_would_leave():
+    text = (
+        "Subgraph#0 main(T#0) -> [T#3]\n"
+        "  Op#0 CONV_2D(T#0, T#1, T#2) -> [T#4]\n"
+        "  Op#1 CUSTOM_THING(T#4) -> [T#3]\n"
+        "GPU COMPATIBILITY WARNING: Not supported custom op CUSTOM_THING\n"
+        "\nGPU COMPATIBILITY WARNING: Subgraph#0 has GPU delegate compatibility issues at nodes 1 on TFLite runtime "
+        "version 2.19.0\n"
+    )
+    readiness = parse_analysis(text)
+    assert readiness.ops == 2 and readiness.refused == [(1, "CUSTOM_THING", "Not supported custom op CUSTOM_THING")]
+    assert readiness.summary().startswith("1 of 2 ops would fall back to the CPU")
+    assert readiness.runtime == "TensorFlow Lite analyzer 2.19.0"

@@ -1,0 +1,56 @@
+"""The real clients apps load the files with, run in their own environments (scripts/setup_clients.sh): a file is
+only done when they accept it and answer as our runtime does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobile_vision_export.errors import UserError
+
+CLIENTS = ("mediapipe",)
+_SCRIPTS = {"mediapipe": Path(__file__).resolve().parent / "mediapipe_classify.py"}
+
+
+class ClientError(UserError, RuntimeError):
+    """A client that is not set up, or that refuses the file."""
+
+
+def clients_dir() -> Path:
+    return Path(os.environ.get("MVE_CLIENTS", Path.home() / ".cache" / "mobile-vision-export" / "clients"))
+
+
+def client_python(client: str) -> Path:
+    python = clients_dir() / client / "bin" / "python"
+    if not python.is_file():
+        raise ClientError(f"the {client} client is not set up in {python.parent.parent}: run scripts/setup_clients.sh")
+    return python
+
+
+def classify(client: str, model: Path, crops_uint8: np.ndarray) -> list[int]:
+    """Top-1 class of each crop (NHWC uint8, already resized and cropped as the contract says) from `client`."""
+    python = client_python(client)
+    with tempfile.TemporaryDirectory(prefix="mve-client-") as tmp:
+        crops = Path(tmp) / "crops.npy"
+        np.save(crops, np.ascontiguousarray(crops_uint8, np.uint8))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env.update(GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run(
+            [str(python), str(_SCRIPTS[client]), str(model.resolve()), str(crops)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise ClientError(f"{client} failed on {model.name}: {proc.stderr.strip()[-400:]}")
+    answer = json.loads(lines[-1])
+    if "error" in answer:
+        raise ClientError(f"{client} refuses {model.name}: {answer['error']}")
+    return answer["top1"]
