@@ -16,11 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _main(argv), argv, "stopped the ARM set-up; run it again to finish")
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog_name("mve-arm-setup"), description=__doc__.splitlines()[0])
     add_common_flags(parser)
     parser.add_argument("--cache", type=Path, default=default_cache(), help="cache folder (default %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         setup(args.cache)
     except UserError as exc:

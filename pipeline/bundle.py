@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.bundle"), description=__doc__.splitlines()[0])
     add_common_flags(p)
     p.add_argument("--model", default="mobilenet_v2", help="zoo model to bundle (default mobilenet_v2)")
@@ -114,7 +114,11 @@ def _main(argv: list[str] | None) -> int:
     )
     p.add_argument("--android", type=Path, default=Path("android_demo"), help="the Android project folder")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where exports live (default artifacts)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     folder = args.artifacts / args.model
     try:
         if not (folder / f"{args.model}_int8.tflite").is_file():

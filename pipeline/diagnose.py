@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _main(argv), argv, "stopped the diagnosis before writing diagnose.html")
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.diagnose"), description=__doc__)
     add_common_flags(p)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
@@ -45,7 +45,11 @@ def _main(argv: list[str] | None) -> int:
         help="held-out photos to run (default 20)",
     )
     p.add_argument("--out", type=Path, help="folder for diagnose.html/json (default: beside the int8 model)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     float_model = args.float_model or _float_sibling(args.int8_model)
     try:
         for path in (args.int8_model, float_model):

@@ -40,7 +40,7 @@ def _labels(model: Path, given: Path | None) -> list[str]:
     return labels
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.evaluate"), description=__doc__)
     add_common_flags(p)
     p.add_argument(
@@ -59,7 +59,11 @@ def _main(argv: list[str] | None) -> int:
         "our runtime's on every photo",
     )
     p.add_argument("--out", type=Path, help="folder for evaluate.json (default: beside the model)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         if not args.model.is_file():

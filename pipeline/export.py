@@ -1,4 +1,4 @@
-"""python -m pipeline.export: a PyTorch image classifier to validated TFLite files, offline."""
+"""python -m pipeline.export: a PyTorch or ONNX vision model to validated, quantized TFLite files, offline."""
 
 from __future__ import annotations
 

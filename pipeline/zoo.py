@@ -165,7 +165,7 @@ def merge(dirs: list[Path], out: Path, mode: str) -> tuple[Path, list[dict]]:
     return write_summary(out, rows, mode), rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name("python -m pipeline.zoo"),
         description="Merge exports' parity.json into zoo_summary.md and .json.",
@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", type=Path, help="folders holding <model>/parity.json")
     p.add_argument("--out", type=Path, required=True, help="where zoo_summary.md and .json go")
     p.add_argument("--quant", default="int8", help="the variant the table shows (default: int8)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         path, rows = merge(args.dirs, args.out, args.quant)
     except UserError as exc:
