@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -75,14 +78,15 @@ def heldout_photos() -> list[Photo]:
     return imagenet + natural + [Photo(p.path) for p in _foolbox_photos("cifar10")]
 
 
-def photos_in_dir(folder: Path) -> list[Photo]:
-    """Every readable image in `folder` (recursively); other files are skipped with a warning."""
+def photos_in_dir(folder: Path, fix: str = "add JPEG or PNG photos, or drop --calib-dir") -> list[Photo]:
+    """Every readable image in `folder` (recursively); other files are skipped with a warning. `fix` says what to
+    do when none is left."""
     if not folder.is_dir():
         raise ImageDataError(f"calibration folder not found: {folder}")
     photos = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            with Image.open(path) as img:
+            with _opened(path) as img:
                 img.load()  # decode fully: a truncated file fails here, not halfway through calibration
                 to_rgb8(img)  # a mode without a known white level is refused here, by name
             photos.append(Photo(path))
@@ -91,7 +95,7 @@ def photos_in_dir(folder: Path) -> list[Photo]:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             log.warning("skipping %s: not a readable image (%s)", path, type(exc).__name__)
     if not photos:
-        raise ImageDataError(f"no readable images in {folder}: add JPEG or PNG photos, or drop --calib-dir")
+        raise ImageDataError(f"no readable images in {folder}: {fix}")
     return photos
 
 
@@ -142,13 +146,71 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         raise ImageDataError(f"Pillow cannot convert its mode {mode} to RGB ({exc}): save it as PNG or JPEG") from None
 
 
+LARGE_PHOTO_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own "decompression bomb" size
+_said_large: set[Path] = set()  # each very large photo is mentioned once per run
+
+
+@contextmanager
+def _opened(path: Path):
+    """Image.open, with Pillow's raw warning about very large images said as one line of ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            if img.width * img.height > LARGE_PHOTO_PIXELS and path not in _said_large:
+                _said_large.add(path)
+                log.warning(
+                    "%s is %.0f megapixels: decoding it takes a while and much memory",
+                    path,
+                    img.width * img.height / 1e6,
+                )
+            yield img
+
+
 def load_rgb(path: Path) -> Image.Image:
     """The photo at `path` as 8-bit RGB (see to_rgb8); ImageDataError names the file if its mode is refused."""
-    with Image.open(path) as img:
+    with _opened(path) as img:
         try:
             return to_rgb8(img)
         except ImageDataError as exc:
             raise ImageDataError(f"{path}: {exc}") from None
+
+
+def pixel_hash(path: Path) -> str:
+    """SHA-256 of the photo's decoded 8-bit RGB pixels and size: the same picture whatever its file (a lossless
+    re-save, other metadata, another name)."""
+    img = load_rgb(path)
+    return hashlib.sha256(repr(img.size).encode() + img.tobytes()).hexdigest()
+
+
+def pixel_hashes(photos: list[Photo], cacheable: bool) -> dict[str, Path]:
+    """pixel_hash -> path for `photos`; for the built-in sets (`cacheable`) the hashes are kept in the photo cache,
+    keyed by each file's own hash, so the set is decoded once per machine."""
+    cache_path = photo_cache() / ".crops" / "pixel_hashes.json"
+    known: dict[str, str] = {}
+    if cacheable:
+        try:
+            known = json.loads(cache_path.read_text())
+        except (OSError, ValueError):
+            known = {}
+    out, added = {}, False
+    for photo in photos:
+        file_hash = hashlib.sha256(photo.path.read_bytes()).hexdigest() if cacheable else None
+        if file_hash not in known:
+            digest = pixel_hash(photo.path)
+            if not cacheable:
+                out[digest] = photo.path
+                continue
+            known[file_hash], added = digest, True
+        out[known[file_hash]] = photo.path
+    if cacheable and added:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(cache_path)
+        except OSError as exc:  # a read-only cache: carry on without it
+            log.warning("could not cache photo hashes in %s: %s", cache_path.parent, exc)
+    return out
 
 
 def center_crop(img: Image.Image, size: int) -> np.ndarray:

@@ -62,6 +62,9 @@ def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
             f"torch.onnx.export failed: {_first_line(exc)}; make the model traceable with "
             f"opset {OPSET} ops, or export it yourself and pass --onnx"
         ) from None
+    outputs = len(onnx.load(str(path), load_external_data=False).graph.output)
+    if outputs != 1:
+        raise OnnxError(f"the model's forward() returns {outputs} tensors: return one tensor (the class logits)")
     return describe_onnx(path, exporter=f"torch.onnx.export (TorchScript, torch {torch.__version__})")
 
 

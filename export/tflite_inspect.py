@@ -61,18 +61,35 @@ def _tensor_info(tensor) -> TensorInfo:
 
 def inspect_tflite(path: Path) -> TfliteSummary:
     """Summarize the main subgraph of the model at `path`."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise NotTfliteError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise NotTfliteError(f"{path} is not a TFLite model (no 'TFL3' identifier)")
-    model = schema.Model.GetRootAs(data, 0)
-    graph = model.Subgraphs(0)
-    ops: Counter[str] = Counter()
-    for i in range(graph.OperatorsLength()):
-        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-        ops[op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())] += 1
-    inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
-    outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        graph = model.Subgraphs(0)
+        ops: Counter[str] = Counter()
+        for i in range(graph.OperatorsLength()):
+            code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            ops[op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())] += 1
+        inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
+        outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
+        if not inputs or not outputs:
+            raise ValueError("no input or output tensors")
+        _check_buffers(model, len(data))
+    except Exception:  # the flatbuffer reader fails in many ways on a cut or damaged file
+        raise NotTfliteError(f"{path} is a truncated or damaged TFLite file: copy or export it again") from None
     return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)
+
+
+def _check_buffers(model, size: int) -> None:
+    """Every buffer stored outside the flatbuffer (large models) must lie inside the file."""
+    for i in range(model.BuffersLength()):
+        buffer = model.Buffers(i)
+        if buffer.Offset() and buffer.Offset() + buffer.Size() > size:
+            raise ValueError(f"buffer {i} ends past the end of the file")
 
 
 def op_outputs(path: Path) -> list[tuple[str, int, str]]:

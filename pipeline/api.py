@@ -8,6 +8,12 @@ from torch import nn
 
 from mobile_vision_export.export.contract import read_labels
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
+from mobile_vision_export.pipeline.checks import (
+    check_calib_samples,
+    check_input_size,
+    check_normalization,
+    check_request,
+)
 from mobile_vision_export.pipeline.int8_steps import SWITCHES
 from mobile_vision_export.pipeline.progress import StageTimer
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS, ExportRequest
@@ -36,6 +42,8 @@ def model_source(model, weights=None, input_size=None, mean=None, std=None, name
             raise SourceError("weights= applies to zoo and file models: load them into the module before passing it")
         return from_module(model, name, input_size, mean, std)
     if isinstance(model, Path) or str(model).endswith(".onnx"):
+        if weights is not None or input_size is not None:
+            raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
         return from_onnx(Path(model), mean, std)
     if is_factory(str(model)):
         return from_factory(str(model), input_size, weights, mean, std)
@@ -74,45 +82,54 @@ def export_model(
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
-    if quant not in (*QUANT_MODES, "all"):
-        raise SourceError(f"unknown quant '{quant}': use one of {', '.join(QUANT_MODES)} or all")
-    if int8_output not in ("int8", "float"):
-        raise SourceError(f"unknown int8_output '{int8_output}': use int8 or float")
-    if int8_io not in ("uint8", "int8"):
-        raise SourceError(f"unknown int8_io '{int8_io}': use uint8 (pixels, what clients take) or int8")
-    modes = list(QUANT_MODES) if quant == "all" else [quant]
-    labels = read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels  # fails before any model work
-    source = fold_normalization(model_source(model, weights, input_size, mean, std, name))
-    overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
-    if min_sqnr is not None:
-        overrides["int8"]["min_sqnr"] = min_sqnr
-    if min_top1 is not None:
-        if not 0 < min_top1 <= 1:
-            raise SourceError(f"min_top1 is a fraction of photos: give a value in (0, 1], not {min_top1:g}")
-        overrides["int8"]["min_top1"] = min_top1
-    trained = not source.random_weights
-    limits = {m: thresholds_for(m, **overrides[m], trained=trained) for m in overrides}
-    request = ExportRequest(
-        modes,
-        Path(out),
-        limits,
-        command or f"export_model({source.name!r}, quant={quant!r})",
-        Path(calib_dir) if calib_dir else None,
-        calib_samples,
-        labels,
-        optimize=optimize,
-        int8_off=frozenset(name for name, on in int8_switches.items() if not on),
+    check_request(
+        quant,
         min_sqnr=min_sqnr,
         min_top1=min_top1,
         int8_output=int8_output,
         int8_io=int8_io,
-        val_dir=Path(val_dir) if val_dir else None,
+        val_dir=val_dir,
         max_accuracy_drop=max_accuracy_drop,
+        thresholds=thresholds,
     )
-    timer = StageTimer(f"Exporting {source.name} ({', '.join(modes)})")
-    if source.random_weights:
-        timer.note(
-            f"warning: {source.name} has random weights: parity is meaningful, top-1 accuracy is not; "
-            "pass --weights with a trained checkpoint"
+    check_input_size(input_size)
+    check_normalization(mean, std)
+    modes = list(QUANT_MODES) if quant == "all" else [quant]
+    labels = read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels  # fails before any model work
+    training = model.training if isinstance(model, nn.Module) else None
+    try:
+        source = fold_normalization(model_source(model, weights, input_size, mean, std, name))
+        check_calib_samples(calib_samples, source.input_size)
+        overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
+        if min_sqnr is not None:
+            overrides["int8"]["min_sqnr"] = min_sqnr
+        if min_top1 is not None:
+            overrides["int8"]["min_top1"] = min_top1
+        trained = not source.random_weights
+        request = ExportRequest(
+            modes,
+            Path(out),
+            {m: thresholds_for(m, **overrides[m], trained=trained) for m in overrides},
+            command or f"export_model({source.name!r}, quant={quant!r})",
+            Path(calib_dir) if calib_dir else None,
+            calib_samples,
+            labels,
+            optimize=optimize,
+            int8_off=frozenset(name for name, on in int8_switches.items() if not on),
+            min_sqnr=min_sqnr,
+            min_top1=min_top1,
+            int8_output=int8_output,
+            int8_io=int8_io,
+            val_dir=Path(val_dir) if val_dir else None,
+            max_accuracy_drop=max_accuracy_drop,
         )
-    return run_export(source, request, timer)
+        timer = StageTimer(f"Exporting {source.name} ({', '.join(modes)})")
+        if source.random_weights:
+            timer.note(
+                f"warning: {source.name} has random weights: parity is meaningful, top-1 accuracy is not; "
+                "pass --weights with a trained checkpoint"
+            )
+        return run_export(source, request, timer)
+    finally:
+        if training is not None:
+            model.train(training)  # the caller's module as it came

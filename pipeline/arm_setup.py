@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.profiling.arm_setup import default_cache, setup
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog_name("mve-arm-setup"), description=__doc__.splitlines()[0])
+    parser = Parser(prog=prog_name("mve-arm-setup"), description=__doc__)
     add_common_flags(parser)
     parser.add_argument("--cache", type=Path, default=default_cache(), help="cache folder (default %(default)s)")
     return parser

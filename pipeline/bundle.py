@@ -16,7 +16,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.images import center_crop, heldout_photos, load_rgb, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.pipeline.export import main as export_main
 
 GOLDEN_PHOTOS = 4  # labelled held-out ImageNet photos
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.bundle"), description=__doc__.splitlines()[0])
+    p = Parser(prog=prog_name("python -m pipeline.bundle"), description=__doc__)
     add_common_flags(p)
     p.add_argument("--model", default="mobilenet_v2", help="zoo model to bundle (default mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="weights for the export (default imagenet)")

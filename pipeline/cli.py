@@ -20,6 +20,13 @@ from mobile_vision_export.pipeline.signals import run_interruptible
 _NOISE = re.compile(rb"^(INFO: |[IW]\d{4} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] |WARNING: All log)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (the usage is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"{TOOL_NAME} {tool_version()}")
     parser.add_argument(

@@ -10,7 +10,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.report.diagnose import write_diagnosis
 from mobile_vision_export.validate.diagnose import DiagnoseError, diagnose
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.diagnose"), description=__doc__)
+    p = Parser(prog=prog_name("python -m pipeline.diagnose"), description=__doc__)
     add_common_flags(p)
     p.add_argument("int8_model", type=Path, help="the full-integer .tflite")
     p.add_argument(
@@ -52,15 +52,14 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     float_model = args.float_model or _float_sibling(args.int8_model)
     try:
-        for path in (args.int8_model, float_model):
-            if not path.is_file():
-                raise DiagnoseError(f"model not found: {path} (export with --quant all, or pass --float)")
-        if (
-            float_model.resolve() == args.int8_model.resolve()
-            or inspect_tflite(float_model).inputs[0].dtype != "float32"
-        ):
+        if not args.int8_model.is_file():
+            raise DiagnoseError(f"model not found: {args.int8_model}")
+        if inspect_tflite(args.int8_model).inputs[0].dtype == "float32":
+            raise DiagnoseError(f"{args.int8_model} is a float model: pass the full-integer (_int8) file")
+        if not float_model.is_file():
+            raise DiagnoseError(f"model not found: {float_model} (export with --quant all, or pass --float)")
+        if inspect_tflite(float_model).inputs[0].dtype != "float32":
             raise DiagnoseError(f"{float_model} is not a float model: pass the fp32 variant with --float")
-        inspect_tflite(args.int8_model)
         mean, std, _ = normalization_beside(args.int8_model)
         size = inspect_tflite(float_model).inputs[0].shape[1]
         photos = heldout_photos()[: args.images]

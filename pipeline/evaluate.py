@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.contract import LabelsError, normalization_beside, read_labels
+from mobile_vision_export.export.contract import LabelsError, labels_for, normalization_beside, read_labels
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.images import ImageDataError, heldout_batch, normalize, pixel_codes
 from mobile_vision_export.export.metadata import LABELS_FILE, labels_in
 from mobile_vision_export.export.provenance import tool_versions
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.models.weights import sha256_file
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.validate.clients import CLIENTS, classify
 from mobile_vision_export.validate.labelled import accuracy, content_hashes, read_labelled
 from mobile_vision_export.validate.runners import run_tflite
@@ -29,19 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _main(argv), argv, "stopped the evaluation before writing evaluate.json")
 
 
-def _labels(model: Path, given: Path | None) -> list[str]:
-    """--labels, else labels.txt beside the model, else the labels packed in its metadata."""
+def _labels(model: Path, given: Path | None, classes: int) -> list[str]:
+    """--labels, else labels.txt beside the model, else the labels packed in its metadata; one per output."""
     beside = model.parent / LABELS_FILE
     if given is not None or beside.is_file():
-        return read_labels(given or beside)
+        return labels_for(classes, read_labels(given or beside))
     labels = labels_in(model)
     if labels is None:
         raise LabelsError(f"no {beside} and no labels in the model's metadata: pass --labels, one name per line")
-    return labels
+    return labels_for(classes, labels)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.evaluate"), description=__doc__)
+    p = Parser(prog=prog_name("python -m pipeline.evaluate"), description=__doc__)
     add_common_flags(p)
     p.add_argument(
         "model", type=Path, help="an exported .tflite (with metadata, or preprocess.json and labels.txt beside it)"
@@ -69,7 +69,7 @@ def _main(argv: list[str] | None) -> int:
         if not args.model.is_file():
             raise ImageDataError(f"model not found: {args.model}")
         summary = inspect_tflite(args.model)
-        labels = _labels(args.model, args.labels)
+        labels = _labels(args.model, args.labels, int(np.prod(summary.outputs[0].shape[1:])))
         mean, std, where = normalization_beside(args.model)
         labelled = read_labelled(args.val_dir, labels)
         size = summary.inputs[0].shape[1]

@@ -36,6 +36,7 @@ def partial_dir(final: Path):
     Exports that finish at the same time into the same folder each swap their complete folder in under an
     exclusive lock (see _swap_lock), so every swap succeeds and the last one wins; the folder it replaces is
     moved to a unique hidden name and removed after the lock is released."""
+    created = not final.parent.exists()
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
@@ -45,8 +46,12 @@ def partial_dir(final: Path):
         ) from None
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(final.parent.iterdir()):
+            final.parent.rmdir()  # the --out folder this export made: nothing is left behind
+        if isinstance(exc, UserError):  # name what the user knows, not a temporary folder that is gone
+            exc.args = tuple(str(a).replace(str(tmp), str(final)) if isinstance(a, str) else a for a in exc.args)
         raise
     tmp.chmod(0o755)  # mkdtemp creates it private
     old = None

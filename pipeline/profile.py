@@ -11,7 +11,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.tflite_inspect import NotTfliteError
 from mobile_vision_export.pipeline.arguments import positive_int
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name, run_command
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.profiling.arm_setup import default_cache
 from mobile_vision_export.profiling.cores import parse_cores
 from mobile_vision_export.profiling.run import ProfileRequest, profile_models
@@ -30,7 +30,7 @@ def _threads(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog_name("python -m pipeline.profile"), description=__doc__)
+    p = Parser(prog=prog_name("python -m pipeline.profile"), description=__doc__)
     add_common_flags(p)
     p.add_argument("models", nargs="+", type=Path, help=".tflite files")
     p.add_argument("--host", action="store_true", help="host latency (the default when nothing else is chosen)")

@@ -91,7 +91,7 @@ def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[s
     sections = [section for section in (s.markdown() for s in steps if s) if section]
     if job.gpu:
         sections.append(_gpu_section(job))
-    report = render_report(model, inputs, job.rows, summaries, timings, sections, job.passed)
+    report = render_report(model, inputs, job.rows, summaries, timings, sections, job.failures)
     if job.diagnosis is not None:
         images = f"{min(DIAGNOSIS_IMAGES, len(job.photos.heldout))} held-out photos"
         report += "\n" + report_section(job.diagnosis, images)

@@ -73,13 +73,17 @@ STAGES = (
 class ExportResult:
     name: str
     out_dir: Path
-    passed: bool
+    failures: list[str]  # every check that failed, one line each (empty: the files can ship)
     rows: list[VariantParity]
     summaries: dict[str, TfliteSummary]
     timings: dict[str, float]
     params: int | None
     macs: int | None
     channel_shuffles: int | None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
 
     @property
     def files(self) -> dict[str, Path]:
@@ -117,7 +121,14 @@ def run_export(source: ModelSource, request: ExportRequest, timer: StageTimer) -
         summaries = job.tflites.summaries()
         write_reports(job, summaries, dict(timer.timings), params, macs)
     (request.out_root / f"{source.name}.onnx2tf-error.log").unlink(missing_ok=True)  # stale from an earlier failure
-    passed = job.passed
     return ExportResult(
-        source.name, out_dir, passed, job.rows, summaries, dict(timer.timings), params, macs, source.channel_shuffles
+        source.name,
+        out_dir,
+        job.failures,
+        job.rows,
+        summaries,
+        dict(timer.timings),
+        params,
+        macs,
+        source.channel_shuffles,
     )

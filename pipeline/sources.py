@@ -49,7 +49,8 @@ class ModelSource:
         """(parameters, MACs) of the PyTorch model, or (None, None) for an ONNX source."""
         if self.module is None:
             return None, None
-        return count_parameters(self.module), count_macs(self.module, self.input_size)
+        model = self.module.model if isinstance(self.module, FoldedNormalization) else self.module  # the network's own
+        return count_parameters(model), count_macs(model, self.input_size)
 
 
 def _preprocessing(name: str, weights: str | None, input_size, mean, std) -> tuple[int, tuple, tuple]:

@@ -3,6 +3,8 @@ them in order (the int8 steps are in `pipeline.int8_steps`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +41,7 @@ from mobile_vision_export.export.tflite_convert import (
     convert_tflite,
 )
 from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
+from mobile_vision_export.export.wording import plural
 from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
 from mobile_vision_export.pipeline.request import ExportRequest
 from mobile_vision_export.pipeline.sources import ModelSource, calibrate_random_weights
@@ -55,7 +58,9 @@ from mobile_vision_export.validate.labelled import (
 from mobile_vision_export.validate.parity import VariantParity, check_parity
 from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
 
+log = logging.getLogger(__name__)
 IMAGENET_CLASSES = 1000
+FEW_CALIBRATION_PHOTOS = 20  # fewer distinct photos than this gets a warning (the built-in set has 548)
 FLOAT_ROUNDING = 1e-6  # relative output change allowed from a layout rewrite of a float model (summation order)
 LAYOUT_CHECK_IMAGES = 8  # held-out photos a layout rewrite must leave unchanged
 DIAGNOSIS_IMAGES = 20
@@ -109,8 +114,14 @@ class Job:
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
 
     @property
+    def failures(self) -> list[str]:
+        """Every check that failed, one line each: parity per variant, then accuracy on the user's photos."""
+        parity = [f"parity: {r.variant} vs {r.reference}: {failure}" for r in self.rows for failure in r.failures]
+        return parity + [f"accuracy: {failure}" for failure in (self.accuracy.failures if self.accuracy else [])]
+
+    @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows) and not (self.accuracy and self.accuracy.failures)
+        return not self.failures
 
     @property
     def int8_file(self) -> Path:
@@ -127,12 +138,20 @@ def load_photos(job: Job) -> Job:
     request, source, size = job.request, job.source, job.source.input_size
     calibration = imgs.calibration_set(request.calib_dir)
     photos, samples = calibration.photos, request.calib_samples
+    if len(photos) < FEW_CALIBRATION_PHOTOS:
+        log.warning(
+            "calibration on %s: int8 ranges fitted to so few scenes clip what the camera sees elsewhere; give %d or "
+            "more varied photos with --calib-dir",
+            plural(len(photos), "photo"),
+            FEW_CALIBRATION_PHOTOS,
+        )
     make = lambda: imgs.calibration_batch(photos, size, samples)  # noqa: E731
     calib = calibration.crops(photos, make, "calibration", size, samples)
     heldout_photos = imgs.heldout_photos()
     heldout_crop = lambda: imgs.heldout_batch(heldout_photos, size)  # noqa: E731
     heldout = imgs.normalize(imgs.cached_crops(heldout_photos, heldout_crop, "held-out", size), source.mean, source.std)
-    description = f"{len(calib)} crops of {min(len(photos), len(calib))} of {len(photos)} photos ({calibration.where})"
+    used = plural(min(len(photos), len(calib)), "photo").split(" ", 1)[0]
+    description = f"{len(calib)} crops of {used} of {plural(len(photos), 'photo')} ({calibration.where})"
     calib_x = imgs.normalize(calib, source.mean, source.std)
     codes = imgs.pixel_codes(calib)  # a quarter of the memory while the converters run
     unread = imgs.unread_photos(photos, samples)
@@ -179,7 +198,7 @@ def name_classes(job: Job) -> Job:
 def read_labelled_photos(job: Job) -> Job:
     """The user's labelled photos, refused if calibration saw any of them."""
     labelled = read_labelled(job.request.val_dir, job.labels)
-    check_disjoint(labelled.photos, job.photos.calibration.photos)
+    check_disjoint(labelled.photos, job.photos.calibration.photos, job.photos.calibration.user_owned)
     return replace(job, labelled=labelled)
 
 
@@ -250,9 +269,12 @@ def convert(job: Job) -> Job:
     for mode in modes:
         files[mode] = job.work_dir / f"{job.source.name}_{mode}.tflite"
         shutil.move(str(conversions[int8_graph if mode == "int8" else "plain"].files[mode]), files[mode])
+    # the work folder is gone once the export finishes: records name the model folder instead
+    final = str(job.request.out_root / job.source.name)
     settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
+    settings = json.loads(json.dumps(settings, ensure_ascii=False).replace(str(job.work_dir), final))
     log = "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
-    (job.work_dir / "convert.log").write_text(log)
+    (job.work_dir / "convert.log").write_text(log.replace(str(job.work_dir), final))
     for key in conversions:
         shutil.rmtree(job.work_dir / f"work_{key}")
     return replace(job, tflites=Tflites(files, settings, float_twin))

@@ -18,7 +18,7 @@ from mobile_vision_export.export.threads import batch_environment
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.models.complexity import count_parameters
 from mobile_vision_export.pipeline.api import export_model
-from mobile_vision_export.pipeline.cli import add_common_flags, prog_name
+from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name
 from mobile_vision_export.pipeline.partial_dir import OutputError
 from mobile_vision_export.pipeline.signals import sigterm_raises
 from mobile_vision_export.report.parity import format_sqnr
@@ -166,7 +166,7 @@ def merge(dirs: list[Path], out: Path, mode: str) -> tuple[Path, list[dict]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog_name("python -m pipeline.zoo"),
         description="Merge exports' parity.json into zoo_summary.md and .json.",
     )

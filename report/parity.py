@@ -81,11 +81,16 @@ def render_report(
     summaries: dict[str, TfliteSummary],
     timings: dict[str, float],
     sections: list[list[str]],
-    passed: bool,
+    failures: list[str],
 ) -> str:
-    """The human-readable report: model, sizes and op histograms, parity table, the given `sections` (each a list of
-    markdown lines starting with its heading), layout pass, stage timings, versions."""
-    lines = [f"# {model['name']}: {'PASSED' if passed else 'FAILED'} parity", ""]
+    """The human-readable report: first whether the files can ship and, if not, every check that failed; then model,
+    sizes and op histograms, parity table, the given `sections` (each a list of markdown lines starting with its
+    heading), layout pass, stage timings, versions."""
+    if failures:
+        lines = [f"# {model['name']}: FAILED, {len(failures)} check{'s' if len(failures) > 1 else ''}", ""]
+        lines += [f"- {failure}" for failure in failures] + [""]
+    else:
+        lines = [f"# {model['name']}: PASSED, every check", ""]
     lines += [
         f"- Source: {model['source']}",
         f"- Weights: {model['weights']}",

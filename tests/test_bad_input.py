@@ -1,5 +1,8 @@
 """Bad input: a one-line error naming the problem and the fix, exit code 2, and no artifact folder."""
 
+import json
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -7,6 +10,8 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
+from mobile_vision_export.export.images import heldout_photos
+from mobile_vision_export.export.wording import plural
 from mobile_vision_export.models import get_model
 from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD
 from mobile_vision_export.pipeline.api import model_source
@@ -19,8 +24,7 @@ def _fails(capsys, tmp_path, *argv: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == EXIT_USER_ERROR, err
     assert len(errors) == 1, err
-    out = tmp_path / "out"
-    assert not out.exists() or not [p for p in out.iterdir() if p.is_dir()], "an artifact folder was left behind"
+    assert not (tmp_path / "out").exists(), "an output folder was left behind"
     return errors[0]
 
 
@@ -129,10 +133,14 @@ def test_factory_that_raises_or_cannot_export(capsys, tmp_path):
         "def broken():\n    raise RuntimeError('no such layer')\n"
         "class Inv(torch.nn.Module):\n    def forward(self, x):\n        return torch.linalg.inv(x[0, 0, :8, :8])[None]\n"  # noqa: E501
         "def inverse():\n    return Inv()\n"
+        "class Two(torch.nn.Module):\n    def forward(self, x):\n        return x.mean((2, 3)), x.amax((2, 3))\n"
+        "def two():\n    return Two()\n"
     )
     assert "broken() raised RuntimeError: no such layer" in _fails(
         capsys, tmp_path, "--model", f"{source}:broken", "--input-size", "32"
     )
+    line = _fails(capsys, tmp_path, "--model", f"{source}:two", "--input-size", "32")
+    assert "forward() returns 2 tensors: return one tensor" in line and ".partial-" not in line
     line = _fails(capsys, tmp_path, "--model", f"{source}:inverse", "--input-size", "32")
     assert "torch.onnx.export failed" in line and "--onnx" in line
 
@@ -160,3 +168,54 @@ def test_zoo_weights_carry_their_preprocessing_and_flags_override_with_a_warning
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and all("the ImageNet weights of mobilenet_v2 were trained with" in w for w in warnings)
     assert "--mean overrides mobilenet_v2" in warnings[1] and "0.485,0.456,0.406" in warnings[1]
+
+
+def test_non_finite_thresholds_are_refused_before_the_export(capsys, tmp_path):
+    zoo = ["--model", "shufflenet_v2_x0_5", "--quant", "fp32"]
+    assert "--min-sqnr-fp32 must be a finite number" in _fails(capsys, tmp_path, *zoo, "--min-sqnr-fp32", "nan")
+    (tmp_path / "val").mkdir()
+    line = _fails(capsys, tmp_path, *zoo, "--val-dir", str(tmp_path / "val"), "--max-accuracy-drop", "nan")
+    assert "--max-accuracy-drop must be a finite number" in line
+
+
+def test_a_usage_mistake_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--model", "shufflenet_v2_x0_5", "--quant", "int4"])
+    assert exited.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --quant: invalid choice: 'int4'"), err
+    assert err[0].endswith("--help)")
+
+
+def test_plural_counts():
+    assert [plural(1, "photo"), plural(2, "photo"), plural(1, "class"), plural(3, "class")] == [
+        "1 photo",
+        "2 photos",
+        "1 class",
+        "3 classes",
+    ]
+
+
+@pytest.mark.slow
+def test_evaluate_and_profile_refuse_what_would_be_a_wrong_answer(shufflenet_variants, tmp_path, capsys):
+    from mobile_vision_export.pipeline.evaluate import main as evaluate_main
+    from mobile_vision_export.pipeline.profile import main as profile_main
+
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    val = tmp_path / "val"
+    for index, photo in enumerate(heldout_photos()[:4]):
+        (val / str(index % 2)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo.path, val / str(index % 2) / photo.path.name)
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    assert evaluate_main([str(int8), "--val-dir", str(val), "--labels", str(three)]) == EXIT_USER_ERROR
+    assert "3 names but the model has 1000 outputs" in capsys.readouterr().err
+    truncated = tmp_path / "t.tflite"
+    truncated.write_bytes(int8.read_bytes()[:1000])
+    assert evaluate_main([str(truncated), "--val-dir", str(val)]) == EXIT_USER_ERROR
+    assert "truncated or damaged TFLite file" in capsys.readouterr().err
+    assert profile_main([str(truncated), "--runs", "2", "--warmups", "1"]) == EXIT_USER_ERROR
+    assert "truncated or damaged TFLite file" in capsys.readouterr().err
+    assert evaluate_main([str(int8), "--val-dir", str(val), "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "evaluate.json").read_text())["accuracy"]
+    assert "drop_points" not in record and "top1_agreement_with_reference" not in record  # no reference here

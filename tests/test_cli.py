@@ -38,6 +38,10 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert network_attempts(tmp_path) == ""
+    # only its own lines: a title, one line per stage, the parity rows and where the artifacts are
+    own = ("Exporting ", "  ok ", "  warning: ", "     ", "  artifacts: ")
+    assert [line for line in proc.stderr.splitlines() if not line.startswith(own)] == [], proc.stderr
+    assert proc.stdout == ""
     out = tmp_path / "out" / "shufflenet_v2_x0_5"
     names = {p.name for p in out.iterdir()}
     assert {
@@ -51,6 +55,8 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
         "convert.log",
     } <= names
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind
+    for record in ("parity.json", "convert.log", "report.md"):  # no temporary folder named where it is gone
+        assert ".partial-" not in (out / record).read_text(), record
 
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and [r["variant"] for r in parity["parity"]] == ["onnx", "int8"]
@@ -161,10 +167,14 @@ def test_parity_failure_exits_non_zero_and_says_so(tmp_path, tiny_model):
         tmp_path=tmp_path,
     )
     assert proc.returncode == 1
-    assert error_lines(proc.stderr) == ["error: parity failed for tiny_model_build: see out/tiny_model_build/report.md"]
+    (line,) = error_lines(proc.stderr)  # what failed, on the one line
+    assert line.startswith("error: tiny_model_build failed parity: fp32 vs onnxruntime: SQNR ")
+    assert line.endswith(" dB < 1000 dB (report: out/tiny_model_build/report.md)")
     parity = json.loads((tmp_path / "out" / "tiny_model_build" / "parity.json").read_text())
     assert parity["passed"] is False
-    assert "FAILED" in (tmp_path / "out" / "tiny_model_build" / "report.md").read_text()
+    report = (tmp_path / "out" / "tiny_model_build" / "report.md").read_text().splitlines()
+    assert report[0] == "# tiny_model_build: FAILED, 1 check"  # the first screen says why
+    assert report[2].startswith("- parity: fp32 vs onnxruntime: SQNR ")
 
 
 @pytest.mark.slow

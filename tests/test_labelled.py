@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mobile_vision_export.export.images import ImageDataError, heldout_photos
+from mobile_vision_export.export.images import ImageDataError, calibration_photos, heldout_photos, load_rgb
 from mobile_vision_export.pipeline.export import EXIT_USER_ERROR, main
 from mobile_vision_export.validate.labelled import accuracy, check_disjoint, read_labelled
 
@@ -37,15 +37,40 @@ def test_csv_layout_and_its_mistakes(tmp_path):
     with pytest.raises(ImageDataError, match=r"labels \['horse'\] match no class"):
         read_labelled(tmp_path / "bad.csv", LABELS)
     (tmp_path / "gone.csv").write_text("nowhere.jpg,cat\n")
-    with pytest.raises(ImageDataError, match="1 photos that do not exist"):
+    with pytest.raises(ImageDataError, match="lists 1 missing photo, e.g."):
         read_labelled(tmp_path / "gone.csv", LABELS)
+
+
+@pytest.mark.parametrize(
+    "header, separator, bom",
+    [("path,label", ",", False), ("path,label", ",", True), ("filename;label", ";", False), ("", "\t", True)],
+)
+def test_csv_as_spreadsheets_write_it(tmp_path, header, separator, bom):
+    folder = _imagefolder(tmp_path / "photos")
+    rows = [f"{p.relative_to(tmp_path)}{separator}{p.parent.name}" for p in sorted(folder.rglob("*.*"))]
+    text = ("\ufeff" if bom else "") + (header.replace(",", separator) + "\n" if header else "") + "\n".join(rows)
+    (tmp_path / "val.csv").write_text(text + "\n", encoding="utf-8")
+    labelled = read_labelled(tmp_path / "val.csv", LABELS)
+    assert len(labelled.photos) == 9 and sorted(set(labelled.labels.tolist())) == [0, 1, 2]
 
 
 def test_photos_calibration_saw_are_refused(tmp_path):
     labelled = read_labelled(_imagefolder(tmp_path / "val"), LABELS)
-    with pytest.raises(ImageDataError, match="also calibration photos"):
-        check_disjoint(labelled.photos, labelled.photos[:2])
-    check_disjoint(labelled.photos[:4], labelled.photos[4:])
+    with pytest.raises(ImageDataError, match="also calibration photos.*keep --val-dir and --calib-dir apart"):
+        check_disjoint(labelled.photos, labelled.photos[:2], user_calibration=True)
+    check_disjoint(labelled.photos[:4], labelled.photos[4:], user_calibration=True)
+
+
+def test_a_resaved_copy_of_a_calibration_photo_is_the_same_photo(tmp_path):
+    """Compared by pixels, not bytes: a lossless PNG of a built-in calibration JPEG is refused, and the message does
+    not name --calib-dir, which was not given."""
+    calibration = calibration_photos()
+    (tmp_path / "cat").mkdir()
+    load_rgb(calibration[7].path).save(tmp_path / "cat" / "renamed.png")
+    labelled = read_labelled(tmp_path, LABELS)
+    with pytest.raises(ImageDataError, match="1 validation photo is also.*remove them from --val-dir") as caught:
+        check_disjoint(labelled.photos, calibration, user_calibration=False)
+    assert "--calib-dir" not in str(caught.value)
 
 
 def test_refused_by_the_cli_before_converting(tmp_path, capsys, tiny_model):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_vision_export.export.images import ImageDataError, Photo, photos_in_dir
+from mobile_vision_export.export.images import ImageDataError, Photo, photos_in_dir, pixel_hashes
+from mobile_vision_export.export.wording import plural
 from mobile_vision_export.validate.metrics import compare
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,36 @@ def _class_index(name: str, labels: list[str]) -> int | None:
     return None
 
 
+HEADER_NAMES = {"path", "file", "filename", "image", "photo"}  # a first row naming the photo column is a header
+
+
 def _from_csv(path: Path, labels: list[str]) -> list[Photo]:
+    """`path,label` rows, as spreadsheets write them too: a UTF-8 byte-order mark, a header row naming the columns,
+    `;` or tab separators."""
     photos, unknown = [], set()
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if len(row) < 2 or row[0].strip().lower() == "path":
-                continue
-            index = _class_index(row[1], labels)
-            if index is None:
-                unknown.add(row[1].strip())
-                continue
-            photos.append(Photo((path.parent / row[0].strip()).resolve(), index))
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    for number, row in enumerate(csv.reader(text.splitlines(), dialect)):
+        if len(row) < 2 or not row[0].strip():
+            continue
+        if number == 0 and row[0].strip().lower() in HEADER_NAMES:
+            continue
+        index = _class_index(row[1], labels)
+        if index is None:
+            unknown.add(row[1].strip())
+            continue
+        photos.append(Photo((path.parent / row[0].strip()).resolve(), index))
     if unknown:
         raise ImageDataError(
             f"{path}: labels {sorted(unknown)[:5]} match no class name or index of the model's {len(labels)} classes"
         )
     missing = [p.path for p in photos if not p.path.is_file()]
     if missing:
-        raise ImageDataError(f"{path} lists {len(missing)} photos that do not exist, e.g. {missing[0]}")
+        raise ImageDataError(f"{path} lists {plural(len(missing), 'missing photo')}, e.g. {missing[0]}")
     return photos
 
 
@@ -68,13 +81,15 @@ def _from_folders(folder: Path, labels: list[str]) -> list[Photo]:
     unmatched = [c.name for c in classes if _class_index(c.name, labels) is None]
     if unmatched:
         raise ImageDataError(
-            f"{len(unmatched)} folders in {folder} match no class name or index: {unmatched[:5]}; name each folder "
-            "after a line of the labels file (or its index)"
+            f"{plural(len(unmatched), 'folder')} in {folder} match no class name or index: {unmatched[:5]}; name each "
+            "folder after a line of the labels file (or its index)"
         )
     photos = []
     for c in classes:
         index = _class_index(c.name, labels)
-        photos += [Photo(p.path, index) for p in photos_in_dir(c)]
+        photos += [
+            Photo(p.path, index) for p in photos_in_dir(c, "add photos of that class to it, or remove the folder")
+        ]
     return photos
 
 
@@ -91,26 +106,28 @@ def read_labelled(where: Path, labels: list[str]) -> LabelledSet:
     classes = len({p.label for p in photos})
     if len(photos) < FEW_PHOTOS:
         log.warning(
-            "%d labelled photos: one photo moves accuracy by %.1f points; the 95 %% intervals in the report say "
-            "how noisy the figures are",
+            "%d labelled photos: one photo moves accuracy by %.1f points",
             len(photos),
             100 / len(photos),
         )
-    return LabelledSet(photos, f"{len(photos)} labelled photos of {classes} classes ({where})")
+    return LabelledSet(photos, f"{plural(len(photos), 'labelled photo')} of {plural(classes, 'class')} ({where})")
 
 
 def content_hashes(photos: list[Photo]) -> dict[str, Path]:
+    """SHA-256 of each photo file -> its path: what a record names its inputs by."""
     return {hashlib.sha256(p.path.read_bytes()).hexdigest(): p.path for p in photos}
 
 
-def check_disjoint(validation: list[Photo], calibration: list[Photo]) -> None:
-    """Refuse validation photos that calibration saw: their accuracy would flatter the int8 model."""
-    shared = content_hashes(validation).keys() & content_hashes(calibration).keys()
+def check_disjoint(validation: list[Photo], calibration: list[Photo], user_calibration: bool) -> None:
+    """Refuse validation photos that calibration saw, compared by their decoded pixels (a re-saved copy is the same
+    photo): their accuracy would flatter the int8 model."""
+    seen = pixel_hashes(validation, cacheable=False)
+    shared = seen.keys() & pixel_hashes(calibration, cacheable=not user_calibration).keys()
     if shared:
-        example = content_hashes(validation)[sorted(shared)[0]]
+        fix = "keep --val-dir and --calib-dir apart" if user_calibration else "remove them from --val-dir"
         raise ImageDataError(
-            f"{len(shared)} validation photos are also calibration photos (same content), e.g. {example}: "
-            "keep --val-dir and --calib-dir apart"
+            f"{plural(len(shared), 'validation photo')} {'is' if len(shared) == 1 else 'are'} also calibration "
+            f"photos (same pixels), e.g. {seen[sorted(shared)[0]]}: {fix}"
         )
 
 
@@ -128,18 +145,18 @@ class Accuracy:
     sqnr_db: float = float("inf")  # of the logits against the reference's
     correct: np.ndarray = field(default=None, repr=False, compare=False)
     predicted: np.ndarray = field(default=None, repr=False, compare=False)  # top-1 class per photo
+    compared: bool = False  # measured against a reference (the drop and agreement fields mean something)
 
     def as_dict(self) -> dict:
-        return {
-            "model": self.model,
-            "top1": self.top1,
-            "top5": self.top5,
-            "drop_points": self.drop_points,
-            "drop_ci95": list(self.drop_ci95),
-            "top1_agreement_with_reference": self.agreement,
-            "sqnr_db_vs_reference": self.sqnr_db if np.isfinite(self.sqnr_db) else None,
-            "per_class_top1": {str(k): v for k, v in sorted(self.per_class.items())},
-        }
+        out = {"model": self.model, "top1": self.top1, "top5": self.top5}
+        if self.compared:
+            out.update(
+                drop_points=self.drop_points,
+                drop_ci95=list(self.drop_ci95),
+                top1_agreement_with_reference=self.agreement,
+                sqnr_db_vs_reference=self.sqnr_db if np.isfinite(self.sqnr_db) else None,
+            )
+        return {**out, "per_class_top1": {str(k): v for k, v in sorted(self.per_class.items())}}
 
 
 def accuracy(
@@ -175,6 +192,7 @@ def accuracy(
         sqnr,
         correct=correct,
         predicted=order[:, 0],
+        compared=True,
     )
 
 
