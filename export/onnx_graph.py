@@ -76,6 +76,36 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise OnnxError(f"cannot read ONNX file {path}: {_first_line(exc)}") from None
 
 
+def image_input(model: onnx.ModelProto):
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    return inputs[0] if len(inputs) == 1 else None
+
+
+def fix_input_size(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """`model` with its image input fixed at 1x3xSxS: dynamic dimensions (a symbolic batch, height or width, as
+    other frameworks export) take these values; a static one that differs is an error."""
+    image = image_input(model)
+    dims = image.type.tensor_type.shape.dim if image is not None else []
+    if len(dims) != 4:
+        return model  # describe_onnx names the problem
+    for dim, value, what in zip(dims, (1, 3, size, size), ("batch", "channels", "height", "width")):
+        if dim.HasField("dim_value") and dim.dim_value not in (value, 0):
+            if what in ("height", "width"):
+                raise OnnxError(
+                    f"input '{image.name}' has a fixed {what} of {dim.dim_value}: --input-size {size} contradicts it "
+                    "(leave --input-size out)"
+                )
+            continue
+        dim.Clear()
+        dim.dim_value = value
+    for output in model.graph.output:  # the simplifier infers them again from the fixed input
+        for dim in output.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return model
+
+
 def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
     """Check that `path` is a single-image classifier (1x3xSxS float input, static size) and describe it."""
     model = load_onnx(path)
@@ -89,10 +119,13 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
         )
     tensor_type = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
+    if len(dims) == 4 and dims[1] == 3 and (dims[2] is None or dims[3] is None):
         raise OnnxError(
-            f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, S, S] "
-            "(NCHW RGB, static square size); re-export with a fixed input size"
+            f"{path} input '{inputs[0].name}' has a dynamic size {dims}: give --input-size S to fix it (batch 1)"
+        )
+    if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3 or dims[2] != dims[3]:
+        raise OnnxError(
+            f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, S, S] (NCHW RGB, square size)"
         )
     if tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise OnnxError(

@@ -42,9 +42,9 @@ def model_source(model, weights=None, input_size=None, mean=None, std=None, name
             raise SourceError("weights= applies to zoo and file models: load them into the module before passing it")
         return from_module(model, name, input_size, mean, std)
     if isinstance(model, Path) or str(model).endswith(".onnx"):
-        if weights is not None or input_size is not None:
-            raise SourceError("--weights and --input-size do not apply to --onnx: the ONNX file holds both")
-        return from_onnx(Path(model), mean, std)
+        if weights is not None:
+            raise SourceError("--weights does not apply to --onnx: the ONNX file holds its weights")
+        return from_onnx(Path(model), mean, std, input_size)
     if is_factory(str(model)):
         return from_factory(str(model), input_size, weights, mean, std)
     return from_registry(str(model), weights, input_size, mean, std)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.normalization import IDENTITY, FoldedNormalization
-from mobile_vision_export.export.onnx_graph import describe_onnx
+from mobile_vision_export.export.onnx_graph import describe_onnx, fix_input_size, load_onnx
 from mobile_vision_export.models import get_model, get_spec
 from mobile_vision_export.models.complexity import count_macs, count_parameters
 from mobile_vision_export.models.random_init import estimate_batchnorm_stats
@@ -192,10 +192,15 @@ def from_module(model: nn.Module, name: str | None, input_size: int | None, mean
     )
 
 
-def from_onnx(path: Path, mean, std) -> ModelSource:
+def from_onnx(path: Path, mean, std, input_size: int | None = None) -> ModelSource:
+    """An ONNX file; `input_size` fixes its dynamic dimensions (batch 1)."""
     if not path.is_file():
         raise SourceError(f"ONNX file not found: {path}")
-    size = describe_onnx(path).input_size
+    if input_size is None:
+        size = describe_onnx(path).input_size
+    else:
+        fix_input_size(load_onnx(path), input_size)  # a contradicted static size fails here, before any work
+        size = input_size
     if problem := input_size_problem(size, f"the {size}x{size} input of {path}", "export it at a smaller size"):
         raise SourceError(problem)
     return ModelSource(

@@ -30,6 +30,7 @@ from mobile_vision_export.export.onnx_graph import (
     OnnxModel,
     describe_onnx,
     export_onnx,
+    fix_input_size,
     load_onnx,
     simplify_onnx,
 )
@@ -169,7 +170,7 @@ def to_onnx(job: Job) -> Job:
     if source.module is not None:
         raw = export_onnx(source.module, source.input_size, path)
     else:
-        graph = load_onnx(source.onnx_path)
+        graph = fix_input_size(load_onnx(source.onnx_path), source.input_size)
         if source.folded is not None:
             graph = prepend_normalization(graph, *source.folded)
         onnx.save(graph, str(path))  # one file, external data embedded

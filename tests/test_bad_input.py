@@ -102,7 +102,7 @@ def test_onnx_with_dynamic_input(capsys, tmp_path):
     )
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert "static square size" in _fails(capsys, tmp_path, "--onnx", str(path))
+    assert "has a dynamic size [1, 3, None, None]: give --input-size S" in _fails(capsys, tmp_path, "--onnx", str(path))
 
 
 def test_labels_that_do_not_fit(capsys, tmp_path, tiny_model):
@@ -150,7 +150,7 @@ def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
     assert "--std must be positive" in _fails(
         capsys, tmp_path, "--model", f"{tiny_model}:build", "--input-size", "32", "--std", "0,1,1"
     )
-    assert "do not apply to --onnx" in _fails(capsys, tmp_path, "--onnx", "x.onnx", "--weights", "w.pth")
+    assert "does not apply to --onnx" in _fails(capsys, tmp_path, "--onnx", "x.onnx", "--weights", "w.pth")
     zoo = ("--model", "shufflenet_v2_x0_5")
     assert "--min-top1 is a fraction of photos" in _fails(capsys, tmp_path, *zoo, "--min-top1", "95")
     assert "--min-top1 is an int8 target" in _fails(capsys, tmp_path, *zoo, "--quant", "fp32", "--min-top1", "0.9")
@@ -219,3 +219,36 @@ def test_evaluate_and_profile_refuse_what_would_be_a_wrong_answer(shufflenet_var
     assert evaluate_main([str(int8), "--val-dir", str(val), "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "evaluate.json").read_text())["accuracy"]
     assert "drop_points" not in record and "top1_agreement_with_reference" not in record  # no reference here
+
+
+def test_an_input_size_the_onnx_file_contradicts(capsys, tmp_path):
+    node = helper.make_node("Relu", ["x"], ["y"])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    path = tmp_path / "static.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    line = _fails(capsys, tmp_path, "--onnx", str(path), "--input-size", "48")
+    assert "has a fixed height of 32: --input-size 48 contradicts it" in line
+
+
+@pytest.mark.slow
+def test_a_dynamic_size_onnx_classifier_exports_at_the_size_given(tmp_path, tiny_model):
+    """As other frameworks export them: batch, height and width symbolic; --input-size fixes them (batch 1)."""
+    from tests.data.tiny_model import build
+
+    path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(
+        build().eval(),
+        torch.zeros(1, 3, 64, 64),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
+    assert main(["--onnx", str(path), "--input-size", "48", "--quant", "fp32", "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "dynamic" / "parity.json").read_text())
+    fp32 = next(r for r in record["parity"] if r["variant"] == "fp32")
+    assert fp32["passed"] and fp32["metrics"]["sqnr_db"] > 60
+    contract = json.loads((tmp_path / "out" / "dynamic" / "preprocess.json").read_text())
+    assert contract["input_size"] == 48 and contract["variants"]["fp32"]["input"]["shape"] == [1, 48, 48, 3]
