@@ -6,9 +6,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import CROP_FRACTION
 from mobile_vision_export.export.metadata import MetadataError, read_metadata
+from mobile_vision_export.export.onnx_graph import OnnxModel, match_outputs, to_onnx_layout
 from mobile_vision_export.export.tflite_inspect import TfliteSummary
 from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -52,14 +55,25 @@ def labels_for(num_classes: int, user_labels: list[str] | None = None) -> list[s
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def _io(summary: TfliteSummary) -> dict:
+def _io(summary: TfliteSummary, graph: OnnxModel) -> dict:
     def one(t):
         entry = {"name": t.name, "shape": t.shape, "dtype": t.dtype}
         if t.scale is not None and t.dtype != "float32":
             entry.update(scale=t.scale, zero_point=t.zero_point)
         return entry
 
-    return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0])}
+    specs = {spec.name: spec for spec in graph.outputs}
+    found = match_outputs([(n, info.shape) for n, info in zip(summary.output_names, summary.outputs)], graph.outputs)
+    outputs = []
+    for name, info in zip(found, summary.outputs):
+        entry = {"onnx_name": name, **one(info)}
+        if name in specs:
+            try:
+                _, entry["layout"] = to_onnx_layout(np.zeros([1, *info.shape[1:]], np.float32), specs[name])
+            except ValueError:
+                entry["layout"] = "unmapped: its shape is no layout of the ONNX output's"
+        outputs.append(entry)
+    return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0]), "outputs": outputs}
 
 
 def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
@@ -77,10 +91,11 @@ def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
 
 
 def preprocess_contract(
-    input_size: int, mean, std, summaries: dict[str, TfliteSummary], num_classes: int, folded=None
+    input_size: int, mean, std, summaries: dict[str, TfliteSummary], graph: OnnxModel, folded=None
 ) -> dict:
-    """The contract an app must follow to feed the model and read its output. `folded`: the (mean, std) the graph
-    applies itself (then `mean`/`std` are 0 and 1, and float inputs are pixel / 255)."""
+    """The contract an app must follow to feed the model and read its outputs. `folded`: the (mean, std) the graph
+    applies itself (then `mean`/`std` are 0 and 1, and float inputs are pixel / 255). Every output is listed with its
+    ONNX shape and, per variant, its TFLite shape and layout; a classifier's one output is also `output`."""
     return {
         "input_size": input_size,
         "layout": "NHWC",
@@ -98,6 +113,12 @@ def preprocess_contract(
         "quantize_input": "q = clamp(round_half_even(x / scale) + zero_point, type's range)  (integer inputs; a "
         "uint8 input with scale 1/255 and zero point 0 takes the pixels as they are)",
         "dequantize_output": "y = (q - zero_point) * scale  (variants whose output is an integer type)",
-        "output": {"kind": "logits", "classes": num_classes, "softmax_applied": False, "labels": "labels.txt"},
-        "variants": {mode: {"file": s.path.name, **_io(s)} for mode, s in summaries.items()},
+        "task": graph.task,
+        "output": (
+            {"kind": "logits", "classes": graph.num_classes, "softmax_applied": False, "labels": "labels.txt"}
+            if graph.task == "classify"
+            else {"kind": graph.task, "see": "outputs"}
+        ),
+        "outputs": [{"name": spec.name, "onnx_shape": list(spec.shape)} for spec in graph.outputs],
+        "variants": {mode: {"file": s.path.name, **_io(s, graph)} for mode, s in summaries.items()},
     }

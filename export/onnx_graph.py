@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,9 @@ from torch import nn
 from mobile_vision_export.errors import UserError
 
 OPSET = 17
+TASKS = ("auto", "classify", "segment", "embed", "tensor")
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = "logits"  # a model with one output; several are output_0, output_1, ... in forward()'s order
 
 
 class OnnxError(UserError, ValueError):
@@ -24,8 +25,20 @@ class OnnxError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One model output as the ONNX graph has it: its name and shape (image-like outputs NCHW)."""
+
+    name: str
+    shape: tuple[int | None, ...]  # None where the dimension is not static
+
+    @property
+    def static(self) -> bool:
+        return None not in self.shape[1:]
+
+
+@dataclass(frozen=True)
 class OnnxModel:
-    """An ONNX file with what the next stages need to know about it."""
+    """An ONNX file with what the next stages need to know about it: its one image input and every output."""
 
     path: Path
     exporter: str
@@ -33,7 +46,95 @@ class OnnxModel:
     nodes: int
     input_name: str
     input_size: int
-    num_classes: int | None  # from the output shape, when it is static
+    outputs: tuple[TensorSpec, ...]
+    chosen_task: str | None = None  # --task, when the user says what the outputs are
+
+    @property
+    def task(self) -> str:
+        """classify: one output of class scores [1, C]; segment: one class map [1, C, H, W]; embed: one feature
+        vector (only when chosen); tensor: anything else (several outputs, boxes and scores, dense maps)."""
+        if self.chosen_task is not None:
+            return self.chosen_task
+        if len(self.outputs) != 1:
+            return "tensor"
+        shape = self.outputs[0].shape
+        if len(shape) == 2:
+            return "classify"
+        if len(shape) == 4 and shape[1] is not None and shape[1] > 1 and (shape[2] or 0) * (shape[3] or 0) > 1:
+            return "segment"
+        return "tensor"
+
+    @property
+    def task_reason(self) -> str:
+        shapes = ", ".join(f"{o.name} {list(o.shape)}" for o in self.outputs)
+        if self.chosen_task is not None:
+            return f"--task {self.chosen_task} ({shapes})"
+        return {
+            "classify": f"one output of class scores ({shapes})",
+            "segment": f"one class map, a score per class and pixel ({shapes})",
+            "tensor": f"outputs {shapes}: not one vector of class scores",
+        }[self.task]
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a classifier's output (static), else None."""
+        if self.task != "classify" or not self.outputs[0].static:
+            return None
+        return int(self.outputs[0].shape[1])
+
+
+# How a TFLite output of each rank may lie against its ONNX output, in the order tried: onnx2tf turns 4-D NCHW
+# outputs into NHWC; other ranks keep their order unless their shapes say otherwise.
+LAYOUTS = {
+    4: (("NHWC (ONNX's NCHW with channels last)", (0, 3, 1, 2)), ("as in ONNX", (0, 1, 2, 3))),
+    3: (("as in ONNX", (0, 1, 2)), ("last two axes swapped", (0, 2, 1))),
+}
+
+
+def to_onnx_layout(output: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, str]:
+    """A TFLite output (N x its shape) moved into its ONNX output's layout, and which layout it had."""
+    wanted = tuple(spec.shape[1:])
+    for layout, axes in LAYOUTS.get(output.ndim, (("as in ONNX", tuple(range(output.ndim))),)):
+        moved = output.transpose(axes)
+        if moved.shape[1:] == wanted:
+            return moved, layout
+    raise ValueError(f"output '{spec.name}' is {list(output.shape[1:])} in the .tflite, {list(wanted)} in ONNX")
+
+
+def match_outputs(names_and_shapes: list[tuple[str, list[int]]], specs: tuple[TensorSpec, ...]) -> list[str | None]:
+    """For each TFLite output (its signature name and shape), the ONNX output it is: by name when the converter kept
+    the ONNX names, else the one ONNX output whose shape it has in some layout (converters that start from a
+    SavedModel call them Identity, Identity_1, ...); None where that is ambiguous."""
+    names = {spec.name for spec in specs}
+    if {name for name, _ in names_and_shapes} == names:
+        return [name for name, _ in names_and_shapes]
+    found = []
+    for _, shape in names_and_shapes:
+        fits = []
+        for spec in specs:
+            try:
+                to_onnx_layout(np.zeros([1, *shape[1:]], np.float32), spec)
+                fits.append(spec.name)
+            except ValueError:
+                pass
+        found.append(fits[0] if len(fits) == 1 else None)
+    return found
+
+
+def with_task(model: OnnxModel, task: str) -> OnnxModel:
+    """`model` with the task the user chose (auto: decided from its outputs), refused where its outputs cannot be it."""
+    if task == "auto":
+        return model
+    ranks = [len(o.shape) for o in model.outputs]
+    needs = {
+        "classify": ([2], "one [1, C] output"),
+        "segment": ([4], "one [1, C, H, W] output"),
+        "embed": ([2], "one [1, D] output"),
+    }
+    if task in needs and ranks != needs[task][0]:
+        shapes = ", ".join(f"{o.name} {list(o.shape)}" for o in model.outputs)
+        raise OnnxError(f"--task {task} needs {needs[task][1]}; this model has {shapes}: use --task tensor or auto")
+    return replace(model, chosen_task=task)
 
 
 def _first_line(exc: Exception) -> str:
@@ -45,6 +146,10 @@ def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
     """Export with the TorchScript exporter, which keeps the opset and writes one self-contained file."""
     dummy = torch.zeros(1, 3, input_size, input_size)
     try:
+        with torch.no_grad():
+            returned = model.eval()(dummy)
+        count = len(returned) if isinstance(returned, (tuple, list)) else 1
+        names = [OUTPUT_NAME] if count == 1 else [f"output_{k}" for k in range(count)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
             torch.onnx.export(
@@ -52,7 +157,7 @@ def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
                 dummy,
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=names,
                 opset_version=OPSET,
                 dynamo=False,
                 do_constant_folding=True,
@@ -62,9 +167,6 @@ def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
             f"torch.onnx.export failed: {_first_line(exc)}; make the model traceable with "
             f"opset {OPSET} ops, or export it yourself and pass --onnx"
         ) from None
-    outputs = len(onnx.load(str(path), load_external_data=False).graph.output)
-    if outputs != 1:
-        raise OnnxError(f"the model's forward() returns {outputs} tensors: return one tensor (the class logits)")
     return describe_onnx(path, exporter=f"torch.onnx.export (TorchScript, torch {torch.__version__})")
 
 
@@ -112,10 +214,10 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) != 1:
+    if len(inputs) != 1 or not graph.output:
         raise OnnxError(
-            f"{path} has {len(inputs)} inputs and {len(graph.output)} outputs: "
-            "one image in, one tensor out is supported"
+            f"{path} has {len(inputs)} inputs and {len(graph.output)} outputs: one image input and at least one "
+            "output are supported"
         )
     tensor_type = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
@@ -133,9 +235,13 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
             "not FLOAT: export the model with a float32 input"
         )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    out_dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.output[0].type.tensor_type.shape.dim]
-    classes = int(np.prod(out_dims[1:])) if out_dims and None not in out_dims[1:] else None
-    return OnnxModel(path, exporter, opset, len(graph.node), inputs[0].name, dims[2], classes)
+    outputs = tuple(
+        TensorSpec(
+            o.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim)
+        )
+        for o in graph.output
+    )
+    return OnnxModel(path, exporter, opset, len(graph.node), inputs[0].name, dims[2], outputs)
 
 
 def simplify_onnx(src: OnnxModel, dst: Path) -> OnnxModel:

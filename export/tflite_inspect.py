@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +39,7 @@ class TfliteSummary:
     ops: dict[str, int]
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    output_names: list[str] = field(default_factory=list)  # each output's signature name: the ONNX output's
 
     @property
     def op_count(self) -> int:
@@ -76,12 +77,18 @@ def inspect_tflite(path: Path) -> TfliteSummary:
             ops[op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())] += 1
         inputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.InputsAsNumpy()]
         outputs = [_tensor_info(graph.Tensors(int(i))) for i in graph.OutputsAsNumpy()]
+        signature = {}
+        if model.SignatureDefsLength():
+            definition = model.SignatureDefs(0)
+            for k in range(definition.OutputsLength()):
+                signature[definition.Outputs(k).TensorIndex()] = definition.Outputs(k).Name().decode()
+        names = [signature.get(int(i), info.name) for i, info in zip(graph.OutputsAsNumpy(), outputs)]
         if not inputs or not outputs:
             raise ValueError("no input or output tensors")
         _check_buffers(model, len(data))
     except Exception:  # the flatbuffer reader fails in many ways on a cut or damaged file
         raise NotTfliteError(f"{path} is a truncated or damaged TFLite file: copy or export it again") from None
-    return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs)
+    return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs, names)
 
 
 def _check_buffers(model, size: int) -> None:

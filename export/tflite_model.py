@@ -182,3 +182,20 @@ def compact(model: schema.ModelT) -> None:
         m.buffer = buffer_map[m.buffer]
     if metadata_buffers:
         model.metadataBuffer = np.array([buffer_map[b] for b in metadata_buffers], np.int32)
+
+
+def rename_outputs(path: Path, names: list[str | None]) -> bool:
+    """Give the main signature's outputs, in the graph's output order, the `names` that are not None (the ONNX
+    outputs' names, which apps look them up by); rewrite `path` only if one changes."""
+    model = read_model(path)
+    if not model.signatureDefs:
+        return False
+    by_tensor = {int(io.tensorIndex): io for io in model.signatureDefs[0].outputs or []}
+    changed = False
+    for tensor, name in zip(model.subgraphs[0].outputs, names):
+        io = by_tensor.get(int(tensor))
+        if io is not None and name is not None and io.name.decode() != name:
+            io.name, changed = name.encode(), True
+    if changed:
+        write_model(model, path)
+    return changed

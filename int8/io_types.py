@@ -91,15 +91,21 @@ def uint8_io(int8_path: Path, dst: Path) -> IoTypes:
     graph.operators.insert(0, unary_op(model, schema.BuiltinOperator.QUANTIZE, pixels, x))
     graph.inputs = np.array([pixels], np.int32)
     _repoint(model, "inputs", x, pixels)
-    y = int(graph.outputs[0])
-    y_t = graph.tensors[y]
-    if y_t.type == schema.TensorType.INT8:
+    outputs = []
+    for position, y in enumerate(int(i) for i in graph.outputs):
+        y_t = graph.tensors[y]
+        if y_t.type != schema.TensorType.INT8:
+            outputs.append(y)
+            continue
         out = _uint8_twin(model, y, y_t.name.decode())
         y_t.name += b"/int8"
         graph.operators.append(unary_op(model, schema.BuiltinOperator.QUANTIZE, y, out))
-        graph.outputs = np.array([out], np.int32)
         _repoint(model, "outputs", y, out)
-        output = "uint8 (the int8 logits' scale, zero point + 128)"
+        outputs.append(out)
+    converted = sum(a != b for a, b in zip(outputs, (int(i) for i in graph.outputs)))
+    graph.outputs = np.array(outputs, np.int32)
+    if converted:
+        output = "uint8 (the int8 outputs' scale, zero point + 128)"
     else:
         output = "float32 (--int8-output float)"
     compact(model)

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from mobile_vision_export.export.contract import read_labels
+from mobile_vision_export.export.onnx_graph import TASKS
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.pipeline.checks import (
     check_calib_samples,
@@ -21,11 +22,11 @@ from mobile_vision_export.pipeline.run import ExportResult, run_export
 from mobile_vision_export.pipeline.sources import (
     ModelSource,
     SourceError,
-    fold_normalization,
     from_factory,
     from_module,
     from_onnx,
     from_registry,
+    with_normalization_folded,
 )
 from mobile_vision_export.validate.thresholds import thresholds_for
 
@@ -69,6 +70,8 @@ def export_model(
     min_top1: float | None = None,
     int8_output: str = "int8",
     int8_io: str = "uint8",
+    task: str = "auto",
+    fold_normalization: bool = True,
     thresholds: dict[str, dict[str, float]] | None = None,
     optimize: bool = True,
     command: str | None = None,
@@ -92,13 +95,22 @@ def export_model(
         max_accuracy_drop=max_accuracy_drop,
         thresholds=thresholds,
     )
+    if not fold_normalization and int8_io == "uint8" and quant in ("int8", "all"):
+        raise SourceError(
+            "the int8 file takes the camera's pixels only with the normalization in the graph: add --int8-io int8, "
+            "or leave out --no-fold-normalization"
+        )
+    if task not in TASKS:
+        raise SourceError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
     check_input_size(input_size)
     check_normalization(mean, std)
     modes = list(QUANT_MODES) if quant == "all" else [quant]
     labels = read_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels  # fails before any model work
     training = model.training if isinstance(model, nn.Module) else None
     try:
-        source = fold_normalization(model_source(model, weights, input_size, mean, std, name))
+        source = model_source(model, weights, input_size, mean, std, name)
+        if fold_normalization:
+            source = with_normalization_folded(source)
         check_calib_samples(calib_samples, source.input_size)
         overrides = {m: dict((thresholds or {}).get(m, {})) for m in ("onnx", *QUANT_MODES)}
         if min_sqnr is not None:
@@ -120,6 +132,7 @@ def export_model(
             min_top1=min_top1,
             int8_output=int8_output,
             int8_io=int8_io,
+            task=task,
             val_dir=Path(val_dir) if val_dir else None,
             max_accuracy_drop=max_accuracy_drop,
         )

@@ -76,6 +76,11 @@ def bundle(artifacts: Path, app: Path) -> list[dict]:
     if not (app / "app" / "src" / "main").is_dir() or not (app / "contract").is_dir():
         raise BundleError(f"{app} is not the android_demo project (no app/src/main or contract/)")
     contract = json.loads((artifacts / "preprocess.json").read_text())
+    if contract.get("task", "classify") != "classify":
+        raise BundleError(
+            f"{artifacts.name} is a {contract['task']} model: the Android demo shows a classifier's top-5 (bundle a "
+            "classifier, or read its outputs from preprocess.json in your own app)"
+        )
     contract["variants"] = {"int8": {**contract["variants"]["int8"], "file": "model.tflite"}}
     assets = app / "app" / "src" / "main" / "assets"
     golden = app / "contract" / "src" / "test" / "resources" / "golden"

@@ -69,6 +69,12 @@ def _main(argv: list[str] | None) -> int:
         if not args.model.is_file():
             raise ImageDataError(f"model not found: {args.model}")
         summary = inspect_tflite(args.model)
+        if len(summary.outputs) != 1 or len(summary.outputs[0].shape) != 2:
+            shapes = ", ".join(str(o.shape) for o in summary.outputs)
+            raise LabelsError(
+                f"{args.model.name} has outputs {shapes}: mve-evaluate measures a classifier's top-1 (one [1, C] "
+                "output); the export's parity compares every output of other models"
+            )
         labels = _labels(args.model, args.labels, int(np.prod(summary.outputs[0].shape[1:])))
         mean, std, where = normalization_beside(args.model)
         labelled = read_labelled(args.val_dir, labels)

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.onnx_graph import TASKS
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.pipeline.api import export_model
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_floats3,
         help="per-channel std R,G,B the model was trained with (default: the zoo weights' own, else ImageNet)",
     )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="auto",
+        help="what the model's outputs are: auto (decided from their shapes, said in the report), classify (class "
+        "scores: labels, top-1), segment (a class map: pixel agreement, mean IoU), embed (a feature vector), tensor "
+        "(anything else: every output compared)",
+    )
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
     p.add_argument(
@@ -106,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["int8", "float"],
         default="int8",
         help="the int8 file's output: quantized (default) or float32 logits from a dynamic-range output layer",
+    )
+    p.add_argument(
+        "--no-fold-normalization",
+        action="store_true",
+        help="keep the per-channel mean/std out of the graph: the files take normalized input (as the model was "
+        "trained), which MediaPipe Tasks cannot give; the normalization op costs a 1x1 conv on the input otherwise",
     )
     p.add_argument(
         "--int8-io",
@@ -173,6 +188,8 @@ def _options(args, argv: list[str]) -> dict:
         min_top1=args.min_top1,
         int8_output=args.int8_output,
         int8_io=args.int8_io,
+        task=args.task,
+        fold_normalization=not args.no_fold_normalization,
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
@@ -194,7 +211,10 @@ def _export_one(args, argv: list[str]) -> int:
             f"  {row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
             f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}"
         )
-    console.print(f"  artifacts: {result.out_dir}/ (report.md, parity.json, preprocess.json, labels.txt)")
+    written = ["report.md", "parity.json", "preprocess.json"] + ["labels.txt"] * (
+        result.out_dir / "labels.txt"
+    ).is_file()
+    console.print(f"  artifacts: {result.out_dir}/ ({', '.join(written)})")
     if args.profile:
         cores = parse_cores(args.profile_arm) if args.profile_arm else []
         request = ProfileRequest(host=True, cores=cores, arm_cache=default_cache())

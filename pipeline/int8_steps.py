@@ -167,12 +167,20 @@ STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBAC
 SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's keyword arguments, flags --no-*
 
 
+# Steps that judge on one vector of class scores (run_tflite's and the selection crops' single flattened output).
+ONE_OUTPUT_STEPS = ("activation_ranges", "bias_correction", "tuning", "fitted_rounding", "fallback", "output")
+
+
 def _skip_reason(step: Int8Step, job: Job) -> str | None:
     if not job.request.wants_int8:
         return "no int8 requested"
     if step.switch and step.switch in job.request.int8_off:
         return f"turned off ({step.flag})"
-    return step.asked(job.request)
+    graph = job.graphs.simplified
+    reason = step.asked(job.request)
+    if reason is None and step.name in ONE_OUTPUT_STEPS and graph.task != "classify":
+        return f"not yet for this model ({graph.task_reason}): the step judges one vector of class scores"
+    return reason
 
 
 def _tuning_kept(job: Job) -> bool:

@@ -28,6 +28,9 @@ def _model_info(job: Job, params, macs) -> dict:
         "source": source.description,
         "weights": source.weights,
         "input_size": source.input_size,
+        "task": graphs.simplified.task,
+        "task_reason": graphs.simplified.task_reason,
+        "outputs": [{"name": o.name, "onnx_shape": list(o.shape)} for o in graphs.simplified.outputs],
         "mean": list(source.mean),
         "std": list(source.std),
         "normalization_in_graph": None
@@ -67,8 +70,8 @@ def _inputs(job: Job) -> dict:
 
 def write_reports(job: Job, summaries: dict[str, TfliteSummary], timings: dict[str, float], params, macs) -> None:
     work_dir, source = job.work_dir, job.source
-    num_classes = job.graphs.simplified.num_classes
-    contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, num_classes, source.folded)
+    graph = job.graphs.simplified
+    contract = preprocess_contract(source.input_size, source.mean, source.std, summaries, graph, source.folded)
     write_text_atomic(work_dir / "preprocess.json", json.dumps(contract, indent=2) + "\n")
     model, inputs = _model_info(job, params, macs), _inputs(job)
     artifacts = {

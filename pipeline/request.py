@@ -28,6 +28,7 @@ class ExportRequest:
     val_dir: Path | None = None  # the user's labelled photos (class folders or a CSV): accuracy of every model
     max_accuracy_drop: float | None = None  # points of top-1 a variant may lose on them against the reference
     int8_output: str = "int8"  # "float": the int8 file gives float32 logits (its output layer in dynamic range)
+    task: str = "auto"  # what the outputs are (export.onnx_graph.TASKS); auto decides from their shapes
     int8_io: str = "uint8"  # the int8 file's input (and quantized output) type: uint8 (pixels, for clients) or int8
 
     @property

@@ -215,7 +215,7 @@ def from_onnx(path: Path, mean, std, input_size: int | None = None) -> ModelSour
     )
 
 
-def fold_normalization(source: ModelSource) -> ModelSource:
+def with_normalization_folded(source: ModelSource) -> ModelSource:
     """`source` with its mean/std as the graph's first op, so every file takes pixel / 255 (and int8 the pixels):
     the module is wrapped here, an ONNX graph gets the same op when it is exported (stages.to_onnx)."""
     module = None if source.module is None else FoldedNormalization(source.module, source.mean, source.std).eval()

@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from mobile_vision_export.export import images as imgs
-from mobile_vision_export.export.contract import labels_for, preprocess_contract
+from mobile_vision_export.export.contract import LabelsError, labels_for, preprocess_contract
 from mobile_vision_export.export.files import write_text_atomic
 from mobile_vision_export.export.layout_pass import rewrite_layout
 from mobile_vision_export.export.metadata import (
@@ -32,7 +32,9 @@ from mobile_vision_export.export.onnx_graph import (
     export_onnx,
     fix_input_size,
     load_onnx,
+    match_outputs,
     simplify_onnx,
+    with_task,
 )
 from mobile_vision_export.export.tflite_convert import (
     QUANT_MODES,
@@ -42,6 +44,7 @@ from mobile_vision_export.export.tflite_convert import (
     convert_tflite,
 )
 from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
+from mobile_vision_export.export.tflite_model import rename_outputs
 from mobile_vision_export.export.wording import plural
 from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
 from mobile_vision_export.pipeline.request import ExportRequest
@@ -186,18 +189,36 @@ def simplify(job: Job) -> Job:
         check_converter_supports(raw.path)  # an unconvertible op is the clearer message, if there is one
         raise
     check_converter_supports(simplified.path)
-    if simplified.num_classes is None:
-        raise OnnxError(f"the output shape of {job.source.name} is not static: export it with fixed dimensions")
+    simplified = with_task(simplified, job.request.task)
+    dynamic = [o.name for o in simplified.outputs if not o.static]
+    if dynamic:
+        raise OnnxError(
+            f"the shape of output '{dynamic[0]}' of {job.source.name} is not static even with the input fixed: "
+            "export it with fixed dimensions"
+        )
     return replace(job, graphs=Graphs(raw, simplified))
 
 
 def name_classes(job: Job) -> Job:
-    """Class names for every output, checked before the long conversion."""
-    return replace(job, labels=labels_for(job.graphs.simplified.num_classes, job.request.labels))
+    """A classifier's class names, checked before the long conversion; a segmenter's if --labels gives them."""
+    graph, given = job.graphs.simplified, job.request.labels
+    if graph.task == "classify":
+        return replace(job, labels=labels_for(graph.num_classes, given))
+    if graph.task == "segment" and given is not None:
+        return replace(job, labels=labels_for(int(graph.outputs[0].shape[1]), given))
+    if given is not None:
+        raise LabelsError(f"--labels names classes, but {job.source.name} has {graph.task_reason}: leave --labels out")
+    return job
 
 
 def read_labelled_photos(job: Job) -> Job:
     """The user's labelled photos, refused if calibration saw any of them."""
+    graph = job.graphs.simplified
+    if graph.task != "classify":
+        raise LabelsError(
+            f"--val-dir measures a classifier's top-1, but {job.source.name} has {graph.task_reason}: leave it out "
+            "(parity compares every output)"
+        )
     labelled = read_labelled(job.request.val_dir, job.labels)
     check_disjoint(labelled.photos, job.photos.calibration.photos, job.photos.calibration.user_owned)
     return replace(job, labelled=labelled)
@@ -246,6 +267,13 @@ def convert_title(job: Job) -> str:
     return f"onnx2tf -> {', '.join(job.request.modes)}{graph}"
 
 
+def _name_outputs(path: Path, specs) -> None:
+    """The ONNX outputs' names on the file's outputs: converters that start from a SavedModel call them Identity,
+    Identity_1, ...; apps and the parity look them up by the ONNX name."""
+    summary = inspect_tflite(path)
+    rename_outputs(path, match_outputs([(n, o.shape) for n, o in zip(summary.output_names, summary.outputs)], specs))
+
+
 def convert(job: Job) -> Job:
     """Every requested .tflite. int8 comes from the equalized graph when the equalization stage scaled anything
     (it chose each pair's scaling by simulating that pair in int8), else from the plain one; the fp32 file converted
@@ -272,6 +300,8 @@ def convert(job: Job) -> Job:
         shutil.move(str(conversions[int8_graph if mode == "int8" else "plain"].files[mode]), files[mode])
     # the work folder is gone once the export finishes: records name the model folder instead
     final = str(job.request.out_root / job.source.name)
+    for path in [*files.values(), *([float_twin] if float_twin else [])]:
+        _name_outputs(path, graphs.simplified.outputs)
     settings = {runs[key][0].path.name: c.settings for key, c in conversions.items()}
     settings = json.loads(json.dumps(settings, ensure_ascii=False).replace(str(job.work_dir), final))
     log = "\n".join(c.log_path.read_text(errors="replace") for c in conversions.values())
@@ -307,6 +337,10 @@ def _optimize(path: Path, images: np.ndarray) -> dict:
 
 
 def optimize_layout(job: Job) -> Job:
+    if len(job.graphs.simplified.outputs) > 1:  # its check compares one output
+        skipped = {"islands_rewritten": 0, "ops_before": {}, "ops_after": {}, "applied": False}
+        skipped["verified"] = "not tried: its check compares one output and this model has several"
+        return replace(job, layout={mode: skipped for mode in job.tflites.files})
     images = job.photos.heldout[:LAYOUT_CHECK_IMAGES]
     layout = {mode: _optimize(path, images) for mode, path in job.tflites.files.items()}
     if job.tflites.float_twin is not None:
@@ -334,16 +368,20 @@ VARIANT_TEXT = {
 
 def embed_metadata(job: Job) -> Job:
     """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite, read back with the
-    official reader and checked against the contract preprocess.json will state."""
+    official reader and checked against the contract preprocess.json will state. The writers used describe an
+    image classifier, so other models get labels.txt only (when there are labels) and no metadata."""
     source, labels_file = job.source, job.work_dir / LABELS_FILE
-    write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
+    if job.labels:
+        write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
+    if job.graphs.simplified.task != "classify":
+        return job
     caveat = " Random weights: for testing the export only." if source.random_weights else ""
     contract = preprocess_contract(
         source.input_size,
         source.mean,
         source.std,
         job.tflites.summaries(),
-        job.graphs.simplified.num_classes,
+        job.graphs.simplified,
         source.folded,
     )
     for mode, path in job.tflites.files.items():
@@ -369,6 +407,8 @@ def parity(job: Job) -> Job:
         job.photos.heldout,
         [p.label for p in job.photos.heldout_photos],
         {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
+        job.graphs.simplified.outputs,
+        job.graphs.simplified.task,
         torch_model=source.module,
         with_accuracy=job.graphs.simplified.num_classes == IMAGENET_CLASSES and not source.random_weights,
     )

@@ -34,6 +34,10 @@ def parity_json(
                 "metrics": {k: _json_number(v) for k, v in r.metrics.as_dict().items()},
                 "thresholds": r.thresholds.as_dict(),
                 "accuracy_top1_labelled": r.accuracy_top1,
+                "outputs": {
+                    name: {k: _json_number(v) if isinstance(v, float) else v for k, v in metrics.items()}
+                    for name, metrics in r.outputs.items()
+                },
             }
             for r in rows
         ],

@@ -12,7 +12,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.images import heldout_batch, heldout_photos
+from mobile_vision_export.export.images import heldout_batch, heldout_photos, pixel_codes
 from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.pipeline import run
 from mobile_vision_export.pipeline.export import main as export_main
@@ -80,8 +80,10 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     x = (pixels - np.array(contract["mean"], np.float32)) / np.array(contract["std"], np.float32)
     qin, qout = variant["input"], variant["output"]
     logits = []
-    for image in x:
-        q = np.clip(np.rint(image / qin["scale"]) + qin["zero_point"], -128, 127).astype(np.int8)
+    assert qin["dtype"] == "uint8" and qin["zero_point"] == 0  # the camera's pixels as they are
+    for image, crop in zip(x, pixels):
+        q = np.clip(np.rint(image / qin["scale"]) + qin["zero_point"], 0, 255).astype(np.uint8)
+        assert np.array_equal(q, pixel_codes(crop))
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q[None])
         interpreter.invoke()
         y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).astype(np.float32)

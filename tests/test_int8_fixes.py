@@ -275,7 +275,7 @@ def test_min_sqnr_falls_back_worst_layers(tiny_model, tmp_path):
     assert sorted(fallback["dynamic_range_ops"] + fallback["float_ops"]) == kept[-1]["ops"]
     summary = inspect_tflite(folder / "tiny_model_build_unbalanced_int8.tflite")
     assert summary.ops.get("DEQUANTIZE", 0) >= 1 and summary.ops.get("QUANTIZE", 0) >= 1
-    assert summary.inputs[0].dtype == "int8" and summary.outputs[0].dtype == "int8"  # the app contract holds
+    assert summary.inputs[0].dtype == "uint8" and summary.outputs[0].dtype == "uint8"  # the app contract holds
     int8_row = next(r for r in info["parity"] if r["variant"] == "int8")
     assert int8_row["thresholds"]["min_sqnr_db"] == 90 and not int8_row["passed"]
     assert "## int8 fallback (--min-sqnr / --min-top1)" in (folder / "report.md").read_text()

@@ -11,7 +11,6 @@ from mobile_vision_export.export.images import (
     calibration_photos,
     heldout_batch,
     heldout_photos,
-    normalize,
 )
 from mobile_vision_export.export.tflite_inspect import (
     inspect_tflite,
@@ -24,7 +23,7 @@ from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
-from tests.test_int8_fixes import MEAN, STD, _widen_range
+from tests.test_int8_fixes import _widen_range
 
 
 def test_fake_quant_gradients_are_learned_step_size():
@@ -94,7 +93,7 @@ def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path)
     conv = _widen_range(int8, wide, factor=64.0)
     tensor = read_model(wide).subgraphs[0].operators[conv].outputs[0]
     calib = calibration_batch(calibration_photos(), 224, 64).astype(np.float32)  # the export takes 0..1 RGB
-    heldout = normalize(heldout_batch(heldout_photos()[:16], 224), MEAN, STD).astype(np.float32)
+    heldout = heldout_batch(heldout_photos()[:16], 224).astype(np.float32)  # the export takes 0..1 RGB
     reference = run_tflite(twin, heldout)
     damaged = sqnr_db(reference, run_tflite(wide, heldout))
     assert damaged < sqnr_db(reference, run_tflite(int8, heldout)) - 3  # 6 bits fewer on one tensor really hurt

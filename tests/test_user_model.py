@@ -112,7 +112,8 @@ def test_metadata_and_evaluate_carry_the_users_classes(user_export):
     for mode in ("fp32", "int8"):
         metadata = read_metadata(out / f"my_net_build_{mode}.tflite")
         assert metadata.labels == NAMES and metadata.size == (SIZE, SIZE)
-        assert metadata.mean == pytest.approx(MEAN) and metadata.std == pytest.approx(STD)
+        # the model's own mean/std are in the graph: the file takes pixel / 255, one scalar for every channel
+        assert metadata.mean == pytest.approx((0, 0, 0)) and metadata.std == pytest.approx((1, 1, 1))
     # The int8 file alone, as an app developer receives it: labels and normalization from its metadata.
     alone = tmp / "alone" / "my_net_build_int8.tflite"
     alone.parent.mkdir()
@@ -122,7 +123,9 @@ def test_metadata_and_evaluate_carry_the_users_classes(user_export):
     record = json.loads((alone.parent / "evaluate.json").read_text())
     counted = json.loads((out / "parity.json").read_text())["accuracy_on_your_photos"]
     assert record["accuracy"]["top1"] == next(m["top1"] for m in counted["models"] if m["model"] == "int8")
-    assert record["normalization"]["mean"] == pytest.approx(MEAN)
+    assert record["normalization"]["mean"] == pytest.approx((0, 0, 0))
+    contract = json.loads((out / "preprocess.json").read_text())
+    assert contract["normalization_in_graph"] == {"mean": list(MEAN), "std": list(STD)}
 
 
 @pytest.mark.slow

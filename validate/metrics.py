@@ -57,3 +57,32 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
         top1_agreement=float(np.mean(top5_ref[:, 0] == top5_cand[:, 0])),
         top5_overlap=float(overlap),
     )
+
+
+def segmentation_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Class maps (N x C x H x W scores): the share of pixels whose argmax class agrees, and the mean over classes
+    of the intersection over union of the two class maps (classes present in either)."""
+    ref, cand = reference.argmax(1), candidate.argmax(1)
+    ious = []
+    for c in range(reference.shape[1]):
+        union = np.sum((ref == c) | (cand == c))
+        if union:
+            ious.append(np.sum((ref == c) & (cand == c)) / union)
+    return {"pixel_agreement": float(np.mean(ref == cand)), "mean_iou": float(np.mean(ious)) if ious else 1.0}
+
+
+def embedding_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Feature vectors (N x D): for each photo, whether its nearest other photo by cosine is the same in both."""
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(1)
+
+    ref, cand = reference.reshape(len(reference), -1), candidate.reshape(len(candidate), -1)
+    return {
+        "nearest_neighbour_agreement": float(
+            np.mean(nearest(ref.astype(np.float64)) == nearest(cand.astype(np.float64)))
+        )
+    }

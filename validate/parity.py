@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from mobile_vision_export.validate.metrics import ParityMetrics, compare
-from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_torch
+from mobile_vision_export.export.onnx_graph import TensorSpec, to_onnx_layout
+from mobile_vision_export.validate.metrics import ParityMetrics, compare, embedding_agreement, segmentation_agreement
+from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs, run_torch_outputs
 from mobile_vision_export.validate.thresholds import Thresholds, failures
 
 
@@ -21,6 +22,7 @@ class VariantParity:
     thresholds: Thresholds
     failures: list[str] = field(default_factory=list)
     accuracy_top1: float | None = None  # on the labelled photos, when the model has real weights
+    outputs: dict[str, dict] = field(default_factory=dict)  # per ONNX output: metrics, layout, task metrics
 
     @property
     def passed(self) -> bool:
@@ -34,34 +36,59 @@ def _accuracy(logits: np.ndarray, labels: list[int | None]) -> float | None:
     return float(np.mean([logits[i].argmax() == y for i, y in known]))
 
 
+def _compared(reference: np.ndarray, output: np.ndarray, task: str) -> tuple[ParityMetrics, dict]:
+    """Parity metrics of one output over the photos, and the task's own metrics."""
+    n = len(reference)
+    metrics = compare(reference.reshape(n, -1), output.reshape(n, -1))
+    extra = {}
+    if task == "segment":
+        extra = segmentation_agreement(reference, output)
+    elif task == "embed" and n > 1:
+        extra = embedding_agreement(reference, output)
+    return metrics, extra
+
+
 def check_parity(
     onnx_path: Path,
     tflite_files: dict[str, Path],
     images_nhwc: np.ndarray,
     labels: list[int | None],
     thresholds: dict[str, Thresholds],
+    outputs: tuple[TensorSpec, ...],
+    task: str,
     torch_model: nn.Module | None = None,
     with_accuracy: bool = False,
 ) -> list[VariantParity]:
-    """Run every model on the same normalized images and compare; the first row is ONNX vs PyTorch if given."""
+    """Run every model on the same normalized images and compare each output with ONNX Runtime's, matched by name
+    and moved back into ONNX's layout; the first row is ONNX vs PyTorch if given. A variant's metrics are those of
+    its worst output (lowest SQNR), its failures those of every output."""
     nchw = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
-    reference = run_onnx(onnx_path, nchw)
+    reference = run_onnx_outputs(onnx_path, nchw)
 
-    def row(variant: str, ref_name: str, ref: np.ndarray, out: np.ndarray) -> VariantParity:
-        metrics = compare(ref, out)
-        return VariantParity(
-            variant,
-            ref_name,
-            metrics,
-            thresholds[variant],
-            failures(metrics, thresholds[variant]),
-            _accuracy(out, labels) if with_accuracy else None,
-        )
+    def row(variant: str, ref_name: str, got: dict[str, np.ndarray], layouts: dict[str, str]) -> VariantParity:
+        limits = thresholds[variant] if task == "classify" else replace(thresholds[variant], min_top1=0.0)
+        per_output, worst, problems = {}, None, []
+        for spec in outputs:
+            metrics, extra = _compared(reference[spec.name], got[spec.name], task)
+            per_output[spec.name] = {**metrics.as_dict(), **extra, "layout": layouts.get(spec.name, "as in ONNX")}
+            named = [f"{spec.name}: {f}" if len(outputs) > 1 else f for f in failures(metrics, limits)]
+            problems += named
+            if worst is None or not metrics.sqnr_db >= worst.sqnr_db:
+                worst = metrics
+        logits = got[outputs[0].name].reshape(len(nchw), -1)
+        accuracy = _accuracy(logits, labels) if with_accuracy and task == "classify" else None
+        return VariantParity(variant, ref_name, worst, limits, problems, accuracy, per_output)
 
     rows = []
     if torch_model is not None:
-        torch_out = run_torch(torch_model, nchw)
-        rows.append(row("onnx", "pytorch", torch_out, reference))
+        torch_out = dict(zip((spec.name for spec in outputs), run_torch_outputs(torch_model, nchw)))
+        rows.append(row("onnx", "pytorch", torch_out, {}))
     for variant, path in tflite_files.items():
-        rows.append(row(variant, "onnxruntime", reference, run_tflite(path, images_nhwc)))
+        got, layouts = {}, {}
+        tflite = run_tflite_outputs(path, images_nhwc, outputs)
+        for spec in outputs:
+            if spec.name not in tflite:
+                raise ValueError(f"{path.name} has no output named '{spec.name}' (it has {sorted(tflite)})")
+            got[spec.name], layouts[spec.name] = to_onnx_layout(tflite[spec.name], spec)
+        rows.append(row(variant, "onnxruntime", got, layouts))
     return rows

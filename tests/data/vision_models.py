@@ -1,0 +1,41 @@
+"""Small non-classifiers for tests of --model file.py:factory: a segmenter and a two-output detector head."""
+
+from torch import nn
+
+
+class Seg(nn.Module):
+    """A small segmenter: [1, 5, H/2, W/2] class map."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU()
+        )
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Det(nn.Module):
+    """boxes [1, N, 4] and scores [1, N, 6]."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+        self.boxes = nn.Conv2d(32, 4, 1)
+        self.scores = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        b = self.boxes(f).flatten(2).transpose(1, 2)
+        s = self.scores(f).flatten(2).transpose(1, 2)
+        return b, s
+
+
+def seg():
+    return Seg()
+
+
+def det():
+    return Det()

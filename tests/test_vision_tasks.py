@@ -1,0 +1,102 @@
+"""Models that are not square single-output classifiers: every output compared with ONNX Runtime's by name, in its
+ONNX layout, with the task's own metrics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mobile_vision_export.export.images import heldout_batch, heldout_photos
+from mobile_vision_export.export.onnx_graph import OnnxModel, TensorSpec, to_onnx_layout
+from mobile_vision_export.validate.metrics import compare, segmentation_agreement
+from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs
+from mobile_vision_export.validate.thresholds import failures, thresholds_for
+from tests.conftest import ROOT, run_cli
+
+MODELS = ROOT / "tests" / "data" / "vision_models.py"
+
+
+def _graph(*shapes) -> OnnxModel:
+    outputs = tuple(TensorSpec(f"out{k}", shape) for k, shape in enumerate(shapes))
+    return OnnxModel(ROOT, "test", 17, 1, "input", 64, outputs)
+
+
+def test_the_task_comes_from_the_outputs():
+    assert _graph((1, 1000)).task == "classify" and _graph((1, 1000)).num_classes == 1000
+    assert _graph((1, 5, 32, 32)).task == "segment"
+    assert _graph((1, 1, 64, 64)).task == "tensor"  # a one-channel probability map
+    assert _graph((1, 64, 4), (1, 64, 6)).task == "tensor" and _graph((1, 64, 4), (1, 64, 6)).num_classes is None
+
+
+def test_a_wrongly_transposed_output_fails_parity():
+    """onnx2tf gives 4-D outputs NHWC; mapped back they match. An output whose height and width are swapped has the
+    same shape and must fail, not pass by reshaping."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4, 5, 8, 8)).astype(np.float32)
+    spec = TensorSpec("classes", (1, 5, 8, 8))
+    right, layout = to_onnx_layout(reference.transpose(0, 2, 3, 1), spec)
+    assert layout.startswith("NHWC") and np.array_equal(right, reference)
+    wrong, _ = to_onnx_layout(reference.transpose(0, 3, 2, 1), spec)  # W and H swapped
+    metrics = compare(reference.reshape(4, -1), wrong.reshape(4, -1))
+    assert failures(metrics, thresholds_for("fp32")), metrics
+    assert segmentation_agreement(reference, wrong)["pixel_agreement"] < 0.5
+    with pytest.raises(ValueError, match="is \\[8, 8, 4\\] in the .tflite"):
+        to_onnx_layout(rng.normal(size=(1, 8, 8, 4)).astype(np.float32), spec)
+
+
+def _sqnr(output: dict) -> float:
+    return float("inf") if output["sqnr_db"] is None else output["sqnr_db"]  # identical outputs: null in JSON
+
+
+def _export(tmp_path, factory: str, *flags: str) -> tuple[dict, dict, object]:
+    args = ["--model", f"{MODELS}:{factory}", "--input-size", "64", "--quant", "all", *flags, "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / f"vision_models_{factory}"
+    return json.loads((out / "parity.json").read_text()), json.loads((out / "preprocess.json").read_text()), out
+
+
+@pytest.mark.slow
+def test_a_segmenter_is_compared_per_pixel(tmp_path):
+    record, contract, out = _export(tmp_path, "seg")
+    assert record["model"]["task"] == "segment" and contract["task"] == "segment"
+    assert not (out / "labels.txt").exists()  # no classes named: no labels file
+    rows = {r["variant"]: r for r in record["parity"]}
+    for variant in ("onnx", "fp32"):
+        assert _sqnr(rows[variant]["outputs"]["logits"]) > 60
+    assert rows["fp32"]["outputs"]["logits"]["layout"].startswith("NHWC")
+    assert contract["variants"]["int8"]["outputs"][0]["shape"] == [1, 32, 32, 5]
+    # the int8 class map's agreement, counted here from the files themselves
+    crops = heldout_batch(heldout_photos(), 64)
+    reference = run_onnx_outputs(out / "vision_models_seg_simplified.onnx", crops.transpose(0, 3, 1, 2).copy())
+    int8 = run_tflite_outputs(out / "vision_models_seg_int8.tflite", crops)["logits"].transpose(0, 3, 1, 2)
+    counted = segmentation_agreement(reference["logits"], int8)
+    assert rows["int8"]["outputs"]["logits"]["pixel_agreement"] == pytest.approx(counted["pixel_agreement"])
+    assert rows["int8"]["outputs"]["logits"]["mean_iou"] == pytest.approx(counted["mean_iou"])
+    assert record["model"]["int8_tuning"]["reason"].startswith("not yet for this model")
+
+
+@pytest.mark.slow
+def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
+    record, contract, _ = _export(tmp_path, "det")
+    assert record["model"]["task"] == "tensor"
+    assert [o["name"] for o in contract["outputs"]] == ["output_0", "output_1"]
+    for row in record["parity"]:
+        assert set(row["outputs"]) == {"output_0", "output_1"}, row["variant"]
+        if row["variant"] in ("onnx", "fp32"):
+            assert min(_sqnr(o) for o in row["outputs"].values()) > 60
+    names = {o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]}
+    assert names == {"output_0", "output_1"} and contract["variants"]["int8"]["input"]["dtype"] == "uint8"
+
+
+@pytest.mark.slow
+def test_an_embedder_gets_no_labels_and_neighbour_agreement(tmp_path):
+    args = ["--model", f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build", "--input-size", "32", "--quant", "int8"]
+    proc = run_cli("pipeline.export", *args, "--task", "embed", "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "tiny_model_build"
+    record = json.loads((out / "parity.json").read_text())
+    assert record["model"]["task"] == "embed" and not (out / "labels.txt").exists()
+    int8 = next(r for r in record["parity"] if r["variant"] == "int8")
+    assert 0 <= int8["outputs"]["logits"]["nearest_neighbour_agreement"] <= 1
+    assert int8["thresholds"]["min_top1"] == 0  # no top-1 for an embedding
