@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,6 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
+from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import heldout_photos
 from mobile_vision_export.export.wording import plural
 from mobile_vision_export.models import get_model
@@ -248,3 +252,30 @@ def test_a_dynamic_size_onnx_classifier_exports_at_the_size_given(tmp_path, tiny
     assert fp32["passed"] and fp32["metrics"]["sqnr_db"] > 60
     contract = json.loads((tmp_path / "out" / "dynamic" / "preprocess.json").read_text())
     assert contract["input_size"] == 48 and contract["variants"]["fp32"]["input"]["shape"] == [1, 48, 48, 3]
+
+
+def test_messages_name_the_right_fix(tmp_path, capsys):
+    from mobile_vision_export.pipeline.diagnose import main as diagnose_main
+    from mobile_vision_export.validate.labelled import read_labelled
+
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model\n")
+    assert diagnose_main([str(text)]) == EXIT_USER_ERROR
+    assert "is not a TFLite model" in capsys.readouterr().err  # not "is not a float model"
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    shutil.copy(heldout_photos()[0].path, tmp_path / "val" / "cat")
+    (tmp_path / "val" / "dog").mkdir()
+    with pytest.raises(UserError, match="add photos of that class to it, or remove the folder") as caught:
+        read_labelled(tmp_path / "val", ["cat", "dog"])
+    assert "--calib-dir" not in str(caught.value)
+
+
+def test_the_installed_scripts_name_themselves():
+    bin_dir = Path(sys.executable).parent
+    for script in ("mobile-vision-export", "mve-bundle", "mve-evaluate"):
+        proc = subprocess.run([bin_dir / script, "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.startswith(f"usage: {script} "), proc.stdout[:200]
+        version = subprocess.run([bin_dir / script, "--version"], capture_output=True, text=True, timeout=120)
+        assert version.returncode == 0 and version.stdout.startswith("mobile-vision-export "), version.stdout
+    bundle_help = subprocess.run([bin_dir / "mve-bundle", "--help"], capture_output=True, text=True).stdout
+    assert "app's Java preprocessing is tested against." in " ".join(bundle_help.split())  # not cut mid-sentence

@@ -123,7 +123,9 @@ def test_wheel_installs_and_every_cli_runs_from_anywhere(tmp_path):
     assert "shufflenet_v2_x0_5" in zoo and "mobilenet_v2" in zoo, zoo
     for script in SCRIPTS:
         out = _ok(_run([bin_dir / script, "--help"], cwd=elsewhere), f"{script} --help")
-        assert out.startswith("usage:"), out
+        assert out.startswith(f"usage: {script} "), out
+        out = _ok(_run([bin_dir / script, "--version"], cwd=elsewhere), f"{script} --version")
+        assert out.startswith("mobile-vision-export "), out
     zoo = _ok(_run([python, "-m", "pipeline.export", "--list"], cwd=elsewhere), "python -m pipeline.export --list")
     assert "shufflenet_v2_x0_5" in zoo, zoo
     out = _ok(_run([python, "-m", "pipeline.profile", "--help"], cwd=elsewhere), "python -m pipeline.profile --help")
