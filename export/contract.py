@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.images import CROP_FRACTION
+from mobile_vision_export.export.images import cover_size, hw
 from mobile_vision_export.export.metadata import MetadataError, read_metadata
 from mobile_vision_export.export.onnx_graph import OnnxModel, match_outputs, to_onnx_layout
 from mobile_vision_export.export.tflite_inspect import TfliteSummary
@@ -91,19 +91,22 @@ def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
 
 
 def preprocess_contract(
-    input_size: int, mean, std, summaries: dict[str, TfliteSummary], graph: OnnxModel, folded=None
+    input_size, mean, std, summaries: dict[str, TfliteSummary], graph: OnnxModel, folded=None
 ) -> dict:
     """The contract an app must follow to feed the model and read its outputs. `folded`: the (mean, std) the graph
     applies itself (then `mean`/`std` are 0 and 1, and float inputs are pixel / 255). Every output is listed with its
-    ONNX shape and, per variant, its TFLite shape and layout; a classifier's one output is also `output`."""
+    ONNX shape and, per variant, its TFLite shape and layout; a classifier's one output is also `output`. Sizes
+    are [height, width]."""
     return {
-        "input_size": input_size,
+        "input_size": list(hw(input_size)),
         "layout": "NHWC",
         "color_order": "RGB",
         "resize": {
-            "shorter_side": round(input_size / CROP_FRACTION),
+            "cover": list(cover_size(input_size)),
+            "how": "scale the photo, aspect ratio kept, to the smallest size that covers `cover` (both sides at least "
+            "as large), then cut the centre `center_crop` out of it; for a square input: shorter side to cover",
             "interpolation": "bilinear",
-            "center_crop": input_size,
+            "center_crop": list(hw(input_size)),
         },
         "pixel_scale": "divide 0..255 by 255 to get 0..1",
         "mean": list(mean),

@@ -20,7 +20,7 @@ from mobile_vision_export.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875, then centre-crop (224 -> 256)
+CROP_FRACTION = 0.875  # resize to cover size / 0.875, then centre-crop (224 -> 256)
 
 
 class ImageDataError(UserError, ValueError):
@@ -213,32 +213,56 @@ def pixel_hashes(photos: list[Photo], cacheable: bool) -> dict[str, Path]:
     return out
 
 
-def center_crop(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to size/0.875 (bilinear), centre-crop to size x size; HWC float32 in 0..1."""
-    short = round(size / CROP_FRACTION)
-    w, h = img.size
-    scale = short / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+def hw(size) -> tuple[int, int]:
+    """(height, width) of an input size given as S (square), (H, W) or [H, W]."""
+    if isinstance(size, (tuple, list)):
+        height, width = size
+        return int(height), int(width)
+    return int(size), int(size)
 
 
-def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of 35-100 % of the area, random aspect 3:4..4:3, random horizontal flip; HWC 0..1."""
+def size_text(size) -> str:
+    """224 for a square size, 48x192 (height x width) otherwise."""
+    height, width = hw(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def cover_size(size) -> tuple[int, int]:
+    """(height, width) a photo is resized to cover before the centre crop: the crop / 0.875 (224 -> 256)."""
+    height, width = hw(size)
+    return round(height / CROP_FRACTION), round(width / CROP_FRACTION)
+
+
+def center_crop(img: Image.Image, size) -> np.ndarray:
+    """Resize (bilinear, aspect kept) to cover cover_size(size), centre-crop to H x W; HWC float32 in 0..1. For a
+    square size this is "shorter side to size / 0.875"."""
+    height, width = hw(size)
+    cover_h, cover_w = cover_size(size)
+    w, h = img.size
+    scale = max(cover_w / w, cover_h / h)
+    img = img.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - width) // 2, (h - height) // 2
+    return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
+
+
+def random_crop(img: Image.Image, size, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 35-100 % of the area, random aspect within 3:4..4:3 of the input's, random horizontal
+    flip, resized to H x W; HWC 0..1."""
+    height, width = hw(size)
     w, h = img.size
     area = w * h * rng.uniform(0.35, 1.0)
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    aspect = (width / height) * np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
     cw = int(min(w, round(np.sqrt(area * aspect))))
     ch = int(min(h, round(np.sqrt(area / aspect))))
     left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    crop = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+    crop = img.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BILINEAR)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(crop, dtype=np.float32) / 255.0
 
 
-def calibration_batch(photos: list[Photo], size: int, samples: int, seed: int = 0) -> np.ndarray:
+def calibration_batch(photos: list[Photo], size, samples: int, seed: int = 0) -> np.ndarray:
     """`samples` NHWC 0..1 crops: a centre crop of each photo (an evenly spread subset if there are more photos
     than samples), then seeded random crops cycling through all photos. Photos are loaded one at a time."""
     rng = np.random.default_rng(seed)
@@ -284,7 +308,7 @@ def calibration_set(folder: Path | None) -> CalibrationSet:
     return CalibrationSet(calibration_photos(), built_in, user_owned=False)
 
 
-def heldout_batch(photos: list[Photo], size: int) -> np.ndarray:
+def heldout_batch(photos: list[Photo], size) -> np.ndarray:
     """Centre crops of `photos`, NHWC 0..1."""
     return np.stack([center_crop(load_rgb(p.path), size) for p in photos])
 

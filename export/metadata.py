@@ -166,9 +166,11 @@ def disagreements(metadata: ModelMetadata, contract: dict, labels: list[str], to
             problems.append(f"{key}: preprocess.json {ours}, metadata {theirs}")
     if metadata.color_space != contract["color_order"]:
         problems.append(f"color: preprocess.json {contract['color_order']}, metadata {metadata.color_space}")
-    size = contract["input_size"]
-    if metadata.size != (size, size):
-        problems.append(f"size: preprocess.json {size}x{size}, metadata {metadata.size[0]}x{metadata.size[1]}")
+    height, width = contract["input_size"]
+    if metadata.size != (width, height):
+        problems.append(
+            f"size: preprocess.json {width}x{height} (width x height), metadata {metadata.size[0]}x{metadata.size[1]}"
+        )
     if metadata.labels != labels:
         problems.append(f"labels: labels.txt has {len(labels)}, metadata {len(metadata.labels)} (or other names)")
     return problems

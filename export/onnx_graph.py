@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.images import hw, size_text
 
 OPSET = 17
 TASKS = ("auto", "classify", "segment", "embed", "tensor")
@@ -45,7 +46,7 @@ class OnnxModel:
     opset: int
     nodes: int
     input_name: str
-    input_size: int
+    input_size: tuple[int, int]  # height, width
     outputs: tuple[TensorSpec, ...]
     chosen_task: str | None = None  # --task, when the user says what the outputs are
 
@@ -142,9 +143,9 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def export_onnx(model: nn.Module, input_size: int, path: Path) -> OnnxModel:
+def export_onnx(model: nn.Module, input_size, path: Path) -> OnnxModel:
     """Export with the TorchScript exporter, which keeps the opset and writes one self-contained file."""
-    dummy = torch.zeros(1, 3, input_size, input_size)
+    dummy = torch.zeros(1, 3, *hw(input_size))
     try:
         with torch.no_grad():
             returned = model.eval()(dummy)
@@ -184,19 +185,20 @@ def image_input(model: onnx.ModelProto):
     return inputs[0] if len(inputs) == 1 else None
 
 
-def fix_input_size(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
-    """`model` with its image input fixed at 1x3xSxS: dynamic dimensions (a symbolic batch, height or width, as
+def fix_input_size(model: onnx.ModelProto, size) -> onnx.ModelProto:
+    """`model` with its image input fixed at 1x3xHxW: dynamic dimensions (a symbolic batch, height or width, as
     other frameworks export) take these values; a static one that differs is an error."""
     image = image_input(model)
     dims = image.type.tensor_type.shape.dim if image is not None else []
     if len(dims) != 4:
         return model  # describe_onnx names the problem
-    for dim, value, what in zip(dims, (1, 3, size, size), ("batch", "channels", "height", "width")):
+    height, width = hw(size)
+    for dim, value, what in zip(dims, (1, 3, height, width), ("batch", "channels", "height", "width")):
         if dim.HasField("dim_value") and dim.dim_value not in (value, 0):
             if what in ("height", "width"):
                 raise OnnxError(
-                    f"input '{image.name}' has a fixed {what} of {dim.dim_value}: --input-size {size} contradicts it "
-                    "(leave --input-size out)"
+                    f"input '{image.name}' has a fixed {what} of {dim.dim_value}: --input-size {size_text(size)} "
+                    "contradicts it (leave --input-size out, or give the file's own size)"
                 )
             continue
         dim.Clear()
@@ -209,7 +211,7 @@ def fix_input_size(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
 
 
 def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
-    """Check that `path` is a single-image classifier (1x3xSxS float input, static size) and describe it."""
+    """Check that `path` takes one image (1x3xHxW float input, static size) and describe it."""
     model = load_onnx(path)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
@@ -223,12 +225,10 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if len(dims) == 4 and dims[1] == 3 and (dims[2] is None or dims[3] is None):
         raise OnnxError(
-            f"{path} input '{inputs[0].name}' has a dynamic size {dims}: give --input-size S to fix it (batch 1)"
+            f"{path} input '{inputs[0].name}' has a dynamic size {dims}: give --input-size S or HxW to fix it (batch 1)"
         )
-    if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3 or dims[2] != dims[3]:
-        raise OnnxError(
-            f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, S, S] (NCHW RGB, square size)"
-        )
+    if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3:
+        raise OnnxError(f"{path} input '{inputs[0].name}' has shape {dims}: expected [1, 3, H, W] (NCHW RGB)")
     if tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise OnnxError(
             f"{path} input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, "
@@ -241,7 +241,7 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
         )
         for o in graph.output
     )
-    return OnnxModel(path, exporter, opset, len(graph.node), inputs[0].name, dims[2], outputs)
+    return OnnxModel(path, exporter, opset, len(graph.node), inputs[0].name, (dims[2], dims[3]), outputs)
 
 
 def simplify_onnx(src: OnnxModel, dst: Path) -> OnnxModel:

@@ -10,8 +10,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_size: int) -> int:
-    """MACs of one 1x3xHxW inference in Conv2d and Linear layers (the ones that dominate)."""
+def count_macs(model: nn.Module, input_size: int | tuple[int, int]) -> int:
+    """MACs of one 1x3xHxW inference (`input_size` S or (H, W)) in Conv2d and Linear layers (the ones that
+    dominate)."""
+    height, width = input_size if isinstance(input_size, tuple) else (input_size, input_size)
     total = 0
 
     def conv_hook(module: nn.Conv2d, _inputs, output):
@@ -31,7 +33,7 @@ def count_macs(model: nn.Module, input_size: int) -> int:
             handles.append(module.register_forward_hook(linear_hook))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size))
+            model.eval()(torch.zeros(1, 3, height, width))
     finally:
         for handle in handles:
             handle.remove()

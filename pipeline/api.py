@@ -56,7 +56,7 @@ def export_model(
     *,
     quant: str = "int8",
     weights: str | None = None,
-    input_size: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
     name: str | None = None,

@@ -8,8 +8,9 @@ import math
 from pathlib import Path
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.images import hw, size_text
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
-from mobile_vision_export.pipeline.arguments import MAX_INPUT_SIZE
+from mobile_vision_export.pipeline.arguments import input_size_problem
 
 # Calibration crops are held as float32 while the converter runs, once normalized and once as pixel codes: this
 # many bytes of them at most (2 GiB: 2,853 crops at 224 pixels; the default 200 take 150 MB).
@@ -29,15 +30,14 @@ def _finite(name: str, value) -> float | None:
 
 
 def check_input_size(input_size, flag: str = "--input-size") -> None:
+    """S or (H, W) in whole pixels, at most MAX_INPUT_SIZE squared of them."""
     if input_size is None:
         return
-    sizes = input_size if isinstance(input_size, tuple) else (input_size,)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
-        raise RequestError(f"{flag} must be a whole number of pixels (224), not {input_size!r}")
-    if max(sizes) > MAX_INPUT_SIZE:
-        raise RequestError(
-            f"{flag} {input_size} is too large: at most {MAX_INPUT_SIZE} (mobile models run at 224..512)"
-        )
+    sizes = tuple(input_size) if isinstance(input_size, (tuple, list)) else (input_size,)
+    if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise RequestError(f"{flag} must be S or (H, W) in whole pixels (224 or (48, 192)), not {input_size!r}")
+    if problem := input_size_problem(input_size, f"{flag} {size_text(input_size)}"):
+        raise RequestError(problem)
 
 
 def check_normalization(mean, std) -> None:
@@ -52,15 +52,16 @@ def check_normalization(mean, std) -> None:
         raise RequestError(f"--std must be positive, got {','.join(map(str, std))}")
 
 
-def check_calib_samples(samples, input_size: int) -> None:
+def check_calib_samples(samples, input_size) -> None:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise RequestError(f"--calib-samples must be a whole number of crops of at least 1, not {samples!r}")
-    per_crop = 3 * input_size * input_size * (4 + 1)
+    height, width = hw(input_size)
+    per_crop = 3 * height * width * (4 + 1)
     if samples * per_crop > MAX_CALIBRATION_BYTES:
         most = MAX_CALIBRATION_BYTES // per_crop
         raise RequestError(
-            f"--calib-samples {samples} at {input_size} pixels would hold {samples * per_crop / 2**30:.1f} GiB of "
-            f"crops: give at most {most} (200 to 1,000 calibrate well)"
+            f"--calib-samples {samples} at {size_text(input_size)} pixels would hold "
+            f"{samples * per_crop / 2**30:.1f} GiB of crops: give at most {most} (200 to 1,000 calibrate well)"
         )
 
 

@@ -61,7 +61,7 @@ def _main(argv: list[str] | None) -> int:
         if inspect_tflite(float_model).inputs[0].dtype != "float32":
             raise DiagnoseError(f"{float_model} is not a float model: pass the fp32 variant with --float")
         mean, std, _ = normalization_beside(args.int8_model)
-        size = inspect_tflite(float_model).inputs[0].shape[1]
+        size = tuple(inspect_tflite(float_model).inputs[0].shape[1:3])
         photos = heldout_photos()[: args.images]
         x = normalize(heldout_batch(photos, size), mean, std)
         diagnosis = diagnose(float_model, args.int8_model, x)

@@ -78,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
         labels = _labels(args.model, args.labels, int(np.prod(summary.outputs[0].shape[1:])))
         mean, std, where = normalization_beside(args.model)
         labelled = read_labelled(args.val_dir, labels)
-        size = summary.inputs[0].shape[1]
+        size = tuple(summary.inputs[0].shape[1:3])
         crops = heldout_batch(labelled.photos, size)
         ours = run_tflite(args.model, normalize(crops, mean, std))
         result = accuracy(args.model.name, ours, labelled.labels)

@@ -16,7 +16,7 @@ from mobile_vision_export.export.onnx_graph import TASKS
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.pipeline.api import export_model
-from mobile_vision_export.pipeline.arguments import positive_int
+from mobile_vision_export.pipeline.arguments import image_size, positive_int
 from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.pipeline.int8_steps import STEPS, SWITCHES
 from mobile_vision_export.pipeline.profile import run as profile_run
@@ -47,15 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name (see --list) or path/to/file.py:factory")
-    src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xSxS float input)")
+    src.add_argument("--onnx", type=Path, help="start from an existing ONNX file (1x3xHxW float input)")
     src.add_argument("--all", action="store_true", help="export every zoo model and write one summary table")
     src.add_argument("--list", action="store_true", help="list the zoo models and exit")
     p.add_argument("--quant", default="int8", choices=[*QUANT_MODES, "all"], help="variant(s) to write (default int8)")
     p.add_argument("--weights", help="state_dict checkpoint path, or 'imagenet' (mobilenet_v2, offline)")
     p.add_argument(
         "--input-size",
-        type=positive_int,
-        help="square input size: required with --model file.py:factory; for a zoo model it overrides its own",
+        type=image_size,
+        metavar="S|HxW",
+        help="input size, S (square) or HxW (height x width, e.g. 48x192): required with --model file.py:factory; "
+        "for a zoo model it overrides its own; for an ONNX file it fixes dynamic dimensions",
     )
     p.add_argument(
         "--mean",

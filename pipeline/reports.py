@@ -27,7 +27,7 @@ def _model_info(job: Job, params, macs) -> dict:
         "name": source.name,
         "source": source.description,
         "weights": source.weights,
-        "input_size": source.input_size,
+        "input_size": list(source.input_size),
         "task": graphs.simplified.task,
         "task_reason": graphs.simplified.task_reason,
         "outputs": [{"name": o.name, "onnx_shape": list(o.shape)} for o in graphs.simplified.outputs],

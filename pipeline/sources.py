@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.images import hw, size_text
 from mobile_vision_export.export.normalization import IDENTITY, FoldedNormalization
 from mobile_vision_export.export.onnx_graph import describe_onnx, fix_input_size, load_onnx
 from mobile_vision_export.models import get_model, get_spec
@@ -34,7 +35,7 @@ class SourceError(UserError, ValueError):
 class ModelSource:
     name: str
     description: str
-    input_size: int
+    input_size: tuple[int, int]  # height, width
     mean: tuple
     std: tuple
     module: nn.Module | None = None
@@ -53,7 +54,7 @@ class ModelSource:
         return count_parameters(model), count_macs(model, self.input_size)
 
 
-def _preprocessing(name: str, weights: str | None, input_size, mean, std) -> tuple[int, tuple, tuple]:
+def _preprocessing(name: str, weights: str | None, input_size, mean, std) -> tuple[tuple[int, int], tuple, tuple]:
     """A zoo model's input size and normalization: those its bundled weights were trained with, else the zoo's
     defaults for the architecture; a flag that differs overrides them, with a warning naming what it replaces."""
     spec = get_spec(name)
@@ -62,16 +63,16 @@ def _preprocessing(name: str, weights: str | None, input_size, mean, std) -> tup
     where = f"the ImageNet weights of {name} were trained with" if bundled else f"the zoo's default for {name} is"
     chosen = []
     for flag, given, default in (
-        ("--input-size", input_size, known.input_size),
+        ("--input-size", None if input_size is None else hw(input_size), hw(known.input_size)),
         ("--mean", mean, known.mean),
         ("--std", std, known.std),
     ):
         if given is not None and tuple(np.atleast_1d(given)) != tuple(np.atleast_1d(default)):
-            shown = ",".join(f"{v:g}" for v in np.atleast_1d(default))
+            shown = size_text(default) if flag == "--input-size" else ",".join(f"{v:g}" for v in default)
             log.warning("%s overrides %s: %s %s", flag, name, f"{where} {shown}", "(use it if yours was trained so)")
         chosen.append(default if given is None else given)
     size, mean, std = chosen
-    if problem := input_size_problem(size, f"--input-size {size}"):
+    if problem := input_size_problem(size, f"--input-size {size_text(size)}"):
         raise SourceError(problem)
     return size, tuple(mean), tuple(std)
 
@@ -137,7 +138,7 @@ def _state_differs(a: nn.Module, b: nn.Module) -> bool:
     )
 
 
-def from_factory(target: str, input_size: int | None, weights: str | None, mean, std) -> ModelSource:
+def from_factory(target: str, input_size, weights: str | None, mean, std) -> ModelSource:
     """Load `path/to/file.py:factory`, call it, and check it returns an nn.Module."""
     file_part, _, factory_name = target.rpartition(":")
     path = Path(file_part)
@@ -145,7 +146,7 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
         raise SourceError(f"model file not found: {path} (expected path/to/file.py:factory)")
     if input_size is None:
         raise SourceError(f"--input-size is required with a model from a file ({target})")
-    if problem := input_size_problem(input_size, f"--input-size {input_size}"):
+    if problem := input_size_problem(input_size, f"--input-size {size_text(input_size)}"):
         raise SourceError(problem)
     if weights == "imagenet":
         raise SourceError("--weights imagenet only applies to zoo models; pass a checkpoint path")
@@ -162,7 +163,7 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
     source = ModelSource(
         name,
         f"user factory {target}",
-        input_size,
+        hw(input_size),
         tuple(mean or IMAGENET_MEAN),
         tuple(std or IMAGENET_STD),
         module=model.eval(),
@@ -175,16 +176,16 @@ def from_factory(target: str, input_size: int | None, weights: str | None, mean,
     return source
 
 
-def from_module(model: nn.Module, name: str | None, input_size: int | None, mean, std) -> ModelSource:
+def from_module(model: nn.Module, name: str | None, input_size, mean, std) -> ModelSource:
     """A torch.nn.Module passed in by a caller of the Python API, taken as trained (it cannot be rebuilt)."""
     if input_size is None:
         raise SourceError("input_size is required with a torch.nn.Module")
-    if problem := input_size_problem(input_size, f"input_size {input_size}", "choose a smaller input_size"):
+    if problem := input_size_problem(input_size, f"input_size {size_text(input_size)}", "choose a smaller input_size"):
         raise SourceError(problem)
     return ModelSource(
         name or type(model).__name__.lower(),
         f"Python object {type(model).__name__}",
-        input_size,
+        hw(input_size),
         tuple(mean or IMAGENET_MEAN),
         tuple(std or IMAGENET_STD),
         module=model.eval(),
@@ -192,7 +193,7 @@ def from_module(model: nn.Module, name: str | None, input_size: int | None, mean
     )
 
 
-def from_onnx(path: Path, mean, std, input_size: int | None = None) -> ModelSource:
+def from_onnx(path: Path, mean, std, input_size=None) -> ModelSource:
     """An ONNX file; `input_size` fixes its dynamic dimensions (batch 1)."""
     if not path.is_file():
         raise SourceError(f"ONNX file not found: {path}")
@@ -200,8 +201,8 @@ def from_onnx(path: Path, mean, std, input_size: int | None = None) -> ModelSour
         size = describe_onnx(path).input_size
     else:
         fix_input_size(load_onnx(path), input_size)  # a contradicted static size fails here, before any work
-        size = input_size
-    if problem := input_size_problem(size, f"the {size}x{size} input of {path}", "export it at a smaller size"):
+        size = hw(input_size)
+    if problem := input_size_problem(size, f"the {size_text(size)} input of {path}", "export it at a smaller size"):
         raise SourceError(problem)
     return ModelSource(
         path.stem,

@@ -42,7 +42,7 @@ def model_input(model: Path) -> tuple[np.ndarray, str]:
     info = inspect_tflite(model).inputs[0]
     mean, std, source = normalization_beside(model)
     photo = heldout_photos()[0]
-    x = normalize(heldout_batch([photo], info.shape[1]), mean, std)
+    x = normalize(heldout_batch([photo], tuple(info.shape[1:3])), mean, std)
     if info.dtype != "float32":
         x = quantize(x, info)
     return x, f"held-out photo {photo.path.name}, normalized with {source}, {info.dtype}"

@@ -98,7 +98,8 @@ def render_report(
     lines += [
         f"- Source: {model['source']}",
         f"- Weights: {model['weights']}",
-        f"- Input: 1x3x{model['input_size']}x{model['input_size']} RGB, mean {model['mean']}, std {model['std']}",
+        f"- Input: 1x3x{model['input_size'][0]}x{model['input_size'][1]} RGB (NCHW in ONNX), mean {model['mean']}, "
+        f"std {model['std']}",
     ]
     if model.get("params") is not None:
         lines.append(f"- Parameters: {model['params']:,}; MACs: {model['macs'] / 1e6:.1f} M")

@@ -35,8 +35,8 @@ def test_export_model_refuses_bad_input(tmp_path):
 @pytest.mark.parametrize(
     "model, options, message",
     [
-        ("shufflenet_v2_x0_5", {"input_size": "big"}, "--input-size must be a whole number"),
-        ("module", {"input_size": "big"}, "--input-size must be a whole number"),
+        ("shufflenet_v2_x0_5", {"input_size": "big"}, "--input-size must be S or \\(H, W\\) in whole pixels"),
+        ("module", {"input_size": "big"}, "--input-size must be S or \\(H, W\\) in whole pixels"),
         ("shufflenet_v2_x0_5", {"max_accuracy_drop": 2}, "--max-accuracy-drop needs --val-dir"),
         ("shufflenet_v2_x0_5", {"calib_samples": 0}, "--calib-samples must be a whole number"),
         ("shufflenet_v2_x0_5", {"calib_samples": -5}, "--calib-samples must be a whole number"),

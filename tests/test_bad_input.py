@@ -161,10 +161,10 @@ def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
 
 def test_zoo_weights_carry_their_preprocessing_and_flags_override_with_a_warning(caplog):
     source = model_source("mobilenet_v2", "imagenet")
-    assert (source.input_size, source.mean, source.std) == (224, IMAGENET_MEAN, IMAGENET_STD)
+    assert (source.input_size, source.mean, source.std) == ((224, 224), IMAGENET_MEAN, IMAGENET_STD)
     assert caplog.records == []
     source = model_source("mobilenet_v2", "imagenet", input_size=160, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    assert (source.input_size, source.mean, source.std) == (160, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert (source.input_size, source.mean, source.std) == ((160, 160), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and all("the ImageNet weights of mobilenet_v2 were trained with" in w for w in warnings)
     assert "--mean overrides mobilenet_v2" in warnings[1] and "0.485,0.456,0.406" in warnings[1]
@@ -251,7 +251,7 @@ def test_a_dynamic_size_onnx_classifier_exports_at_the_size_given(tmp_path, tiny
     fp32 = next(r for r in record["parity"] if r["variant"] == "fp32")
     assert fp32["passed"] and fp32["metrics"]["sqnr_db"] > 60
     contract = json.loads((tmp_path / "out" / "dynamic" / "preprocess.json").read_text())
-    assert contract["input_size"] == 48 and contract["variants"]["fp32"]["input"]["shape"] == [1, 48, 48, 3]
+    assert contract["input_size"] == [48, 48] and contract["variants"]["fp32"]["input"]["shape"] == [1, 48, 48, 3]
 
 
 def test_messages_name_the_right_fix(tmp_path, capsys):

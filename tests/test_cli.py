@@ -71,7 +71,7 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
 
     # Following preprocess.json alone reproduces the parity figures: same input, same outputs.
     contract = json.loads((out / "preprocess.json").read_text())
-    assert contract["layout"] == "NHWC" and contract["color_order"] == "RGB" and contract["input_size"] == 224
+    assert contract["layout"] == "NHWC" and contract["color_order"] == "RGB" and contract["input_size"] == [224, 224]
     variant = contract["variants"]["int8"]
     interpreter = Interpreter(model_path=str(out / variant["file"]))
     interpreter.allocate_tensors()

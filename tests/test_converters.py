@@ -36,7 +36,7 @@ def shufflenet_onnx(tmp_path_factory):
 def test_onnx_export_records_exporter_and_opset(shufflenet_onnx):
     _, raw, _ = shufflenet_onnx
     assert raw.opset == 17 and "TorchScript" in raw.exporter
-    assert raw.input_name == "input" and raw.input_size == 224
+    assert raw.input_name == "input" and raw.input_size == (224, 224)
     assert not list(raw.path.parent.glob("*.onnx.data"))  # one self-contained file
 
 
@@ -79,7 +79,7 @@ def test_describe_onnx_rejects_what_the_pipeline_cannot_take(tmp_path):
     model = _graph_with("Relu")
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(model, tmp_path / "batch4.onnx")
-    with pytest.raises(OnnxError, match=r"expected \[1, 3, S, S\]"):
+    with pytest.raises(OnnxError, match=r"expected \[1, 3, H, W\]"):
         describe_onnx(tmp_path / "batch4.onnx")
     model = _graph_with("Relu")
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8

@@ -19,6 +19,7 @@ from mobile_vision_export.export.images import (
     load_rgb,
     natural_photo_dir,
     photos_in_dir,
+    random_crop,
     unread_photos,
 )
 from tests.conftest import ROOT
@@ -74,6 +75,26 @@ def test_center_crop_keeps_aspect_then_crops():
     # 400x200 -> 512x256, centre 224 columns: the middle column is the original's column 200.
     assert crop[:, 112, 0].mean() == pytest.approx(200 / 255, abs=0.01)
     assert crop[:, 0, 0].mean() == pytest.approx((200 - 112 * 400 / 512) / 255, abs=0.01)
+
+
+def test_a_non_square_crop_covers_then_takes_the_centre():
+    """48x192 (height x width): the photo is scaled to cover 55x219 (the crop / 0.875), aspect kept, then the centre
+    48x192 is cut out. A gradient along x and one along y tell where the crop came from."""
+    xs = np.tile(np.arange(400, dtype=np.float64)[None, :], (100, 1))
+    ys = np.tile(np.arange(100, dtype=np.float64)[:, None], (1, 400))
+    img = Image.fromarray(np.stack([xs * 255 / 399, ys * 255 / 99, np.zeros_like(xs)], -1).round().astype(np.uint8))
+    crop = center_crop(img, (48, 192))
+    assert crop.shape == (48, 192, 3)
+    # 400x100 (w x h) covers 219 wide and 55 high at scale max(219/400, 55/100) = 0.55: 220x55, the centre 192x48 of
+    # it starts at column 14 and row 3, so the crop spans the photo's columns 25..375 and rows 5..93.
+    assert crop[:, 0, 0].mean() * 399 == pytest.approx(14.5 / 0.55, abs=2)
+    assert crop[:, -1, 0].mean() * 399 == pytest.approx(205.5 / 0.55, abs=2)
+    assert crop[0, :, 1].mean() * 99 == pytest.approx(3.5 / 0.55, abs=2)
+    assert crop[-1, :, 1].mean() * 99 == pytest.approx(50.5 / 0.55, abs=2)
+    # a square size is the shorter side to size / 0.875, as before
+    square = Image.fromarray(np.zeros((300, 500, 3), np.uint8))
+    assert center_crop(square, 224).shape == center_crop(square, (224, 224)).shape == (224, 224, 3)
+    assert random_crop(img, (48, 192), np.random.default_rng(0)).shape == (48, 192, 3)
 
 
 def test_calib_dir_skips_non_images_with_a_warning(tmp_path, caplog):

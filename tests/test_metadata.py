@@ -49,7 +49,7 @@ def test_a_contract_that_drifts_from_the_metadata_is_caught(shufflenet_variants)
     contract = json.loads((shufflenet_variants / "preprocess.json").read_text())
     labels = (shufflenet_variants / "labels.txt").read_text().splitlines()
     metadata = read_metadata(shufflenet_variants / contract["variants"]["int8"]["file"])
-    drifted = {**contract, "mean": [0.5, 0.5, 0.5], "input_size": 256}
+    drifted = {**contract, "mean": [0.5, 0.5, 0.5], "input_size": [256, 256]}
     problems = disagreements(metadata, drifted, labels[::-1])
     assert [p.split(":")[0] for p in problems] == ["mean", "size", "labels"]
     assert disagreements(replace(metadata, color_space="BGR"), contract, labels)[0].startswith("color")

@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mobile_vision_export.export.images import heldout_batch, heldout_photos
+from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.onnx_graph import OnnxModel, TensorSpec, to_onnx_layout
 from mobile_vision_export.validate.metrics import compare, segmentation_agreement
 from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs
@@ -18,7 +20,7 @@ MODELS = ROOT / "tests" / "data" / "vision_models.py"
 
 def _graph(*shapes) -> OnnxModel:
     outputs = tuple(TensorSpec(f"out{k}", shape) for k, shape in enumerate(shapes))
-    return OnnxModel(ROOT, "test", 17, 1, "input", 64, outputs)
+    return OnnxModel(ROOT, "test", 17, 1, "input", (64, 64), outputs)
 
 
 def test_the_task_comes_from_the_outputs():
@@ -100,3 +102,61 @@ def test_an_embedder_gets_no_labels_and_neighbour_agreement(tmp_path):
     int8 = next(r for r in record["parity"] if r["variant"] == "int8")
     assert 0 <= int8["outputs"]["logits"]["nearest_neighbour_agreement"] <= 1
     assert int8["thresholds"]["min_top1"] == 0  # no top-1 for an embedding
+
+
+def _dynamic_onnx(module, path, size) -> None:
+    """`module` as other frameworks export it: batch, height and width symbolic."""
+    torch.onnx.export(
+        module.eval(),
+        torch.zeros(1, 3, *size),
+        str(path),
+        input_names=["images"],
+        output_names=["out"],
+        dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, "out": {0: "n"}},
+        dynamo=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_dynamic_size_onnx_classifier_exports_at_48x192(tmp_path):
+    """A text-line-shaped input: height 48, width 192. Photos are scaled to cover 55x219 and centre-cropped."""
+    from tests.data.tiny_model import build
+
+    torch.manual_seed(0)
+    _dynamic_onnx(build(), tmp_path / "lines.onnx", (32, 32))
+    args = ["--onnx", "lines.onnx", "--input-size", "48x192", "--quant", "all", "--calib-samples", "64", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    out = tmp_path / "out" / "lines"
+    record, contract = (json.loads((out / name).read_text()) for name in ("parity.json", "preprocess.json"))
+    assert contract["input_size"] == [48, 192] and contract["resize"]["cover"] == [55, 219]
+    assert record["model"]["input_size"] == [48, 192]
+    assert contract["variants"]["int8"]["input"]["shape"] == [1, 48, 192, 3]
+    rows = {r["variant"]: r for r in record["parity"]}
+    assert set(rows) == {"fp32", "fp16", "dynamic", "int8"} and _sqnr(rows["fp32"]["outputs"]["out"]) > 60
+    assert rows["int8"]["outputs"]["out"]["sqnr_db"] > 10  # a random-weight network: read SQNR, not top-1
+    assert read_metadata(out / "lines_int8.tflite").size == (192, 48)  # width, height
+    # the held-out crops the export compared on are the contract's: ONNX Runtime on them gives the parity's reference
+    crops = heldout_batch(heldout_photos()[:8], contract["input_size"])
+    assert crops.shape == (8, 48, 192, 3)
+
+
+@pytest.mark.slow
+def test_a_dynamic_size_onnx_text_detector_exports_at_640(tmp_path):
+    """A dense [1, 1, H, W] probability map from an ONNX file with symbolic sizes, fixed at 640x640."""
+    from tests.data.vision_models import TextDet
+
+    torch.manual_seed(0)
+    _dynamic_onnx(TextDet(), tmp_path / "text.onnx", (64, 64))
+    args = ["--onnx", "text.onnx", "--input-size", "640", "--quant", "all", "--calib-samples", "32", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    out = tmp_path / "out" / "text"
+    record, contract = (json.loads((out / name).read_text()) for name in ("parity.json", "preprocess.json"))
+    assert record["model"]["task"] == "tensor" and contract["outputs"] == [
+        {"name": "out", "onnx_shape": [1, 1, 640, 640]}
+    ]
+    rows = {r["variant"]: r for r in record["parity"]}
+    assert _sqnr(rows["fp32"]["outputs"]["out"]) > 60
+    assert contract["variants"]["int8"]["outputs"][0]["shape"] == [1, 640, 640, 1]
+    assert rows["int8"]["outputs"]["out"]["cosine_mean"] > 0.9

@@ -1,4 +1,5 @@
-"""Small non-classifiers for tests of --model file.py:factory: a segmenter and a two-output detector head."""
+"""Small non-classifiers for tests of --model file.py:factory (a segmenter, a two-output detector head) and for
+third-party-style ONNX files (a text detector's dense probability map)."""
 
 from torch import nn
 
@@ -31,6 +32,20 @@ class Det(nn.Module):
         b = self.boxes(f).flatten(2).transpose(1, 2)
         s = self.scores(f).flatten(2).transpose(1, 2)
         return b, s
+
+
+class TextDet(nn.Module):
+    """A text-detection-style map: one probability per input pixel, [1, 1, H, W] (as DBNet-like detectors give)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.Conv2d(8, 1, 1), nn.Upsample(scale_factor=4, mode="nearest"), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.head(self.body(x))
 
 
 def seg():

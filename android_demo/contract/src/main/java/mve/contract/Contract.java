@@ -5,8 +5,11 @@ import java.util.Map;
 
 /** The preprocessing contract from preprocess.json: how to turn a photo into the model's input, and back. */
 public final class Contract {
-    public final int inputSize;
-    public final int shorterSide;
+    /** The input's height and width, and the size a photo is scaled to cover before the centre crop. */
+    public final int inputHeight;
+    public final int inputWidth;
+    public final int coverHeight;
+    public final int coverWidth;
     public final float[] mean;
     public final float[] std;
     /** Scale and zero point of the quantized input and output (scale 0 for a float tensor). */
@@ -19,10 +22,12 @@ public final class Contract {
     public final String inputType;
     public final String outputType;
 
-    public Contract(int inputSize, int shorterSide, float[] mean, float[] std, double inputScale, int inputZeroPoint,
+    public Contract(int[] inputSize, int[] cover, float[] mean, float[] std, double inputScale, int inputZeroPoint,
                     double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType) {
-        this.inputSize = inputSize;
-        this.shorterSide = shorterSide;
+        this.inputHeight = inputSize[0];
+        this.inputWidth = inputSize[1];
+        this.coverHeight = cover[0];
+        this.coverWidth = cover[1];
         this.mean = mean;
         this.std = std;
         this.inputScale = inputScale;
@@ -51,8 +56,8 @@ public final class Contract {
         Map<String, Object> input = (Map<String, Object>) entry.get("input");
         Map<String, Object> output = (Map<String, Object>) entry.get("output");
         return new Contract(
-                ((Double) root.get("input_size")).intValue(),
-                ((Double) resize.get("shorter_side")).intValue(),
+                ints((List<Object>) root.get("input_size")),
+                ints((List<Object>) resize.get("cover")),
                 floats((List<Object>) root.get("mean")),
                 floats((List<Object>) root.get("std")),
                 number(input.get("scale")), (int) number(input.get("zero_point")),
@@ -82,6 +87,13 @@ public final class Contract {
 
     private static double number(Object value) {
         return value == null ? 0 : (Double) value;
+    }
+
+    private static int[] ints(List<Object> values) {
+        if (values.size() != 2) {
+            throw new IllegalArgumentException("expected [height, width], got " + values);
+        }
+        return new int[] {((Double) values.get(0)).intValue(), ((Double) values.get(1)).intValue()};
     }
 
     private static float[] floats(List<Object> values) {

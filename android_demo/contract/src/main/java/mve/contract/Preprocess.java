@@ -41,16 +41,17 @@ public final class Preprocess {
 
     /** The resized, center-cropped RGB bytes (NHWC): the input tensor itself when the model takes pixels. */
     public static byte[] toPixels(byte[] rgb, int width, int height, Contract contract) {
-        int size = contract.inputSize;
-        double scale = (double) contract.shorterSide / Math.min(width, height);
-        int newWidth = Math.max(size, (int) Math.rint(width * scale));
-        int newHeight = Math.max(size, (int) Math.rint(height * scale));
+        int cropHeight = contract.inputHeight;
+        int cropWidth = contract.inputWidth;
+        double scale = Math.max((double) contract.coverWidth / width, (double) contract.coverHeight / height);
+        int newWidth = Math.max(cropWidth, (int) Math.rint(width * scale));
+        int newHeight = Math.max(cropHeight, (int) Math.rint(height * scale));
         byte[] resized = resizeBilinear(rgb, width, height, newWidth, newHeight);
-        int left = (newWidth - size) / 2;
-        int top = (newHeight - size) / 2;
-        byte[] out = new byte[size * size * 3];
-        for (int y = 0; y < size; y++) {
-            System.arraycopy(resized, ((top + y) * newWidth + left) * 3, out, y * size * 3, size * 3);
+        int left = (newWidth - cropWidth) / 2;
+        int top = (newHeight - cropHeight) / 2;
+        byte[] out = new byte[cropHeight * cropWidth * 3];
+        for (int y = 0; y < cropHeight; y++) {
+            System.arraycopy(resized, ((top + y) * newWidth + left) * 3, out, y * cropWidth * 3, cropWidth * 3);
         }
         return out;
     }

@@ -88,11 +88,13 @@ public class GoldenVectorTest {
     @Test
     public void commonMistakesAreCaught() throws IOException {
         Contract right = contract();
-        Contract wrongMean = new Contract(right.inputSize, right.shorterSide, new float[] {0.5f, 0.5f, 0.5f},
+        Contract wrongMean = new Contract(new int[] {right.inputHeight, right.inputWidth},
+                new int[] {right.coverHeight, right.coverWidth}, new float[] {0.5f, 0.5f, 0.5f},
                 new float[] {0.5f, 0.5f, 0.5f}, right.inputScale, right.inputZeroPoint, right.outputScale,
                 right.outputZeroPoint, right.modelFile, right.inputType, right.outputType);
         int otherZero = right.inputZeroPoint == 0 ? -128 : 0;  // int8's for a uint8 input, and the other way
-        Contract wrongZeroPoint = new Contract(right.inputSize, right.shorterSide, right.mean, right.std,
+        Contract wrongZeroPoint = new Contract(new int[] {right.inputHeight, right.inputWidth},
+                new int[] {right.coverHeight, right.coverWidth}, right.mean, right.std,
                 right.inputScale, otherZero, right.outputScale, right.outputZeroPoint, right.modelFile,
                 right.inputType, right.outputType);
         for (Map<String, Object> c : cases()) {
