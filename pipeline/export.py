@@ -211,7 +211,9 @@ def _export_one(args, argv: list[str]) -> int:
         status = "pass" if row.passed else "FAIL: " + "; ".join(row.failures)
         console.print(
             f"  {row.variant:>7} vs {row.reference:<11} SQNR {row.metrics.sqnr_db:6.1f} dB  "
-            f"cosine {row.metrics.cosine_mean:.5f}  top-1 agree {row.metrics.top1_agreement:4.0%}  {status}"
+            f"cosine {row.metrics.cosine_mean:.5f}  "
+            + ("" if row.metrics.top1_agreement is None else f"top-1 agree {row.metrics.top1_agreement:4.0%}  ")
+            + status
         )
     written = ["report.md", "parity.json", "preprocess.json"] + ["labels.txt"] * (
         result.out_dir / "labels.txt"

@@ -119,23 +119,24 @@ def _figures(job: Job) -> dict[str, list[str]]:
     """report.html's plots, by the report.md section they follow."""
     rows = job.rows
     finite = [r.metrics.sqnr_db for r in rows if r.metrics.sqnr_db < float("inf")]
-    figures = {
-        "Parity": [
-            bar_chart(
-                "SQNR of each variant against its reference on the held-out photos (longer is closer)",
-                [
-                    Bar(f"{r.variant} vs {r.reference}", r.metrics.sqnr_db, f"{format_sqnr(r.metrics.sqnr_db)} dB")
-                    for r in rows
-                ],
-                max(finite + [1.0]),
-            ),
-            bar_chart(
-                "Top-1 agreement with the reference on the held-out photos",
-                [Bar(r.variant, r.metrics.top1_agreement, f"{r.metrics.top1_agreement:.1%}") for r in rows],
-                1.0,
-            ),
-        ]
-    }
+    parity = [
+        bar_chart(
+            "SQNR of each variant against its reference on the held-out photos (longer is closer)",
+            [
+                Bar(f"{r.variant} vs {r.reference}", r.metrics.sqnr_db, f"{format_sqnr(r.metrics.sqnr_db)} dB")
+                for r in rows
+            ],
+            max(finite + [1.0]),
+        )
+    ]
+    agreements = [
+        Bar(r.variant, r.metrics.top1_agreement, f"{r.metrics.top1_agreement:.1%}")
+        for r in rows
+        if r.metrics.top1_agreement is not None
+    ]
+    if agreements:
+        parity.append(bar_chart("Top-1 agreement with the reference on the held-out photos", agreements, 1.0))
+    figures = {"Parity": parity}
     if job.accuracy is not None:
         figures["Accuracy on your labelled photos"] = _accuracy_figures(job)
     if job.diagnosis is not None:

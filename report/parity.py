@@ -9,9 +9,9 @@ from mobile_vision_export.export.tflite_inspect import LAYOUT_OPS, TfliteSummary
 from mobile_vision_export.validate.parity import VariantParity
 
 
-def _json_number(value: float) -> float | None:
-    """JSON has no infinity: an exact match (SQNR inf) is written as null."""
-    return value if math.isfinite(value) else None
+def _json_number(value: float | None) -> float | None:
+    """JSON has no infinity: an exact match (SQNR inf) is written as null, as is a metric that does not apply."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def parity_json(
@@ -42,6 +42,10 @@ def parity_json(
             for r in rows
         ],
     }
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def format_sqnr(value: float | None) -> str:
@@ -142,7 +146,7 @@ def render_report(
         result = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
         lines.append(
             f"| {r.variant} | {r.reference} | {m.max_abs:.3g} | {m.mean_abs:.3g} | {m.cosine_mean:.6f} / "
-            f"{m.cosine_min:.6f} | {format_sqnr(m.sqnr_db)} | {m.top1_agreement:.0%} | {m.top5_overlap:.0%} | "
+            f"{m.cosine_min:.6f} | {format_sqnr(m.sqnr_db)} | {_share(m.top1_agreement)} | {_share(m.top5_overlap)} | "
             f"{acc} | {thr} | {result} |"
         )
     lines += ["", "## Op histogram", ""]

@@ -28,6 +28,13 @@ def test_top1_and_top5():
     assert compare(ref, swapped).top5_overlap == pytest.approx((4 / 5 + 1) / 2)
 
 
+def test_outputs_that_are_not_class_scores_have_no_top1_and_cannot_fail_on_it():
+    ref = np.array([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    m = compare(ref, ref[:, ::-1].copy(), classes=False)  # every argmax differs
+    assert m.top1_agreement is None and m.top5_overlap is None
+    assert not any("top-1" in f for f in failures(m, DEFAULTS["int8"]))
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="differ in shape"):
         compare(np.zeros((2, 3)), np.zeros((2, 4)))

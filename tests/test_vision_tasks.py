@@ -160,3 +160,4 @@ def test_a_dynamic_size_onnx_text_detector_exports_at_640(tmp_path):
     assert _sqnr(rows["fp32"]["outputs"]["out"]) > 60
     assert contract["variants"]["int8"]["outputs"][0]["shape"] == [1, 640, 640, 1]
     assert rows["int8"]["outputs"]["out"]["cosine_mean"] > 0.9
+    assert rows["int8"]["metrics"]["top1_agreement"] is None and "top-1" not in proc.stderr  # a map has no top-1

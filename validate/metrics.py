@@ -15,8 +15,8 @@ class ParityMetrics:
     cosine_mean: float
     cosine_min: float
     sqnr_db: float
-    top1_agreement: float
-    top5_overlap: float
+    top1_agreement: float | None  # None: the output is not class scores (a map, boxes, an embedding)
+    top5_overlap: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,8 +37,9 @@ def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.where((norm_ref == 0) & (norm_cand == 0), 1.0, cos)  # two zero vectors agree
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
-    """All parity metrics of `candidate` against `reference`, over N samples of logits."""
+def compare(reference: np.ndarray, candidate: np.ndarray, classes: bool = True) -> ParityMetrics:
+    """All parity metrics of `candidate` against `reference`, over N samples; top-1 and top-5 only when the
+    outputs are class scores (the argmax of a flattened map or box list means nothing)."""
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"outputs differ in shape: {reference.shape} vs {candidate.shape}")
     diff = np.abs(reference.astype(np.float64) - candidate)
@@ -54,8 +55,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
         cosine_mean=float(cos.mean()),
         cosine_min=float(cos.min()),
         sqnr_db=sqnr_db(reference, candidate),
-        top1_agreement=float(np.mean(top5_ref[:, 0] == top5_cand[:, 0])),
-        top5_overlap=float(overlap),
+        top1_agreement=float(np.mean(top5_ref[:, 0] == top5_cand[:, 0])) if classes else None,
+        top5_overlap=float(overlap) if classes else None,
     )
 
 

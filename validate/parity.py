@@ -39,7 +39,7 @@ def _accuracy(logits: np.ndarray, labels: list[int | None]) -> float | None:
 def _compared(reference: np.ndarray, output: np.ndarray, task: str) -> tuple[ParityMetrics, dict]:
     """Parity metrics of one output over the photos, and the task's own metrics."""
     n = len(reference)
-    metrics = compare(reference.reshape(n, -1), output.reshape(n, -1))
+    metrics = compare(reference.reshape(n, -1), output.reshape(n, -1), classes=task == "classify")
     extra = {}
     if task == "segment":
         extra = segmentation_agreement(reference, output)

@@ -58,6 +58,6 @@ def failures(metrics: ParityMetrics, t: Thresholds) -> list[str]:
         out.append(f"SQNR {metrics.sqnr_db:.1f} dB < {t.min_sqnr_db:g} dB")
     if not metrics.cosine_mean >= t.min_cosine:
         out.append(f"cosine {metrics.cosine_mean:.6f} < {t.min_cosine:g}")
-    if not metrics.top1_agreement >= t.min_top1:
+    if metrics.top1_agreement is not None and not metrics.top1_agreement >= t.min_top1:
         out.append(f"top-1 agreement {metrics.top1_agreement:.1%} < {t.min_top1:.0%}")
     return out
