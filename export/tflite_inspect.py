@@ -198,3 +198,43 @@ def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
     return ((q.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)
+
+
+_ITEM_BYTES = {"float32": 4, "int32": 4, "float16": 2, "int16": 2, "int8": 1, "uint8": 1, "int64": 8, "bool": 1}
+
+
+@dataclass(frozen=True)
+class OpTraffic:
+    op: str
+    constant_bytes: int  # weights and biases stored in the file
+    activation_bytes: int  # tensors the op reads and writes at run time
+
+
+def op_traffic(path: Path) -> list[OpTraffic]:
+    """The bytes each op of the main subgraph reads and writes, split into stored constants and activations."""
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    graph = model.Subgraphs(0)
+
+    def nbytes(index: int) -> tuple[int, bool]:
+        tensor = graph.Tensors(index)
+        buffer = model.Buffers(tensor.Buffer())
+        size = int(np.prod(tensor.ShapeAsNumpy())) * _ITEM_BYTES.get(_TYPE_NAMES.get(tensor.Type()), 4)
+        return size, bool(buffer.DataLength() or buffer.Size())
+
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        constant = activation = 0
+        for t in [*op.InputsAsNumpy(), *op.OutputsAsNumpy()]:
+            if t < 0:
+                continue
+            size, stored = nbytes(int(t))
+            constant += size if stored else 0
+            activation += 0 if stored else size
+        out.append(
+            OpTraffic(
+                op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode()), constant, activation
+            )
+        )
+    return out

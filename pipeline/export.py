@@ -25,6 +25,7 @@ from mobile_vision_export.pipeline.sources import SourceError
 from mobile_vision_export.pipeline.zoo import export_many, write_summary
 from mobile_vision_export.profiling.arm_setup import default_cache
 from mobile_vision_export.profiling.cores import parse_cores
+from mobile_vision_export.profiling.devices import parse_devices
 from mobile_vision_export.profiling.run import ProfileRequest
 
 EXIT_PARITY_FAILED = 1
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile-arm", help="with --profile: also emulated ARM cores, e.g. a53,a76")
     p.add_argument(
+        "--profile-device", help="with --profile: also estimated milliseconds on named devices, e.g. pixel-4"
+    )
+    p.add_argument(
         "--jobs",
         type=positive_int,
         default=1,
@@ -162,10 +166,13 @@ def _check_flags(args) -> None:
         raise SourceError("--weights and --labels apply to one model, not to --all")
     if args.jobs > 1 and not args.all:
         raise SourceError("--jobs applies to --all (one export uses the converter's own threads)")
-    if args.profile_arm and not args.profile:
-        raise SourceError("--profile-arm goes with --profile")
+    for flag, value in (("--profile-arm", args.profile_arm), ("--profile-device", args.profile_device)):
+        if value and not args.profile:
+            raise SourceError(f"{flag} goes with --profile")
     if args.profile_arm:
-        parse_cores(args.profile_arm)  # an unknown core fails before the export, not after
+        parse_cores(args.profile_arm)  # an unknown core or device fails before the export, not after
+    if args.profile_device:
+        parse_devices(args.profile_device)
     # the rest is checked by export_model (pipeline.checks), for the API as for the flags
 
 
@@ -221,7 +228,8 @@ def _export_one(args, argv: list[str]) -> int:
     console.print(f"  artifacts: {result.out_dir}/ ({', '.join(written)})")
     if args.profile:
         cores = parse_cores(args.profile_arm) if args.profile_arm else []
-        request = ProfileRequest(host=True, cores=cores, arm_cache=default_cache())
+        devices = parse_devices(args.profile_device) if args.profile_device else []
+        request = ProfileRequest(host=True, cores=cores, devices=devices, arm_cache=default_cache())
         profile_run(list(result.files.values()), request, result.out_dir)
     if not result.passed:
         reasons = "; ".join(result.failures)

@@ -1,4 +1,5 @@
-"""python -m pipeline.profile: latency on the host, emulated ARM instruction counts, real devices over adb."""
+"""python -m pipeline.profile: latency on the host, emulated ARM instruction counts and estimated milliseconds on
+named devices, real devices over adb."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mobile_vision_export.pipeline.arguments import positive_int
 from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
 from mobile_vision_export.profiling.arm_setup import default_cache
 from mobile_vision_export.profiling.cores import parse_cores
+from mobile_vision_export.profiling.devices import DEVICES, parse_devices
 from mobile_vision_export.profiling.run import ProfileRequest, profile_models
 from mobile_vision_export.report.document import read_report
 from mobile_vision_export.report.profile import SECTION, profile_figures, render_profile
@@ -38,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=[1, 2], help="host and device thread counts (default 1,2)")
     p.add_argument("--warmups", type=positive_int, default=10, help="warm-up inferences before timing (default 10)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed inferences (default 50)")
+    p.add_argument(
+        "--device",
+        help=f"estimated milliseconds on named devices, e.g. pixel-4 (choose from {', '.join(DEVICES)}; "
+        "emulates their cores, needs 'mve-arm-setup')",
+    )
+    p.add_argument(
+        "--estimate-threads",
+        type=_threads,
+        default=[1, 4],
+        help="thread counts for the device estimates (default 1,4)",
+    )
     p.add_argument("--arm-runs", type=positive_int, default=3, help="counted emulated inferences per core (default 3)")
     p.add_argument("--arm-cache", type=Path, default=default_cache(), help="ARM set-up folder (default %(default)s)")
     p.add_argument("--adb", action="store_true", help="also run on an attached Android device")
@@ -71,9 +84,12 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cores = parse_cores(args.arm) if args.arm else []
+        devices = parse_devices(args.device) if args.device else []
         request = ProfileRequest(
-            host=args.host or not (cores or args.adb),
+            host=args.host or not (cores or devices or args.adb),
             cores=cores,
+            devices=devices,
+            estimate_threads=tuple(args.estimate_threads),
             threads=args.threads,
             warmups=args.warmups,
             runs=args.runs,

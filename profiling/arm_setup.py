@@ -1,8 +1,9 @@
 """mve-arm-setup: install what ARM emulation needs into a cache folder (reused when present).
 
 qemu-user (Debian package), an arm64 Python 3.11 sysroot (Debian arm64 packages unpacked, not installed),
-aarch64 wheels of LiteRT and numpy, and the project's instruction-counting qemu plugin, built from
-profiling/qemu_plugin/insn_window.c against qemu-plugin.h taken from Debian's qemu source package.
+aarch64 wheels of LiteRT and numpy, the project's instruction-counting qemu plugin, built from
+profiling/qemu_plugin/insn_window.c against qemu-plugin.h taken from Debian's qemu source package, and Debian's
+LLVM (unpacked, not installed) for llvm-mca's cycle estimates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.profiling.cores import CORES
+from mobile_vision_export.profiling.cycles import LLVM_VERSION
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_window.c"
 ARM_PACKAGES = ["python3.11:arm64", "libstdc++6:arm64"]
@@ -216,10 +218,30 @@ def ensure_core_roots(cache: Path, sysroot: Path) -> dict[str, Path]:
     return roots
 
 
+def ensure_llvm(cache: Path) -> Path:
+    """Debian's LLVM (llvm-mca, llvm-mc) unpacked with dpkg -x: its scheduling models give the cycle estimate."""
+    root = cache / "llvm"
+    if (root / "usr" / "lib" / f"llvm-{LLVM_VERSION}" / "bin" / "llvm-mca").is_file():
+        return root
+    debs = cache / "llvm-debs"
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    _log(f"downloading LLVM {LLVM_VERSION} (llvm-mca)")
+    _run(["apt-get", "download", f"llvm-{LLVM_VERSION}", f"libllvm{LLVM_VERSION}"], "apt-get download llvm", cwd=debs)
+    staging = cache / "llvm.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
+    staging.rename(root)
+    shutil.rmtree(debs, ignore_errors=True)
+    return root
+
+
 def setup(cache: Path) -> None:
     qemu = ensure_qemu()
     sysroot = ensure_sysroot(cache)
     ensure_wheels(cache)
     ensure_plugin(cache)
+    ensure_llvm(cache)
     ensure_core_roots(cache, sysroot)
     _log(f"ready in {cache} ({qemu})")

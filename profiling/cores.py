@@ -16,6 +16,8 @@ class Core:
     qemu_cpu: str  # must offer the instructions the cpuinfo claims, or chosen kernels hit SIGILL
     part: str  # ARM "CPU part" number that cpuinfo-based kernel selection keys on
     features: str
+    mca_cpu: str  # llvm-mca scheduling model for the cycle estimate
+    in_order: bool = False
     variant: str = "0x0"
     revision: str = "4"
 
@@ -29,9 +31,12 @@ class Core:
 
 # qemu 7.2 has no cortex-a55 model; cortex-a76 offers the same ARMv8.2 dot-product and fp16 instructions.
 CORES = {
-    "a53": Core("a53", "cortex-a53", "0xd03", _BASE_FEATURES),
-    "a55": Core("a55", "cortex-a76", "0xd05", _V82_FEATURES, variant="0x2", revision="0"),
-    "a76": Core("a76", "cortex-a76", "0xd0b", _V82_FEATURES, variant="0x4", revision="1"),
+    "a53": Core("a53", "cortex-a53", "0xd03", _BASE_FEATURES, "cortex-a53", in_order=True),
+    "a55": Core("a55", "cortex-a76", "0xd05", _V82_FEATURES, "cortex-a55", in_order=True, variant="0x2", revision="0"),
+    "a57": Core("a57", "cortex-a57", "0xd07", _BASE_FEATURES, "cortex-a57", variant="0x1", revision="1"),
+    "a72": Core("a72", "cortex-a72", "0xd08", _BASE_FEATURES, "cortex-a72", revision="3"),
+    # LLVM has no Cortex-A76 model of its own; the Neoverse N1 is the same microarchitecture in a server chip.
+    "a76": Core("a76", "cortex-a76", "0xd0b", _V82_FEATURES, "neoverse-n1", variant="0x4", revision="1"),
 }
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.profiling.cores import Core
+from mobile_vision_export.profiling.cycles import CycleCount, Llvm, count_cycles, read_blocks
 from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
@@ -61,6 +62,7 @@ class EmulatedRun:
     families: dict[str, int]  # of the first counted run
     top_symbols: list[tuple[str, int]]
     output: np.ndarray = field(repr=False)
+    cycles: CycleCount | None = None  # llvm-mca's core cycles of the first counted run
 
     @property
     def spread(self) -> float:
@@ -69,7 +71,8 @@ class EmulatedRun:
         return float((values.max() - values.min()) / values.mean())
 
 
-def _windows(counts_text: str) -> list[dict[int, int]]:
+def _windows(counts_text: str) -> list[dict[tuple[int, int], int]]:
+    """Per counted run: executions of each block, keyed by (start address, instructions in block)."""
     windows, current = [], None
     for line in counts_text.splitlines():
         if line.startswith("window"):
@@ -78,8 +81,8 @@ def _windows(counts_text: str) -> list[dict[int, int]]:
             windows.append(current)
         elif current is not None:
             address, insns, execs = line.split()
-            key = int(address, 16)
-            current[key] = current.get(key, 0) + int(insns) * int(execs)
+            key = (int(address, 16), int(insns))
+            current[key] = current.get(key, 0) + int(execs)
     return windows
 
 
@@ -88,6 +91,7 @@ def run_emulated(
     input_array: np.ndarray,
     core: Core,
     env: ArmEnvironment,
+    llvm: Llvm | None = None,
     warmups: int = 1,
     runs: int = 3,
     timeout_s: int = 1800,
@@ -137,10 +141,20 @@ def run_emulated(
         windows = _windows(counts.read_text())
         if len(windows) != runs:
             raise EmulationError(f"expected {runs} counted runs on {core.name}, the plugin recorded {len(windows)}")
-        symbols = attribute(windows[0], (tmp_path / "maps.txt").read_text(), env.root(core))
+        maps_text = (tmp_path / "maps.txt").read_text()
+        by_address: dict[int, int] = {}
+        for (address, insns), execs in windows[0].items():
+            by_address[address] = by_address.get(address, 0) + insns * execs
+        symbols = attribute(by_address, maps_text, env.root(core))
+        cycles = (
+            count_cycles(read_blocks(windows[0], maps_text, env.root(core)), core.mca_cpu, llvm, core.in_order)
+            if llvm
+            else None
+        )
         output = np.load(tmp_path / "output.npy")
     families = dict.fromkeys(FAMILIES, 0)
     for name, count in symbols.items():
         families[family_of(name.split("!", 1)[-1])] += count
     top = sorted(symbols.items(), key=lambda kv: -kv[1])[:12]
-    return EmulatedRun(core.name, core.qemu_cpu, [sum(w.values()) for w in windows], families, top, output)
+    instructions = [sum(insns * execs for (_, insns), execs in w.items()) for w in windows]
+    return EmulatedRun(core.name, core.qemu_cpu, instructions, families, top, output, cycles)

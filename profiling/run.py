@@ -12,12 +12,15 @@ from ai_edge_litert.interpreter import Interpreter
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.provenance import sha256_array, tool_versions
-from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_traffic, quantize
 from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.profiling import device
 from mobile_vision_export.profiling.arm_setup import emulated_litert
-from mobile_vision_export.profiling.cores import Core
+from mobile_vision_export.profiling.cores import CORES, Core
+from mobile_vision_export.profiling.cycles import find_llvm
+from mobile_vision_export.profiling.devices import Device
 from mobile_vision_export.profiling.emulated import find_environment, run_emulated
+from mobile_vision_export.profiling.estimate import estimate, estimate_note
 from mobile_vision_export.profiling.host import measure_host
 
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
@@ -35,6 +38,14 @@ class ProfileRequest:
     serial: str | None = None
     benchmark_binary: Path | None = None
     arm_cache: Path | None = None
+    devices: list[Device] = field(default_factory=list)
+    estimate_threads: tuple[int, ...] = (1, 4)
+
+    @property
+    def emulated_cores(self) -> list[Core]:
+        """The cores asked for plus those the devices' estimates need, each once."""
+        names = [c.name for c in self.cores] + [name for d in self.devices for name in d.cores]
+        return [CORES[name] for name in dict.fromkeys(names)]
 
 
 def model_input(model: Path) -> tuple[np.ndarray, str]:
@@ -73,7 +84,7 @@ def compare_outputs(arm: np.ndarray, x86: np.ndarray) -> dict:
 
 
 def _emulated_litert(request: ProfileRequest) -> str:
-    if not request.cores or request.arm_cache is None:
+    if not request.emulated_cores or request.arm_cache is None:
         return "not used (no emulated cores)"
     return emulated_litert(request.arm_cache)
 
@@ -98,14 +109,18 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
         "host": [],
         "arm": [],
         "device": None,
+        "estimates": [],
     }
     if request.host:
         result["host"] = [measure_host(model, x, t, request.warmups, request.runs).as_dict() for t in request.threads]
-    if request.cores:
+    cycles = {}
+    if request.emulated_cores:
         env = find_environment(request.arm_cache)
+        llvm = find_llvm(request.arm_cache)
         reference = host_output(model, x)
-        for core in request.cores:
-            run = run_emulated(model, x, core, env, runs=request.arm_runs)
+        for core in request.emulated_cores:
+            run = run_emulated(model, x, core, env, llvm, runs=request.arm_runs)
+            cycles[core.name] = run.cycles
             check = compare_outputs(run.output, reference)
             result["arm"].append(
                 {
@@ -117,9 +132,14 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
                     "spread": run.spread,
                     "families": run.families,
                     "top_symbols": [[name, count] for name, count in run.top_symbols],
+                    "cycles": run.cycles.as_dict(),
                     "output_check": check,
                 }
             )
+    traffic = op_traffic(model) if request.devices else []
+    for named in request.devices:
+        for threads in request.estimate_threads:
+            result["estimates"].append(estimate(named, cycles, traffic, threads).as_dict())
     if request.adb:
         result["device"] = _device_result(model, request)
     return result
@@ -167,6 +187,7 @@ def profile_models(models: list[Path], request: ProfileRequest) -> dict:
             "qemu": _qemu_version(),
             "ai-edge-litert (emulated ARM runs)": _emulated_litert(request),
         },
+        "estimate_note": estimate_note(),
         "note": "ARM figures are instructions executed by an emulated CPU (qemu), not time; "
         "host figures are wall time on this machine's CPU; device figures come from benchmark_model",
         "int8_over_fp32_instructions": ratios,

@@ -95,21 +95,29 @@ def _symbols_for(path: str) -> ElfSymbols | None:
         return None
 
 
-def attribute(blocks: dict[int, int], maps_text: str, root: Path) -> dict[str, int]:
-    """Instruction counts per symbol ('library!function'), from per-block-address counts."""
+def symbol_lookup(maps_text: str, root: Path):
+    """A function from guest code address to 'library!function' ('[unmapped]' outside file-backed code)."""
     mappings = executable_mappings(maps_text)
     starts = [m.start for m in mappings]
-    totals: dict[str, int] = {}
-    for address, count in blocks.items():
+
+    def name_of(address: int) -> str:
         i = bisect.bisect_right(starts, address) - 1
         if i < 0 or address >= mappings[i].end:
-            key = "[unmapped]"
-        else:
-            m = mappings[i]
-            in_root = root / m.path.lstrip("/")  # qemu -L resolves guest paths under the root first
-            host_path = str(in_root) if in_root.is_file() else m.path
-            table = _symbols_for(host_path)
-            name = table.name_at(address - m.start + m.file_offset) if table else None
-            key = f"{Path(m.path).name}!{name or '?'}"
+            return "[unmapped]"
+        m = mappings[i]
+        in_root = root / m.path.lstrip("/")  # qemu -L resolves guest paths under the root first
+        table = _symbols_for(str(in_root) if in_root.is_file() else m.path)
+        name = table.name_at(address - m.start + m.file_offset) if table else None
+        return f"{Path(m.path).name}!{name or '?'}"
+
+    return name_of
+
+
+def attribute(blocks: dict[int, int], maps_text: str, root: Path) -> dict[str, int]:
+    """Instruction counts per symbol ('library!function'), from per-block-address counts."""
+    name_of = symbol_lookup(maps_text, root)
+    totals: dict[str, int] = {}
+    for address, count in blocks.items():
+        key = name_of(address)
         totals[key] = totals.get(key, 0) + count
     return totals

@@ -29,8 +29,9 @@ def render_profile(data: dict) -> str:
         lines += [
             "### ARM, emulated (instructions per inference, not milliseconds)",
             "",
-            "| model | core | emulated instructions | repeat spread | " + " | ".join(FAMILIES) + " | output vs x86 |",
-            "|---|---|---:|---:|" + "---:|" * len(FAMILIES) + "---|",
+            "| model | core | emulated instructions | repeat spread | " + " | ".join(FAMILIES) + " | core cycles "
+            "(llvm-mca model, all loads in L1) | output vs x86 |",
+            "|---|---|---:|---:|" + "---:|" * len(FAMILIES) + "---:|---|",
         ]
         for name, a in arms:
             total = a["instructions_per_inference"]
@@ -41,10 +42,31 @@ def render_profile(data: dict) -> str:
                 if check["match"]
                 else f"MISMATCH ({check['rule']})"
             )
-            lines.append(f"| {name} | {a['core']} | {total / 1e6:.2f} M | {a['spread']:.4%} | {shares} | {verdict} |")
+            cycles = a.get("cycles")
+            cycle_cell = f"{cycles['cycles'] / 1e6:.2f} M ({cycles['llvm_mca_model']})" if cycles else "-"
+            lines.append(
+                f"| {name} | {a['core']} | {total / 1e6:.2f} M | {a['spread']:.4%} | {shares} | {cycle_cell} | "
+                f"{verdict} |"
+            )
         for model, per_core in data["int8_over_fp32_instructions"].items():
             ratios = ", ".join(f"{core} {r:.2f}" for core, r in per_core.items())
             lines += ["", f"{model}: int8 / fp32 emulated instructions: {ratios}."]
+        lines.append("")
+    estimates = [(m["model"], e) for m in data["models"] for e in m.get("estimates", [])]
+    if estimates:
+        lines += [
+            "### Estimated milliseconds on named devices (a cycle model, not a measurement)",
+            "",
+            f"_{data['estimate_note']}_",
+            "",
+            "| model | device | threads | estimated ms | compute ms | DRAM ms | cores |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {e['compute_ms']:.1f} | "
+            f"{e['memory_ms']:.2f} | {e['cores']} |"
+            for name, e in estimates
+        ]
         lines.append("")
     devices = [(m["model"], m["device"]) for m in data["models"] if m["device"] is not None]
     if devices:

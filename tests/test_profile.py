@@ -1,6 +1,7 @@
 """Profiling: host latency, emulated ARM instruction counts (real qemu, real aarch64 LiteRT), device output parsing."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,11 +10,15 @@ from pathlib import Path
 import pytest
 
 from mobile_vision_export.errors import UserError
+from mobile_vision_export.export.tflite_inspect import OpTraffic
 from mobile_vision_export.pipeline.profile import main as profile_main
 from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
 from mobile_vision_export.profiling.cores import UnknownCoreError, parse_cores
+from mobile_vision_export.profiling.cycles import Block, CycleCount, count_cycles, find_llvm
 from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_output
-from mobile_vision_export.profiling.symbols import executable_mappings, family_of
+from mobile_vision_export.profiling.devices import Cluster, Device, UnknownDeviceError, parse_devices
+from mobile_vision_export.profiling.estimate import estimate
+from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of
 from mobile_vision_export.report.document import Report, read_report
 from tests.conftest import ROOT, error_lines
 
@@ -31,8 +36,8 @@ def test_benchmark_model_output_is_parsed():
 
 def test_core_names_and_kernel_families():
     assert [c.qemu_cpu for c in parse_cores("a53,A76")] == ["cortex-a53", "cortex-a76"]
-    with pytest.raises(UnknownCoreError, match="unknown ARM core 'a57': choose from a53, a55, a76"):
-        parse_cores("a53,a57")
+    with pytest.raises(UnknownCoreError, match="unknown ARM core 'a78': choose from a53, a55, a57, a72, a76"):
+        parse_cores("a53,a78")
     assert family_of("xnn_qs8_qc8w_igemm_minmax_fp32_ukernel_4x16c4__asm_aarch64_neondot_ld128") == "convolution/GEMM"
     assert family_of("xnn_qs8_qc8w_dwconv_minmax_fp32_ukernel_9p16c__neonv8_mla8_ld64") == "depthwise"
     assert family_of("xnn_x8_transposec_ukernel__16x16_reuse_dec_zip_neon") == "transpose/reshape/copy"
@@ -164,3 +169,62 @@ def test_adb_without_a_device_measures_nothing(tmp_path, capsys, shufflenet_vari
     assert code == 0
     device = json.loads((tmp_path / "profile.json").read_text())["models"][0]["device"]
     assert device == {"status": "not measured: no Android device attached"}
+
+
+def _encode(asm: str, llvm) -> tuple[int, ...]:
+    """Instruction words of aarch64 assembly, by llvm-mc."""
+    proc = llvm.run("llvm-mc", ["-triple=aarch64", "--show-encoding"], asm)
+    return tuple(
+        int.from_bytes(bytes(int(b, 16) for b in enc.split(",")), "little")
+        for enc in re.findall(r"encoding: \[([^\]]+)\]", proc.stdout)
+    )
+
+
+@pytest.mark.slow
+def test_cycle_model_on_hand_written_kernels(arm_cache):
+    """Loops whose cycles the Neoverse N1 (Cortex-A76) optimization guide fixes: FMLA (vector) has latency 4 and
+    two pipelines. Eight independent FMLAs take 4 cycles an iteration, a chain of four dependent ones 16."""
+    llvm = find_llvm(arm_cache)
+    independent = "".join(f"fmla v{i}.4s, v8.4s, v9.4s\n" for i in range(8))
+    chain = "".join(f"fmla v0.4s, v{i}.4s, v{i + 1}.4s\n" for i in range(8, 16, 2))
+    blocks = [
+        Block(0x1000, 8, 1000, "lib!xnn_f32_gemm_kernel", _encode(independent, llvm)),
+        Block(0x2000, 4, 10, "lib!xnn_f32_dwconv_kernel", _encode(chain, llvm)),
+        Block(0x3000, 5, 7, "[unmapped]", None),  # code that could not be read: at the others' cycles/instruction
+    ]
+    count = count_cycles(blocks, "neoverse-n1", llvm)
+    assert count.families["convolution/GEMM"] == pytest.approx(4 * 1000)
+    assert count.families["depthwise"] == pytest.approx(16 * 10)
+    simulated_cpi = (4 * 1000 + 16 * 10) / (8 * 1000 + 4 * 10)
+    assert count.families["other"] == pytest.approx(5 * 7 * simulated_cpi)
+    assert count.instructions == 8 * 1000 + 4 * 10 + 5 * 7 and count.blocks == 2
+    # in-order cores: the busiest execution resource (the A53's one FP multiply pipeline: 8 cycles for 8 FMLAs)
+    assert count_cycles(blocks[:1], "cortex-a53", llvm, in_order=True).cycles == pytest.approx(8 * 1000)
+
+
+def test_estimate_splits_kernels_over_threads_and_bounds_them_by_dram():
+    device = Device(
+        "test-phone",
+        "two fast cores, two slow ones",
+        (Cluster("a76", 2, 2.0), Cluster("a55", 2, 1.0)),
+        last_level_cache_mb=1.0,
+        dram_gb_per_s=1.0,
+        sources=("a test",),
+    )
+    fast = CycleCount(
+        "neoverse-n1", 0, 0, {**dict.fromkeys(FAMILIES, 0.0), "convolution/GEMM": 4e6, "other": 2e6}, 1, 1
+    )
+    slow = CycleCount("cortex-a55", 0, 0, {**dict.fromkeys(FAMILIES, 0.0), "convolution/GEMM": 8e6, "other": 4e6}, 1, 1)
+    cycles = {"a76": fast, "a55": slow}
+    small = [OpTraffic("CONV_2D", 1000, 1000)]  # everything stays in the 1 MiB cache
+    one = estimate(device, cycles, small, 1)
+    assert one.milliseconds == pytest.approx((4e6 + 2e6) / 2e9 * 1e3) and one.cores == "1x a76 @ 2 GHz"
+    four = estimate(device, cycles, small, 4)  # GEMM over 2 fast + 2 slow cores at their own rates; "other" on one
+    assert four.milliseconds == pytest.approx((1 / (2 * 2e9 / 4e6 + 2 * 1e9 / 8e6) + 2e6 / 2e9) * 1e3)
+    assert four.cores == "2x a76 @ 2 GHz + 2x a55 @ 1 GHz"
+    big = [OpTraffic("CONV_2D", 0, 8 * 2**20)]  # 8 MiB of activations: DRAM at 1 GB/s, slower than the compute
+    bound = estimate(device, cycles, big, 1)
+    assert bound.bound["convolution/GEMM"] == "memory"
+    assert bound.milliseconds == pytest.approx((8 * 2**20 / 1e9 + 2e6 / 2e9) * 1e3)
+    with pytest.raises(UnknownDeviceError, match="unknown device 'pixel-1': choose from pixel-4"):
+        parse_devices("pixel-4,pixel-1")
