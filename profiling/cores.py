@@ -35,6 +35,10 @@ CORES = {
     "a55": Core("a55", "cortex-a76", "0xd05", _V82_FEATURES, "cortex-a55", in_order=True, variant="0x2", revision="0"),
     "a57": Core("a57", "cortex-a57", "0xd07", _BASE_FEATURES, "cortex-a57", variant="0x1", revision="1"),
     "a72": Core("a72", "cortex-a72", "0xd08", _BASE_FEATURES, "cortex-a72", revision="3"),
+    # LLVM times the A72, A73 and A75 with its Cortex-A57 model. qemu 7.2 has no A73 or A75: the A72 model (no dot
+    # product, like the A73) and the A76 model (ARMv8.2 with dot product, like the A75) run their kernels.
+    "a73": Core("a73", "cortex-a72", "0xd09", _BASE_FEATURES, "cortex-a73", revision="2"),
+    "a75": Core("a75", "cortex-a76", "0xd0a", _V82_FEATURES, "cortex-a75", variant="0x2", revision="1"),
     # LLVM has no Cortex-A76 model of its own; the Neoverse N1 is the same microarchitecture in a server chip.
     "a76": Core("a76", "cortex-a76", "0xd0b", _V82_FEATURES, "neoverse-n1", variant="0x4", revision="1"),
 }

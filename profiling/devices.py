@@ -62,6 +62,22 @@ DEVICES = {
             ("Qualcomm Snapdragon 855 product brief", "LPDDR4X-4266, 4x16 bit"),
         ),
         Device(
+            "pixel-3a",
+            "Google Pixel 3a (Snapdragon 670: 2x Kryo 360 Gold (Cortex-A75) 2.0 GHz, 6x Kryo 360 Silver (A55) 1.7 GHz)",
+            (Cluster("a75", 2, 2.0), Cluster("a55", 6, 1.7)),
+            1.0,
+            14.9,
+            ("Qualcomm Snapdragon 670 product brief", "LPDDR4X-1866, 2x16 bit"),
+        ),
+        Device(
+            "pixel-2",
+            "Google Pixel 2 (Snapdragon 835: 4x Kryo 280 Gold (Cortex-A73) 2.35 GHz, 4x Kryo 280 Silver (A53) 1.9 GHz)",
+            (Cluster("a73", 4, 2.35), Cluster("a53", 4, 1.9)),
+            2.0,
+            29.8,
+            ("Qualcomm Snapdragon 835 product brief", "LPDDR4X-1866, 2x32 bit"),
+        ),
+        Device(
             "raspberry-pi-4",
             "Raspberry Pi 4 Model B (BCM2711: 4x Cortex-A72 1.5 GHz)",
             (Cluster("a72", 4, 1.5),),

@@ -36,7 +36,7 @@ def test_benchmark_model_output_is_parsed():
 
 def test_core_names_and_kernel_families():
     assert [c.qemu_cpu for c in parse_cores("a53,A76")] == ["cortex-a53", "cortex-a76"]
-    with pytest.raises(UnknownCoreError, match="unknown ARM core 'a78': choose from a53, a55, a57, a72, a76"):
+    with pytest.raises(UnknownCoreError, match="unknown ARM core 'a78': choose from a53, a55, a57, a72, a73, a75, a76"):
         parse_cores("a53,a78")
     assert family_of("xnn_qs8_qc8w_igemm_minmax_fp32_ukernel_4x16c4__asm_aarch64_neondot_ld128") == "convolution/GEMM"
     assert family_of("xnn_qs8_qc8w_dwconv_minmax_fp32_ukernel_9p16c__neonv8_mla8_ld64") == "depthwise"
