@@ -14,7 +14,8 @@ import numpy as np
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.profiling.cores import Core
 from mobile_vision_export.profiling.cycles import CycleCount, Llvm, count_cycles, read_blocks
-from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of
+from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of, symbol_lookup
+from mobile_vision_export.profiling.traffic import CacheTraffic, family_traffic
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
 SETUP_HINT = "run 'mve-arm-setup' to set it up"
@@ -63,6 +64,7 @@ class EmulatedRun:
     top_symbols: list[tuple[str, int]]
     output: np.ndarray = field(repr=False)
     cycles: CycleCount | None = None  # llvm-mca's core cycles of the first counted run
+    traffic: CacheTraffic | None = None  # simulated cache misses of the last counted run
 
     @property
     def spread(self) -> float:
@@ -71,19 +73,62 @@ class EmulatedRun:
         return float((values.max() - values.min()) / values.mean())
 
 
-def _windows(counts_text: str) -> list[dict[tuple[int, int], int]]:
-    """Per counted run: executions of each block, keyed by (start address, instructions in block)."""
-    windows, current = [], None
+@dataclass
+class Window:
+    """One counted run: executions of each block, keyed by (start address, instructions in block), and with cache
+    simulation the lines each block missed in each simulated cache."""
+
+    execs: dict[tuple[int, int], int] = field(default_factory=dict)
+    misses: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+
+
+def read_windows(counts_text: str) -> tuple[list[int], list[Window]]:
+    """The simulated cache sizes (none without cache simulation) and the counted runs."""
+    sizes, windows, current = [], [], None
     for line in counts_text.splitlines():
-        if line.startswith("window"):
-            current = {}
+        if line.startswith("caches"):
+            sizes = [int(v) for v in line.split()[1:]]
+        elif line.startswith("window"):
+            current = Window()
         elif line == "end":
             windows.append(current)
         elif current is not None:
-            address, insns, execs = line.split()
+            address, insns, execs, *misses = line.split()
             key = (int(address, 16), int(insns))
-            current[key] = current.get(key, 0) + int(execs)
-    return windows
+            current.execs[key] = current.execs.get(key, 0) + int(execs)
+            if misses:
+                previous = current.misses.get(key, [0] * len(misses))
+                current.misses[key] = [a + int(b) for a, b in zip(previous, misses)]
+    return sizes, windows
+
+
+def run_guest(
+    env: ArmEnvironment, core: Core, script: Path, args: list[str], counts: Path, caches: bool, timeout_s: int
+) -> subprocess.CompletedProcess:
+    """Run a Python script in the emulated aarch64 Python for `core`, the plugin writing its counts to `counts`."""
+    cmd = [
+        str(env.qemu),
+        "-L",
+        str(env.root(core)),
+        "-cpu",
+        core.qemu_cpu,
+        "-plugin",
+        f"{env.plugin},out={counts}" + (",caches=1" if caches else ""),
+        str(env.root(core) / "usr" / "bin" / "python3.11"),
+        str(script),
+        *args,
+    ]
+    guest_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(env.site_packages),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "LC_ALL": "C",
+    }
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=guest_env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise EmulationError(f"emulated run on {core.name} did not finish within {timeout_s} s") from None
 
 
 def run_emulated(
@@ -92,43 +137,21 @@ def run_emulated(
     core: Core,
     env: ArmEnvironment,
     llvm: Llvm | None = None,
+    caches: bool = False,
     warmups: int = 1,
     runs: int = 3,
     timeout_s: int = 1800,
 ) -> EmulatedRun:
     """Invoke `model` (1 thread) on `input_array` under qemu for `core`, counting the instructions between the
-    guest's two marker syscalls around invoke(): the inference plus a few hundred instructions of call overhead."""
+    guest's two marker syscalls around invoke(): the inference plus a few hundred instructions of call overhead.
+    With `llvm`, also the core cycles of the first counted run; with `caches`, the cache traffic of the last (the
+    caches warm from the runs before it)."""
     with tempfile.TemporaryDirectory(prefix="mve-arm-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "input.npy", input_array)
         counts = tmp_path / "counts.txt"
-        cmd = [
-            str(env.qemu),
-            "-L",
-            str(env.root(core)),
-            "-cpu",
-            core.qemu_cpu,
-            "-plugin",
-            f"{env.plugin},out={counts}",
-            str(env.root(core) / "usr" / "bin" / "python3.11"),
-            str(GUEST_SCRIPT),
-            str(Path(model).resolve()),
-            str(tmp_path / "input.npy"),
-            str(tmp_path),
-            str(warmups),
-            str(runs),
-        ]
-        guest_env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(env.site_packages),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONNOUSERSITE": "1",
-            "LC_ALL": "C",
-        }
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=guest_env, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise EmulationError(f"emulated run on {core.name} did not finish within {timeout_s} s") from None
+        args = [str(Path(model).resolve()), str(tmp_path / "input.npy"), str(tmp_path), str(warmups), str(runs)]
+        proc = run_guest(env, core, GUEST_SCRIPT, args, counts, caches, timeout_s)
         if proc.returncode != 0 or not (tmp_path / "output.npy").is_file():
             raise EmulationError(
                 f"emulated run on {core.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"
@@ -138,23 +161,31 @@ def run_emulated(
             raise EmulationError(
                 f"the guest did not see the {core.name} cpuinfo (CPU part {core.part}): rerun 'mve-arm-setup'"
             )
-        windows = _windows(counts.read_text())
+        sizes, windows = read_windows(counts.read_text())
         if len(windows) != runs:
             raise EmulationError(f"expected {runs} counted runs on {core.name}, the plugin recorded {len(windows)}")
         maps_text = (tmp_path / "maps.txt").read_text()
         by_address: dict[int, int] = {}
-        for (address, insns), execs in windows[0].items():
+        for (address, insns), execs in windows[0].execs.items():
             by_address[address] = by_address.get(address, 0) + insns * execs
         symbols = attribute(by_address, maps_text, env.root(core))
         cycles = (
-            count_cycles(read_blocks(windows[0], maps_text, env.root(core)), core.mca_cpu, llvm, core.in_order)
+            count_cycles(read_blocks(windows[0].execs, maps_text, env.root(core)), core.mca_cpu, llvm, core.in_order)
             if llvm
             else None
         )
+        traffic = None
+        if caches:
+            name_of = symbol_lookup(maps_text, env.root(core))
+            misses: dict[str, list[int]] = {}
+            for (address, _), counts in windows[-1].misses.items():
+                row = misses.setdefault(name_of(address), [0] * len(sizes))
+                misses[name_of(address)] = [a + b for a, b in zip(row, counts)]
+            traffic = family_traffic(sizes, misses)
         output = np.load(tmp_path / "output.npy")
     families = dict.fromkeys(FAMILIES, 0)
     for name, count in symbols.items():
         families[family_of(name.split("!", 1)[-1])] += count
     top = sorted(symbols.items(), key=lambda kv: -kv[1])[:12]
-    instructions = [sum(insns * execs for (_, insns), execs in w.items()) for w in windows]
-    return EmulatedRun(core.name, core.qemu_cpu, instructions, families, top, output, cycles)
+    instructions = [sum(insns * execs for (_, insns), execs in w.execs.items()) for w in windows]
+    return EmulatedRun(core.name, core.qemu_cpu, instructions, families, top, output, cycles, traffic)

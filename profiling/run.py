@@ -12,7 +12,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.provenance import sha256_array, tool_versions
-from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_traffic, quantize
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
 from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.profiling import device
 from mobile_vision_export.profiling.arm_setup import emulated_litert
@@ -20,7 +20,7 @@ from mobile_vision_export.profiling.cores import CORES, Core
 from mobile_vision_export.profiling.cycles import find_llvm
 from mobile_vision_export.profiling.devices import Device
 from mobile_vision_export.profiling.emulated import find_environment, run_emulated
-from mobile_vision_export.profiling.estimate import estimate, estimate_note
+from mobile_vision_export.profiling.estimate import calibration, estimate, estimate_note
 from mobile_vision_export.profiling.host import measure_host
 
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
@@ -42,9 +42,15 @@ class ProfileRequest:
     estimate_threads: tuple[int, ...] = (1, 4)
 
     @property
+    def device_cores(self) -> list[str]:
+        """The cores the device estimates run on, for the largest thread count asked for."""
+        threads = max(self.estimate_threads, default=1)
+        return list(dict.fromkeys(name for d in self.devices for name in d.cores(threads)))
+
+    @property
     def emulated_cores(self) -> list[Core]:
         """The cores asked for plus those the devices' estimates need, each once."""
-        names = [c.name for c in self.cores] + [name for d in self.devices for name in d.cores]
+        names = [c.name for c in self.cores] + self.device_cores
         return [CORES[name] for name in dict.fromkeys(names)]
 
 
@@ -113,14 +119,15 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
     }
     if request.host:
         result["host"] = [measure_host(model, x, t, request.warmups, request.runs).as_dict() for t in request.threads]
-    cycles = {}
+    cycles, traffic = {}, {}
     if request.emulated_cores:
         env = find_environment(request.arm_cache)
         llvm = find_llvm(request.arm_cache)
         reference = host_output(model, x)
         for core in request.emulated_cores:
-            run = run_emulated(model, x, core, env, llvm, runs=request.arm_runs)
-            cycles[core.name] = run.cycles
+            caches = core.name in request.device_cores
+            run = run_emulated(model, x, core, env, llvm, caches=caches, runs=max(request.arm_runs, 1 + caches))
+            cycles[core.name], traffic[core.name] = run.cycles, run.traffic
             check = compare_outputs(run.output, reference)
             result["arm"].append(
                 {
@@ -133,13 +140,13 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
                     "families": run.families,
                     "top_symbols": [[name, count] for name, count in run.top_symbols],
                     "cycles": run.cycles.as_dict(),
+                    "cache_traffic": run.traffic.as_dict() if run.traffic else None,
                     "output_check": check,
                 }
             )
-    traffic = op_traffic(model) if request.devices else []
     for named in request.devices:
         for threads in request.estimate_threads:
-            result["estimates"].append(estimate(named, cycles, traffic, threads).as_dict())
+            result["estimates"].append(estimate(named, cycles, traffic, threads, calibration()).as_dict())
     if request.adb:
         result["device"] = _device_result(model, request)
     return result

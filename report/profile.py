@@ -59,11 +59,11 @@ def render_profile(data: dict) -> str:
             "",
             f"_{data['estimate_note']}_",
             "",
-            "| model | device | threads | estimated ms | compute ms | DRAM ms | cores |",
+            "| model | device | threads | estimated ms | cycle model ms | of which DRAM ms | cores |",
             "|---|---|---:|---:|---:|---:|---|",
         ]
         lines += [
-            f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {e['compute_ms']:.1f} | "
+            f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {e['model_ms']:.1f} | "
             f"{e['memory_ms']:.2f} | {e['cores']} |"
             for name, e in estimates
         ]
@@ -87,12 +87,22 @@ def render_profile(data: dict) -> str:
 
 
 def profile_figures(data: dict) -> list[str]:
-    """report.html's bars of the host median latency of each model, per thread count."""
-    bars = [
+    """report.html's bars: the host median latency of each model per thread count, and the estimated milliseconds
+    per device and thread count."""
+    charts = []
+    host = [
         Bar(f"{m['model']}, {h['threads']} thread(s)", h["median_ms"], f"{h['median_ms']:.2f} ms")
         for m in data["models"]
         for h in m["host"]
     ]
-    if not bars:
-        return []
-    return [bar_chart("Host median latency (this machine's x86 CPU)", bars, max(b.value for b in bars))]
+    if host:
+        charts.append(bar_chart("Host median latency (this machine's x86 CPU)", host, max(b.value for b in host)))
+    estimated = [
+        Bar(f"{m['model']}, {e['device']}, {e['threads']} thread(s)", e["milliseconds"], f"{e['milliseconds']:.1f} ms")
+        for m in data["models"]
+        for e in m.get("estimates", [])
+    ]
+    if estimated:
+        top = max(b.value for b in estimated)
+        charts.append(bar_chart("Estimated milliseconds on named devices (cycle model)", estimated, top))
+    return charts

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.tflite_inspect import OpTraffic
 from mobile_vision_export.pipeline.profile import main as profile_main
 from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
-from mobile_vision_export.profiling.cores import UnknownCoreError, parse_cores
+from mobile_vision_export.profiling.cores import CORES, UnknownCoreError, parse_cores
 from mobile_vision_export.profiling.cycles import Block, CycleCount, count_cycles, find_llvm
 from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_output
 from mobile_vision_export.profiling.devices import Cluster, Device, UnknownDeviceError, parse_devices
-from mobile_vision_export.profiling.estimate import estimate
+from mobile_vision_export.profiling.emulated import find_environment, read_windows, run_guest
+from mobile_vision_export.profiling.estimate import calibration, estimate
+from mobile_vision_export.profiling.traffic import CacheTraffic
 from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of
 from mobile_vision_export.report.document import Report, read_report
 from tests.conftest import ROOT, error_lines
@@ -216,15 +217,80 @@ def test_estimate_splits_kernels_over_threads_and_bounds_them_by_dram():
     )
     slow = CycleCount("cortex-a55", 0, 0, {**dict.fromkeys(FAMILIES, 0.0), "convolution/GEMM": 8e6, "other": 4e6}, 1, 1)
     cycles = {"a76": fast, "a55": slow}
-    small = [OpTraffic("CONV_2D", 1000, 1000)]  # everything stays in the 1 MiB cache
+    mib = 2**20
+    sizes = [mib // 4, mib // 2, mib]
+
+    def traffic(gemm_bytes: list[int]) -> dict[str, CacheTraffic]:
+        families = {f: [0, 0, 0] for f in FAMILIES}
+        return {"a76": CacheTraffic(sizes, {**families, "convolution/GEMM": gemm_bytes})}
+
+    small = traffic([4000, 2000, 1000])  # a little traffic at every cache size
     one = estimate(device, cycles, small, 1)
     assert one.milliseconds == pytest.approx((4e6 + 2e6) / 2e9 * 1e3) and one.cores == "1x a76 @ 2 GHz"
     four = estimate(device, cycles, small, 4)  # GEMM over 2 fast + 2 slow cores at their own rates; "other" on one
     assert four.milliseconds == pytest.approx((1 / (2 * 2e9 / 4e6 + 2 * 1e9 / 8e6) + 2e6 / 2e9) * 1e3)
     assert four.cores == "2x a76 @ 2 GHz + 2x a55 @ 1 GHz"
-    big = [OpTraffic("CONV_2D", 0, 8 * 2**20)]  # 8 MiB of activations: DRAM at 1 GB/s, slower than the compute
-    bound = estimate(device, cycles, big, 1)
+    # 8 MiB missed in a 256 KiB cache: with 4 threads each has a quarter of the 1 MiB cache, and DRAM at 1 GB/s
+    # takes longer than the compute; one thread keeps the whole cache and stays compute-bound
+    spilling = traffic([8 * mib, 4 * mib, 1000])
+    assert estimate(device, cycles, spilling, 1).bound["convolution/GEMM"] == "compute"
+    bound = estimate(device, cycles, spilling, 4)
     assert bound.bound["convolution/GEMM"] == "memory"
-    assert bound.milliseconds == pytest.approx((8 * 2**20 / 1e9 + 2e6 / 2e9) * 1e3)
+    assert bound.milliseconds == pytest.approx((8 * mib / 1e9 + 2e6 / 2e9) * 1e3)
+    assert estimate(device, cycles, spilling, 4, factor=1.5).milliseconds == pytest.approx(1.5 * bound.milliseconds)
     with pytest.raises(UnknownDeviceError, match="unknown device 'pixel-1': choose from pixel-4"):
         parse_devices("pixel-4,pixel-1")
+
+
+GUEST_STREAM = """
+import ctypes, sys
+import numpy as np
+libc = ctypes.CDLL(None)
+data = np.ones(2**20 // 8)  # 1 MiB, read whole by sum()
+data.sum()
+for _ in range(2):
+    libc.syscall(0x4D56)
+    data.sum()
+    libc.syscall(0x4D57)
+"""
+
+
+@pytest.mark.slow
+def test_cache_simulation_counts_the_lines_a_known_stream_misses(tmp_path, arm_cache):
+    """Reading the same 1 MiB again: every one of its 16384 lines misses in a cache smaller than 1 MiB (LRU evicts
+    each line before its reuse) and almost none does in a 2 or 4 MiB cache."""
+    script = tmp_path / "stream.py"
+    script.write_text(GUEST_STREAM)
+    counts = tmp_path / "counts.txt"
+    proc = run_guest(find_environment(arm_cache), CORES["a76"], script, [], counts, True, 600)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    sizes, windows = read_windows(counts.read_text())
+    assert sizes == [2**17, 2**18, 2**19, 2**20, 2**21, 2**22] and len(windows) == 2
+    missed = [sum(m[i] for m in windows[-1].misses.values()) for i in range(len(sizes))]
+    lines = 2**20 // 64
+    assert all(lines <= m <= lines * 1.05 for m in missed[:3]), missed
+    assert all(m < lines * 0.05 for m in missed[4:]), missed
+
+
+@pytest.mark.slow
+def test_device_estimate_in_milliseconds(tmp_path, capsys, arm_cache, shufflenet_variants):
+    model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    args = [str(model), "--device", "pixel-4", "--arm-runs", "1", "--arm-cache", str(arm_cache), "--out", str(tmp_path)]
+    assert profile_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "### Estimated milliseconds on named devices (a cycle model, not a measurement)" in printed
+    assert "fitted on the others" in printed  # every estimate carries its measured error
+    data = json.loads((tmp_path / "profile.json").read_text())
+    (result,) = data["models"]
+    assert [a["core"] for a in result["arm"]] == ["a76"]  # 4 threads run on the Pixel 4's four A76 cores
+    for arm in result["arm"]:
+        assert arm["cycles"]["llvm_mca_model"] == "neoverse-n1" and arm["cycles"]["cycles"] > 0
+        traffic = arm["cache_traffic"]["families"]["convolution/GEMM"]
+        assert traffic[0] > traffic[-1] > 0  # a 128 KiB cache misses more than a 4 MiB one
+    one, four = result["estimates"]
+    assert (one["threads"], four["threads"]) == (1, 4) and 0 < four["milliseconds"] < one["milliseconds"] < 100
+    assert one["milliseconds"] == pytest.approx(one["model_ms"] * calibration())
+    assert one["cores"] == "1x a76 @ 2.84 GHz" and four["cores"] == "1x a76 @ 2.84 GHz + 3x a76 @ 2.42 GHz"
+    assert "Estimated milliseconds on named devices" in (tmp_path / "report.html").read_text()
+    assert profile_main([str(model), "--device", "pixel-9"]) == 2
+    assert "unknown device 'pixel-9': choose from pixel-4" in error_lines(capsys.readouterr().err)[0]

@@ -1,0 +1,40 @@
+"""Memory traffic of an emulated inference: the lines each kernel family missed in simulated caches of several sizes.
+
+The qemu plugin (caches=1) sends every load and store of the counted window through least-recently-used caches of
+CACHE sizes; a line missed in a cache of size S is traffic that a core with S of last-level cache sends to DRAM.
+Write-backs of dirty lines are not counted.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from mobile_vision_export.profiling.symbols import FAMILIES, family_of
+
+LINE_BYTES = 64
+
+
+@dataclass
+class CacheTraffic:
+    cache_bytes: list[int]  # the simulated cache sizes, ascending
+    families: dict[str, list[int]]  # per kernel family: bytes missed in each simulated cache
+
+    def beyond(self, family: str, cache_bytes: float) -> float:
+        """Bytes the family moves past a cache of `cache_bytes` (the largest simulated size not above it; the
+        smallest if it is below them all)."""
+        i = max(0, bisect.bisect_right(self.cache_bytes, cache_bytes) - 1)
+        return float(self.families[family][i])
+
+    def as_dict(self) -> dict:
+        return {"cache_bytes": self.cache_bytes, "families": self.families}
+
+
+def family_traffic(cache_bytes: list[int], misses: dict[str, list[int]]) -> CacheTraffic:
+    """Missed lines per 'library!function' symbol -> bytes per kernel family."""
+    families = {f: [0] * len(cache_bytes) for f in FAMILIES}
+    for symbol, counts in misses.items():
+        row = families[family_of(symbol.split("!", 1)[-1])]
+        for i, count in enumerate(counts):
+            row[i] += count * LINE_BYTES
+    return CacheTraffic(cache_bytes, families)
