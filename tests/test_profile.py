@@ -18,8 +18,8 @@ from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_o
 from mobile_vision_export.profiling.devices import Cluster, Device, UnknownDeviceError, parse_devices
 from mobile_vision_export.profiling.emulated import find_environment, read_windows, run_guest
 from mobile_vision_export.profiling.estimate import calibration, estimate
-from mobile_vision_export.profiling.traffic import CacheTraffic
 from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of
+from mobile_vision_export.profiling.traffic import CacheTraffic
 from mobile_vision_export.report.document import Report, read_report
 from tests.conftest import ROOT, error_lines
 
