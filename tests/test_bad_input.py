@@ -154,6 +154,8 @@ def test_flags_that_do_not_apply_or_make_no_sense(capsys, tmp_path, tiny_model):
     zoo = ("--model", "shufflenet_v2_x0_5")
     assert "--min-top1 is a fraction of photos" in _fails(capsys, tmp_path, *zoo, "--min-top1", "95")
     assert "--min-top1 is an int8 target" in _fails(capsys, tmp_path, *zoo, "--quant", "fp32", "--min-top1", "0.9")
+    assert "--profile-device goes with --profile" in _fails(capsys, tmp_path, *zoo, "--profile-device", "pixel-4")
+    assert "unknown device 'pixel-9'" in _fails(capsys, tmp_path, *zoo, "--profile", "--profile-device", "pixel-9")
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "mobilenet_v2", "--calib-samples", "0"])
     assert exit_info.value.code == EXIT_USER_ERROR and "must be at least 1" in capsys.readouterr().err
