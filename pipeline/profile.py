@@ -31,6 +31,17 @@ def _threads(text: str) -> list[int]:
     return values
 
 
+def _measured(text: str) -> dict[int, float]:
+    try:
+        pairs = [part.split(":") for part in text.split(",")]
+        values = {int(t): float(ms) for t, ms in pairs}
+    except ValueError:
+        values = {}
+    if not values or min(values) < 1 or not all(0 < ms < float("inf") for ms in values.values()):
+        raise argparse.ArgumentTypeError(f"expected THREADS:MS pairs like 1:12.5,4:4.1, got '{text}'")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=prog_name("python -m pipeline.profile"), description=__doc__)
     add_common_flags(p)
@@ -50,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_threads,
         default=[1, 4],
         help="thread counts for the device estimates (default 1,4)",
+    )
+    p.add_argument(
+        "--measured",
+        type=_measured,
+        help="with one --device and one model: milliseconds you measured on that device, THREADS:MS[,THREADS:MS]; "
+        "stored, they replace the published calibration for that device's estimates",
     )
     p.add_argument("--arm-runs", type=positive_int, default=3, help="counted emulated inferences per core (default 3)")
     p.add_argument("--arm-cache", type=Path, default=default_cache(), help="ARM set-up folder (default %(default)s)")
@@ -85,11 +102,14 @@ def _main(argv: list[str] | None) -> int:
     try:
         cores = parse_cores(args.arm) if args.arm else []
         devices = parse_devices(args.device) if args.device else []
+        if args.measured and (len(devices) != 1 or len(args.models) != 1):
+            raise UserError("--measured goes with one --device and one model: the device and file you timed")
         request = ProfileRequest(
             host=args.host or not (cores or devices or args.adb),
             cores=cores,
             devices=devices,
             estimate_threads=tuple(args.estimate_threads),
+            measured_ms=args.measured or {},
             threads=args.threads,
             warmups=args.warmups,
             runs=args.runs,

@@ -17,6 +17,7 @@ from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.profiling import device
 from mobile_vision_export.profiling.arm_setup import emulated_litert
 from mobile_vision_export.profiling.cores import CORES, Core
+from mobile_vision_export.profiling.corrections import correction, record
 from mobile_vision_export.profiling.cycles import find_llvm
 from mobile_vision_export.profiling.devices import Device
 from mobile_vision_export.profiling.emulated import find_environment, run_emulated
@@ -40,6 +41,7 @@ class ProfileRequest:
     arm_cache: Path | None = None
     devices: list[Device] = field(default_factory=list)
     estimate_threads: tuple[int, ...] = (1, 4)
+    measured_ms: dict[int, float] = field(default_factory=dict)  # threads -> ms you measured on the one device
 
     @property
     def device_cores(self) -> list[str]:
@@ -144,11 +146,35 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
                     "output_check": check,
                 }
             )
-    for named in request.devices:
-        for threads in request.estimate_threads:
-            result["estimates"].append(estimate(named, cycles, traffic, threads, calibration()).as_dict())
     if request.adb:
         result["device"] = _device_result(model, request)
+    measured = dict(request.measured_ms)
+    if result["device"] and result["device"]["status"] == "measured":
+        measured.update({r["threads"]: r["inference_avg_us"] / 1000 for r in result["device"]["runs"]})
+    if measured and len(request.devices) == 1:
+        (named,) = request.devices
+        record(
+            named.name,
+            [
+                {
+                    "model": model.name,
+                    "sha256": result["sha256"],
+                    "threads": threads,
+                    "measured_ms": ms,
+                    "model_ms": estimate(named, cycles, traffic, threads).model_ms,
+                }
+                for threads, ms in measured.items()
+            ],
+        )
+    for named in request.devices:
+        stored = correction(named.name)
+        factor, source = (stored[0], f"your {stored[1]} measurement(s)") if stored else (calibration(), "published")
+        for threads in request.estimate_threads:
+            row = estimate(named, cycles, traffic, threads, factor).as_dict()
+            row["factor"], row["factor_from"] = factor, source
+            if threads in measured and len(request.devices) == 1:
+                row["measured_ms"] = measured[threads]
+            result["estimates"].append(row)
     return result
 
 

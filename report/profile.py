@@ -59,14 +59,17 @@ def render_profile(data: dict) -> str:
             "",
             f"_{data['estimate_note']}_",
             "",
-            "| model | device | threads | estimated ms | cycle model ms | of which DRAM ms | cores |",
-            "|---|---|---:|---:|---:|---:|---|",
+            "| model | device | threads | estimated ms | measured ms | cycle model ms | of which DRAM ms | factor | "
+            "cores |",
+            "|---|---|---:|---:|---:|---:|---:|---|---|",
         ]
-        lines += [
-            f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {e['model_ms']:.1f} | "
-            f"{e['memory_ms']:.2f} | {e['cores']} |"
-            for name, e in estimates
-        ]
+        for name, e in estimates:
+            measured = f"{e['measured_ms']:.1f}" if "measured_ms" in e else "-"
+            lines.append(
+                f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {measured} | "
+                f"{e['model_ms']:.1f} | {e['memory_ms']:.2f} | x{e['factor']:.2f} ({e['factor_from']}) | "
+                f"{e['cores']} |"
+            )
         lines.append("")
     devices = [(m["model"], m["device"]) for m in data["models"] if m["device"] is not None]
     if devices:

@@ -13,6 +13,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.pipeline.profile import main as profile_main
 from mobile_vision_export.profiling.arm_setup import EMULATED_LITERT
 from mobile_vision_export.profiling.cores import CORES, UnknownCoreError, parse_cores
+from mobile_vision_export.profiling.corrections import CorrectionsError, correction, record
 from mobile_vision_export.profiling.cycles import Block, CycleCount, count_cycles, find_llvm
 from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_output
 from mobile_vision_export.profiling.devices import Cluster, Device, UnknownDeviceError, parse_devices
@@ -273,7 +274,8 @@ def test_cache_simulation_counts_the_lines_a_known_stream_misses(tmp_path, arm_c
 
 
 @pytest.mark.slow
-def test_device_estimate_in_milliseconds(tmp_path, capsys, arm_cache, shufflenet_variants):
+def test_device_estimate_in_milliseconds(tmp_path, capsys, monkeypatch, arm_cache, shufflenet_variants):
+    monkeypatch.setenv("MVE_DEVICE_CORRECTIONS", str(tmp_path / "corrections.json"))
     model = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     args = [str(model), "--device", "pixel-4", "--arm-runs", "1", "--arm-cache", str(arm_cache), "--out", str(tmp_path)]
     assert profile_main(args) == 0
@@ -289,8 +291,34 @@ def test_device_estimate_in_milliseconds(tmp_path, capsys, arm_cache, shufflenet
         assert traffic[0] > traffic[-1] > 0  # a 128 KiB cache misses more than a 4 MiB one
     one, four = result["estimates"]
     assert (one["threads"], four["threads"]) == (1, 4) and 0 < four["milliseconds"] < one["milliseconds"] < 100
-    assert one["milliseconds"] == pytest.approx(one["model_ms"] * calibration())
+    assert one["milliseconds"] == pytest.approx(one["model_ms"] * calibration()) and one["factor_from"] == "published"
     assert one["cores"] == "1x a76 @ 2.84 GHz" and four["cores"] == "1x a76 @ 2.84 GHz + 3x a76 @ 2.42 GHz"
     assert "Estimated milliseconds on named devices" in (tmp_path / "report.html").read_text()
+    # your own measurement of that phone replaces the published calibration for it
+    measured = 2 * one["model_ms"]
+    assert profile_main([*args, "--estimate-threads", "1", "--measured", f"1:{measured}"]) == 0
+    assert f"| {measured:.1f} |" in capsys.readouterr().out
+    (mine,) = json.loads((tmp_path / "profile.json").read_text())["models"][0]["estimates"]
+    # two emulated runs' cycle counts agree to within a few parts per million, not exactly
+    assert mine["factor"] == pytest.approx(2.0, rel=1e-3) and mine["factor_from"] == "your 1 measurement(s)"
+    assert mine["milliseconds"] == pytest.approx(measured, rel=1e-3) and mine["measured_ms"] == measured
+    assert profile_main([str(model), "--device", "pixel-4,pixel-3", "--measured", "1:5"]) == 2
+    assert "--measured goes with one --device and one model" in error_lines(capsys.readouterr().err)[0]
     assert profile_main([str(model), "--device", "pixel-9"]) == 2
     assert "unknown device 'pixel-9': choose from pixel-4" in error_lines(capsys.readouterr().err)[0]
+
+
+def test_stored_measurements_make_the_device_correction(tmp_path):
+    path = tmp_path / "corrections.json"
+    assert correction("pixel-4", path) is None
+    record("pixel-4", [{"model": "a", "sha256": "1", "threads": 1, "measured_ms": 20.0, "model_ms": 10.0}], path)
+    record("pixel-4", [{"model": "a", "sha256": "1", "threads": 4, "measured_ms": 4.0, "model_ms": 4.0}], path)
+    assert correction("pixel-4", path) == (pytest.approx(2**0.5), 2)  # geometric mean of 2.0 and 1.0
+    record("pixel-4", [{"model": "a", "sha256": "1", "threads": 4, "measured_ms": 8.0, "model_ms": 4.0}], path)
+    assert correction("pixel-4", path) == (pytest.approx(2.0), 2)  # the newer measurement replaced the older
+    assert correction("pixel-3", path) is None
+    with pytest.raises(CorrectionsError, match="must be positive"):
+        record("pixel-4", [{"model": "a", "sha256": "2", "threads": 1, "measured_ms": 0.0, "model_ms": 1.0}], path)
+    path.write_text("{not json")
+    with pytest.raises(CorrectionsError, match="is damaged: delete it"):
+        correction("pixel-4", path)
