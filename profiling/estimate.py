@@ -25,8 +25,8 @@ CHECK = Path(__file__).resolve().parent / "estimate_check.json"  # written by be
 
 def calibration() -> float:
     """The factor the cycle model's milliseconds are multiplied by: the geometric mean of published / modelled
-    over the published figures (bench/latency_model.py; 1.0 before it has run). The model misses cache misses,
-    branch mispredictions and imperfect thread scaling, so it is too fast by a similar factor everywhere."""
+    over the published figures (bench/latency_model.py; 1.0 before it has run). The model leaves out cache latency,
+    branch mispredictions and imperfect thread scaling, and was too fast on every figure (by 9 to 66 %)."""
     return json.loads(CHECK.read_text())["calibration"] if CHECK.is_file() else 1.0
 
 
