@@ -215,6 +215,9 @@ def test_an_interrupted_export_stops_the_converter_and_leaves_nothing(tmp_path, 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C from a terminal: a runner started with nohup or '&' hands SIGINT down ignored, and the export keeps a
+        # signal it was started ignoring ignored (pipeline.signals)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     converters: list[int] = []
     try:
