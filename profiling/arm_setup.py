@@ -98,17 +98,21 @@ def ensure_sysroot(cache: Path) -> Path:
             if line.endswith(":arm64") and not line.startswith((" ", "<")) and not line.startswith(_SKIP_PACKAGES)
         }
     )
-    debs = cache / "debs"
+    _log(f"downloading {len(packages)} arm64 packages")
+    _unpack_packages(packages, cache / "debs", sysroot)
+    return sysroot
+
+
+def _unpack_packages(packages: list[str], debs: Path, target: Path) -> None:
+    """apt-get download the packages into `debs` and dpkg -x them into `target` (renamed into place when whole)."""
     shutil.rmtree(debs, ignore_errors=True)  # no stale packages from an earlier, interrupted run
     debs.mkdir(parents=True)
-    _log(f"downloading {len(packages)} arm64 packages")
     _run(["apt-get", "download", *packages], "apt-get download", cwd=debs)
-    staging = cache / "sysroot.partial"
+    staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for deb in sorted(debs.glob("*.deb")):
         _run(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
-    staging.rename(sysroot)
-    return sysroot
+    staging.rename(target)
 
 
 def ensure_wheels(cache: Path) -> Path:
@@ -223,17 +227,9 @@ def ensure_llvm(cache: Path) -> Path:
     root = cache / "llvm"
     if (root / "usr" / "lib" / f"llvm-{LLVM_VERSION}" / "bin" / "llvm-mca").is_file():
         return root
-    debs = cache / "llvm-debs"
-    shutil.rmtree(debs, ignore_errors=True)
-    debs.mkdir(parents=True)
     _log(f"downloading LLVM {LLVM_VERSION} (llvm-mca)")
-    _run(["apt-get", "download", f"llvm-{LLVM_VERSION}", f"libllvm{LLVM_VERSION}"], "apt-get download llvm", cwd=debs)
-    staging = cache / "llvm.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    for deb in sorted(debs.glob("*.deb")):
-        _run(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
-    staging.rename(root)
-    shutil.rmtree(debs, ignore_errors=True)
+    _unpack_packages([f"llvm-{LLVM_VERSION}", f"libllvm{LLVM_VERSION}"], cache / "llvm-debs", root)
+    shutil.rmtree(cache / "llvm-debs", ignore_errors=True)
     return root
 
 

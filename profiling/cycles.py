@@ -8,7 +8,6 @@ hitting L1 and every branch predicted. The memory side is added by profiling.est
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of, symbol_lookup
+from mobile_vision_export.profiling.symbols import FAMILIES, GuestCode, family_of_symbol
 
 LLVM_VERSION = "19"
 COVERAGE = 0.999  # blocks simulated: the hottest ones holding this share of the window's instructions ...
@@ -94,32 +93,35 @@ class CycleCount:
         }
 
 
-def read_blocks(window: dict[tuple[int, int], int], maps_text: str, root: Path) -> list[Block]:
+def read_blocks(window: dict[tuple[int, int], int], code: GuestCode) -> list[Block]:
     """The window's blocks with their symbol and code words, hottest first."""
-    mappings = executable_mappings(maps_text)
-    starts = [m.start for m in mappings]
-    name_of = symbol_lookup(maps_text, root)
     ordered = sorted(window.items(), key=lambda kv: -kv[0][1] * kv[1])
     total = sum(insns * execs for (_, insns), execs in ordered)
     blocks, covered = [], 0
     for (address, insns), execs in ordered:
         words = None
         if covered < COVERAGE * total and len(blocks) < MAX_BLOCKS:
-            i = bisect.bisect_right(starts, address) - 1
-            if i >= 0 and address + 4 * insns <= mappings[i].end:
-                m = mappings[i]
-                in_root = root / m.path.lstrip("/")
-                try:
-                    with open(in_root if in_root.is_file() else m.path, "rb") as f:
-                        f.seek(address - m.start + m.file_offset)
-                        data = f.read(4 * insns)
-                    if len(data) == 4 * insns:
-                        words = tuple(int.from_bytes(data[j : j + 4], "little") for j in range(0, len(data), 4))
-                except OSError:
-                    words = None
+            words = _code_words(code, address, insns)
             covered += insns * execs
-        blocks.append(Block(address, insns, execs, name_of(address), words))
+        blocks.append(Block(address, insns, execs, code.name_of(address), words))
     return blocks
+
+
+def _code_words(code: GuestCode, address: int, insns: int) -> tuple[int, ...] | None:
+    """The block's instruction words from the library file it was loaded from, None if they cannot be read."""
+    found = code.locate(address)
+    if found is None or address + 4 * insns > found[0].end:
+        return None
+    _, host_path, offset = found
+    try:
+        with open(host_path, "rb") as f:
+            f.seek(offset)
+            data = f.read(4 * insns)
+    except OSError:
+        return None
+    if len(data) != 4 * insns:
+        return None
+    return tuple(int.from_bytes(data[j : j + 4], "little") for j in range(0, len(data), 4))
 
 
 def disassemble(words: set[int], llvm: Llvm) -> dict[int, str]:
@@ -187,7 +189,7 @@ def count_cycles(blocks: list[Block], mca_cpu: str, llvm: Llvm, in_order: bool =
     cycles_of = {id(b): c * b.execs for b, c in simulated}
     families = dict.fromkeys(FAMILIES, 0.0)
     for block in blocks:
-        families[family_of(block.symbol.split("!", 1)[-1])] += cycles_of.get(id(block), block.instructions * cpi)
+        families[family_of_symbol(block.symbol)] += cycles_of.get(id(block), block.instructions * cpi)
     total_insns = sum(b.instructions for b in blocks)
     return CycleCount(
         mca_cpu,

@@ -14,7 +14,7 @@ import numpy as np
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.profiling.cores import Core
 from mobile_vision_export.profiling.cycles import CycleCount, Llvm, count_cycles, read_blocks
-from mobile_vision_export.profiling.symbols import FAMILIES, attribute, family_of, symbol_lookup
+from mobile_vision_export.profiling.symbols import FAMILIES, GuestCode, attribute, family_of_symbol
 from mobile_vision_export.profiling.traffic import CacheTraffic, family_traffic
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "guest.py"
@@ -164,28 +164,17 @@ def run_emulated(
         sizes, windows = read_windows(counts.read_text())
         if len(windows) != runs:
             raise EmulationError(f"expected {runs} counted runs on {core.name}, the plugin recorded {len(windows)}")
-        maps_text = (tmp_path / "maps.txt").read_text()
+        code = GuestCode((tmp_path / "maps.txt").read_text(), env.root(core))
         by_address: dict[int, int] = {}
         for (address, insns), execs in windows[0].execs.items():
             by_address[address] = by_address.get(address, 0) + insns * execs
-        symbols = attribute(by_address, maps_text, env.root(core))
-        cycles = (
-            count_cycles(read_blocks(windows[0].execs, maps_text, env.root(core)), core.mca_cpu, llvm, core.in_order)
-            if llvm
-            else None
-        )
-        traffic = None
-        if caches:
-            name_of = symbol_lookup(maps_text, env.root(core))
-            misses: dict[str, list[int]] = {}
-            for (address, _), counts in windows[-1].misses.items():
-                row = misses.setdefault(name_of(address), [0] * len(sizes))
-                misses[name_of(address)] = [a + b for a, b in zip(row, counts)]
-            traffic = family_traffic(sizes, misses)
+        symbols = attribute(by_address, code)
+        cycles = count_cycles(read_blocks(windows[0].execs, code), core.mca_cpu, llvm, core.in_order) if llvm else None
+        traffic = family_traffic(sizes, windows[-1].misses, code.name_of) if caches else None
         output = np.load(tmp_path / "output.npy")
     families = dict.fromkeys(FAMILIES, 0)
     for name, count in symbols.items():
-        families[family_of(name.split("!", 1)[-1])] += count
+        families[family_of_symbol(name)] += count
     top = sorted(symbols.items(), key=lambda kv: -kv[1])[:12]
     instructions = [sum(insns * execs for (_, insns), execs in w.execs.items()) for w in windows]
     return EmulatedRun(core.name, core.qemu_cpu, instructions, families, top, output, cycles, traffic)

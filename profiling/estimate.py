@@ -11,7 +11,7 @@ and they share the DRAM bandwidth.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mobile_vision_export.profiling.cycles import CycleCount
@@ -58,16 +58,7 @@ class Estimate:
     cores: str  # where the threads ran, e.g. "1x a76 @ 2.84 GHz"
 
     def as_dict(self) -> dict:
-        return {
-            "device": self.device,
-            "threads": self.threads,
-            "milliseconds": self.milliseconds,
-            "model_ms": self.model_ms,
-            "compute_ms": self.compute_ms,
-            "memory_ms": self.memory_ms,
-            "bound": self.bound,
-            "cores": self.cores,
-        }
+        return asdict(self)
 
 
 def estimate(

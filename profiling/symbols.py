@@ -95,29 +95,43 @@ def _symbols_for(path: str) -> ElfSymbols | None:
         return None
 
 
-def symbol_lookup(maps_text: str, root: Path):
-    """A function from guest code address to 'library!function' ('[unmapped]' outside file-backed code)."""
-    mappings = executable_mappings(maps_text)
-    starts = [m.start for m in mappings]
+class GuestCode:
+    """Where guest code addresses come from: the host file and offset behind each executable mapping."""
 
-    def name_of(address: int) -> str:
-        i = bisect.bisect_right(starts, address) - 1
-        if i < 0 or address >= mappings[i].end:
+    def __init__(self, maps_text: str, root: Path):
+        self._mappings = executable_mappings(maps_text)
+        self._starts = [m.start for m in self._mappings]
+        self._root = root
+
+    def locate(self, address: int) -> tuple[Mapping, str, int] | None:
+        """(mapping, host path, file offset) of a code address, None outside file-backed code."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0 or address >= self._mappings[i].end:
+            return None
+        m = self._mappings[i]
+        in_root = self._root / m.path.lstrip("/")  # qemu -L resolves guest paths under the root first
+        return m, str(in_root) if in_root.is_file() else m.path, address - m.start + m.file_offset
+
+    def name_of(self, address: int) -> str:
+        """'library!function' ('[unmapped]' outside file-backed code)."""
+        found = self.locate(address)
+        if found is None:
             return "[unmapped]"
-        m = mappings[i]
-        in_root = root / m.path.lstrip("/")  # qemu -L resolves guest paths under the root first
-        table = _symbols_for(str(in_root) if in_root.is_file() else m.path)
-        name = table.name_at(address - m.start + m.file_offset) if table else None
+        m, host_path, offset = found
+        table = _symbols_for(host_path)
+        name = table.name_at(offset) if table else None
         return f"{Path(m.path).name}!{name or '?'}"
 
-    return name_of
+
+def family_of_symbol(symbol: str) -> str:
+    """The kernel family of a 'library!function' name."""
+    return family_of(symbol.split("!", 1)[-1])
 
 
-def attribute(blocks: dict[int, int], maps_text: str, root: Path) -> dict[str, int]:
+def attribute(blocks: dict[int, int], code: GuestCode) -> dict[str, int]:
     """Instruction counts per symbol ('library!function'), from per-block-address counts."""
-    name_of = symbol_lookup(maps_text, root)
     totals: dict[str, int] = {}
     for address, count in blocks.items():
-        key = name_of(address)
+        key = code.name_of(address)
         totals[key] = totals.get(key, 0) + count
     return totals

@@ -8,9 +8,10 @@ Write-backs of dirty lines are not counted.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
-from mobile_vision_export.profiling.symbols import FAMILIES, family_of
+from mobile_vision_export.profiling.symbols import FAMILIES, family_of_symbol
 
 LINE_BYTES = 64
 
@@ -27,14 +28,16 @@ class CacheTraffic:
         return float(self.families[family][i])
 
     def as_dict(self) -> dict:
-        return {"cache_bytes": self.cache_bytes, "families": self.families}
+        return asdict(self)
 
 
-def family_traffic(cache_bytes: list[int], misses: dict[str, list[int]]) -> CacheTraffic:
-    """Missed lines per 'library!function' symbol -> bytes per kernel family."""
+def family_traffic(
+    cache_bytes: list[int], misses: dict[tuple[int, int], list[int]], name_of: Callable[[int], str]
+) -> CacheTraffic:
+    """Missed lines per block (keyed by start address and size) -> bytes per kernel family."""
     families = {f: [0] * len(cache_bytes) for f in FAMILIES}
-    for symbol, counts in misses.items():
-        row = families[family_of(symbol.split("!", 1)[-1])]
+    for (address, _), counts in misses.items():
+        row = families[family_of_symbol(name_of(address))]
         for i, count in enumerate(counts):
             row[i] += count * LINE_BYTES
     return CacheTraffic(cache_bytes, families)
