@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from mobile_vision_export.export.reproducible import pinned
+
 TOOL_NAME = "mobile-vision-export"
 
 
@@ -36,7 +38,11 @@ _LIBRARIES = (
 
 
 def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), TOOL_NAME: tool_version()}
+    """The tool's and libraries' versions, and whether the arithmetic was pinned (export.reproducible)."""
+    import torch
+
+    arithmetic = "pinned (reproducible)" if pinned() else f"native ({torch.backends.cpu.get_cpu_capability()})"
+    versions = {"python": platform.python_version(), TOOL_NAME: tool_version(), "arithmetic": arithmetic}
     for lib in _LIBRARIES:
         try:
             versions[lib] = version(lib)

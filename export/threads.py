@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 
+from mobile_vision_export.export.reproducible import pinned
+
 THREADS_ENV = "MVE_THREADS"  # the cap on ONNX Runtime's and LiteRT's threads in this process, if set
 RUNTIME_THREADS = 2  # ONNX Runtime's and LiteRT's threads otherwise
 
 
 def runtime_threads() -> int:
-    """Threads for an ONNX Runtime session or a LiteRT interpreter of the export."""
+    """Threads for an ONNX Runtime session or a LiteRT interpreter of the export. Always RUNTIME_THREADS when the
+    arithmetic is pinned: LiteRT's built-in kernels split some sums between their threads."""
     cap = os.environ.get(THREADS_ENV)
-    return min(RUNTIME_THREADS, max(1, int(cap))) if cap else RUNTIME_THREADS
+    return min(RUNTIME_THREADS, max(1, int(cap))) if cap and not pinned() else RUNTIME_THREADS
 
 
 def batch_environment(jobs: int) -> dict[str, str]:

@@ -8,6 +8,7 @@ from torch import nn
 
 from mobile_vision_export.export.contract import read_labels
 from mobile_vision_export.export.onnx_graph import TASKS
+from mobile_vision_export.export.reproducible import ENVIRONMENT, pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.pipeline.checks import (
     check_calib_samples,
@@ -74,14 +75,16 @@ def export_model(
     fold_normalization: bool = True,
     thresholds: dict[str, dict[str, float]] | None = None,
     optimize: bool = True,
+    reproducible: bool = False,
     command: str | None = None,
     **int8_switches: bool,
 ) -> ExportResult:
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
     min_sqnr, min_cosine, min_top1). Each int8 step can be turned off by its switch, e.g. `tuning=False` (the
-    switches: pipeline.int8_steps.SWITCHES). Raises the tool's one-line errors (mobile_vision_export.errors.UserError)
-    on bad input."""
+    switches: pipeline.int8_steps.SWITCHES). `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a
+    process started with export.reproducible.ENVIRONMENT. Raises the tool's one-line errors
+    (mobile_vision_export.errors.UserError) on bad input."""
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
@@ -99,6 +102,12 @@ def export_model(
         raise SourceError(
             "the int8 file takes the camera's pixels only with the normalization in the graph: add --int8-io int8, "
             "or leave out --no-fold-normalization"
+        )
+    if reproducible and not pinned():
+        names = " ".join(f"{name}={value}" for name, value in ENVIRONMENT.items())
+        raise SourceError(
+            f"reproducible=True needs its arithmetic pinned before Python starts: run with {names} in the environment "
+            "(the command's --reproducible does this itself)"
         )
     if task not in TASKS:
         raise SourceError(f"unknown task '{task}': use one of {', '.join(TASKS)}")

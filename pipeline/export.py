@@ -13,6 +13,7 @@ from rich.console import Console
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.onnx_graph import TASKS
+from mobile_vision_export.export.reproducible import pinned, restart_pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
 from mobile_vision_export.pipeline.api import export_model
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --val-dir: fail (exit 1) when a variant's top-1 is more than POINTS below the reference's",
     )
     p.add_argument("--no-optimize", action="store_true", help="keep the converter's graph as it is (no layout pass)")
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="the same int8 bytes on any x86-64 machine (for CI rebuilds): pins the int8 steps' arithmetic to "
+        "CPU-independent code paths; the tuning takes about 2.5x as long",
+    )
     p.add_argument(
         "--min-sqnr",
         type=float,
@@ -203,6 +210,7 @@ def _options(args, argv: list[str]) -> dict:
         max_accuracy_drop=args.max_accuracy_drop,
         thresholds=_thresholds(args),
         optimize=not args.no_optimize,
+        reproducible=args.reproducible,
         **{switch: not getattr(args, f"no_{switch}") for switch in SWITCHES},
         command="python -m pipeline.export " + shlex.join(argv),
     )
@@ -262,6 +270,8 @@ def _print_zoo() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and "--reproducible" in sys.argv and not pinned():
+        restart_pinned()  # before anything loads the libraries that read the pins
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
