@@ -7,9 +7,8 @@ an AVX-512 machine, and the training's roundings turn those bits into different 
 different file after 40 steps). Pinned, every library takes one code path on every machine: ATen's `default`
 kernels, MKL's `COMPATIBLE` branch, OpenBLAS's Prescott (SSE3) kernels, torch without oneDNN (the tuning's
 depthwise convolutions as elementwise sums). The libraries read these variables when they load, so a process is
-started with them (the export's --reproducible starts itself again). It costs time: the tuning takes about 2.5x
-as long (docs/design.md). LiteRT's XNNPACK and ONNX Runtime, which give the fitted steps their targets, are not
-pinned: their kernels sum each output in one order whatever the vector width.
+started with them (the export's --reproducible starts itself again), and LiteRT and ONNX Runtime run on a fixed
+number of threads. Cost and what stays unpinned: docs/reference/int8.md, "Reproducible bytes".
 """
 
 from __future__ import annotations

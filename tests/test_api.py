@@ -29,6 +29,8 @@ def test_export_model_refuses_bad_input(tmp_path):
         export_model(build(), out=tmp_path)
     with pytest.raises(UserError, match="unknown quant 'int4'"):
         export_model("shufflenet_v2_x0_5", quant="int4", out=tmp_path)
+    with pytest.raises(UserError, match="reproducible=True needs .* ATEN_CPU_CAPABILITY=default"):
+        export_model(build(), input_size=32, reproducible=True, out=tmp_path)  # pytest's process is not pinned
     assert not any(tmp_path.iterdir())
 
 

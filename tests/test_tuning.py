@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mobile_vision_export.export.images import (
     calibration_batch,
@@ -20,9 +21,10 @@ from mobile_vision_export.export.tflite_inspect import (
 )
 from mobile_vision_export.export.tflite_model import op_name, read_model, read_single_graph
 from mobile_vision_export.int8.crops import Crops
-from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _FakeQuant, train
+from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _depthwise, _FakeQuant, train
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
+from tests.conftest import run_cli
 from tests.test_int8_fixes import _widen_range
 
 
@@ -150,3 +152,52 @@ def test_export_records_tuning_and_keeps_levels_next_to_float(shufflenet_variant
         )
         checked += 1
     assert checked > 30
+
+
+@pytest.mark.parametrize("stride,dilation,multiplier", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 1, 3)])
+def test_depthwise_as_tap_sums_is_torch_convolution(stride, dilation, multiplier):
+    """The pinned arithmetic's depthwise convolution (export.reproducible): values and gradients as torch's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 11, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 3, 3, 4 * multiplier, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4 * multiplier, dtype=torch.float64)
+    ours = _depthwise(x, w, b, (stride, stride), (dilation, dilation))
+    theirs = F.conv2d(
+        x.permute(0, 3, 1, 2), w.permute(3, 0, 1, 2), b, stride=stride, dilation=dilation, groups=4
+    ).permute(0, 2, 3, 1)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs)
+    grad = torch.randn_like(ours)
+    for a, b_ in zip(torch.autograd.grad(ours, (x, w), grad), torch.autograd.grad(theirs, (x, w), grad)):
+        assert torch.allclose(a, b_)
+
+
+@pytest.mark.slow
+def test_reproducible_exports_are_identical_under_other_cpu_capabilities(tmp_path, tiny_model):
+    """--reproducible: the same int8 bytes, and the same training inside the tuning, when ATen, MKL and oneDNN would
+    take other vector widths and the runtimes other thread counts (what another machine changes). Without it the
+    tuning's checks differ here from step 20 (this model's tuning then stops early, writing nothing)."""
+    args = ["--model", f"{tiny_model}:build", "--input-size", "32", "--quant", "int8", "--reproducible", "--out", "out"]
+    other_machine = {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MVE_THREADS": "1",
+    }
+    files, tunings = [], []
+    for name, env in (("here", {}), ("other", other_machine)):
+        (tmp_path / name).mkdir()
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            proc = run_cli("pipeline.export", *args, tmp_path=tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = tmp_path / name / "out" / "tiny_model_build"
+        record = json.loads((out / "parity.json").read_text())
+        assert record["versions"]["arithmetic"] == "pinned (reproducible)"
+        tuning = record["model"]["int8_tuning"]
+        assert tuning.pop("steps") > 0 and tuning.pop("seconds") > 0  # the tuning trained
+        tunings.append(tuning)
+        files.append((out / "tiny_model_build_int8.tflite").read_bytes())
+    assert tunings[0] == tunings[1]
+    assert files[0] == files[1]
