@@ -76,6 +76,17 @@ def _io(summary: TfliteSummary, graph: OnnxModel) -> dict:
     return {"input": one(summary.inputs[0]), "output": one(summary.outputs[0]), "outputs": outputs}
 
 
+def _output(graph: OnnxModel) -> dict:
+    """What the app reads: a classifier's logits, a detector's boxes and scores, else the task and every output."""
+    if graph.task == "classify":
+        return {"kind": "logits", "classes": graph.num_classes, "softmax_applied": False, "labels": "labels.txt"}
+    if graph.task == "detect":
+        d = graph.detection
+        box_format = d.box_format or "not given (--box-format)"
+        return {"kind": "detect", "boxes": d.boxes, "scores": d.scores, "box_format": box_format, "see": "outputs"}
+    return {"kind": graph.task, "see": "outputs"}
+
+
 def normalization_beside(model: Path) -> tuple[list[float], list[float], str]:
     """(mean, std, where they came from) for a .tflite: its preprocess.json if one lies beside it, else its own
     TFLite Metadata, else ImageNet's."""
@@ -117,11 +128,9 @@ def preprocess_contract(
         "uint8 input with scale 1/255 and zero point 0 takes the pixels as they are)",
         "dequantize_output": "y = (q - zero_point) * scale  (variants whose output is an integer type)",
         "task": graph.task,
-        "output": (
-            {"kind": "logits", "classes": graph.num_classes, "softmax_applied": False, "labels": "labels.txt"}
-            if graph.task == "classify"
-            else {"kind": graph.task, "see": "outputs"}
-        ),
-        "outputs": [{"name": spec.name, "onnx_shape": list(spec.shape)} for spec in graph.outputs],
+        "output": _output(graph),
+        "outputs": [
+            {"name": spec.name, "onnx_shape": list(spec.shape), "kind": graph.kind(spec.name)} for spec in graph.outputs
+        ],
         "variants": {mode: {"file": s.path.name, **_io(s, graph)} for mode, s in summaries.items()},
     }

@@ -16,7 +16,8 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import hw, size_text
 
 OPSET = 17
-TASKS = ("auto", "classify", "segment", "embed", "tensor")
+TASKS = ("auto", "classify", "segment", "detect", "embed", "tensor")
+BOX_FORMATS = ("xyxy", "cxcywh")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"  # a model with one output; several are output_0, output_1, ... in forward()'s order
 
@@ -38,6 +39,22 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Detection:
+    """A detector's outputs: boxes [1, N, 4] and per-class scores [1, N, C] (names), and how the boxes are written
+    (None: not said, so parity compares the top scores but decodes no boxes). As asked (--boxes, --scores), a name
+    may be None until `with_task` finds the output by its shape."""
+
+    boxes: str | None = None
+    scores: str | None = None
+    box_format: str | None = None
+    score_threshold: float = 0.5
+
+    @property
+    def asked(self) -> bool:
+        return (self.boxes, self.scores, self.box_format) != (None, None, None)
+
+
+@dataclass(frozen=True)
 class OnnxModel:
     """An ONNX file with what the next stages need to know about it: its one image input and every output."""
 
@@ -49,13 +66,16 @@ class OnnxModel:
     input_size: tuple[int, int]  # height, width
     outputs: tuple[TensorSpec, ...]
     chosen_task: str | None = None  # --task, when the user says what the outputs are
+    detection: Detection | None = None  # a detector's boxes and scores (set by `with_task`)
 
     @property
     def task(self) -> str:
-        """classify: one output of class scores [1, C]; segment: one class map [1, C, H, W]; embed: one feature
-        vector (only when chosen); tensor: anything else (several outputs, boxes and scores, dense maps)."""
+        """classify: one output of class scores [1, C]; segment: one class map [1, C, H, W]; detect: boxes [1, N, 4]
+        and scores [1, N, C]; embed: one feature vector (only when chosen); tensor: anything else."""
         if self.chosen_task is not None:
             return self.chosen_task
+        if self.detection is not None:
+            return "detect"
         if len(self.outputs) != 1:
             return "tensor"
         shape = self.outputs[0].shape
@@ -73,8 +93,15 @@ class OnnxModel:
         return {
             "classify": f"one output of class scores ({shapes})",
             "segment": f"one class map, a score per class and pixel ({shapes})",
+            "detect": f"boxes [1, N, 4] and scores [1, N, C] ({shapes})",
             "tensor": f"outputs {shapes}: not one vector of class scores",
         }[self.task]
+
+    def kind(self, name: str) -> str:
+        """What one output holds: logits, class map, boxes, scores, embedding or tensor."""
+        if self.task == "detect":
+            return "boxes" if name == self.detection.boxes else "scores" if name == self.detection.scores else "tensor"
+        return {"classify": "logits", "segment": "class map", "embed": "embedding"}.get(self.task, "tensor")
 
     @property
     def num_classes(self) -> int | None:
@@ -122,8 +149,48 @@ def match_outputs(names_and_shapes: list[tuple[str, list[int]]], specs: tuple[Te
     return found
 
 
-def with_task(model: OnnxModel, task: str) -> OnnxModel:
-    """`model` with the task the user chose (auto: decided from its outputs), refused where its outputs cannot be it."""
+def _detector_outputs(model: OnnxModel, asked: Detection) -> Detection | None:
+    """The boxes [1, N, 4] and scores [1, N, C] among the outputs, by the names asked or else by their shapes; None
+    when the shapes do not say which (or the model has no such pair)."""
+    by_name = {o.name: o for o in model.outputs}
+    for flag, name in (("--boxes", asked.boxes), ("--scores", asked.scores)):
+        if name is not None and name not in by_name:
+            raise OnnxError(f"{flag} '{name}': the model has no such output (its outputs: {', '.join(by_name)})")
+    boxes, scores = asked.boxes, asked.scores
+    three = [o.name for o in model.outputs if len(o.shape) == 3]
+    if boxes is None:
+        fours = [name for name in three if by_name[name].shape[2] == 4 and name != scores]
+        boxes = fours[0] if len(fours) == 1 else None
+    if scores is None:
+        rest = [name for name in three if name != boxes]
+        scores = rest[0] if len(rest) == 1 else None
+    if boxes is None or scores is None:
+        return None
+    b, c = by_name[boxes].shape, by_name[scores].shape
+    if len(b) != 3 or b[2] != 4 or len(c) != 3 or b[1] != c[1]:
+        if not asked.asked:
+            return None
+        raise OnnxError(
+            f"boxes '{boxes}' {list(b)} and scores '{scores}' {list(c)} are not [1, N, 4] and [1, N, C] with the same "
+            "N: name the right outputs with --boxes and --scores"
+        )
+    return replace(asked, boxes=boxes, scores=scores)
+
+
+def with_task(model: OnnxModel, task: str, asked: Detection = Detection()) -> OnnxModel:
+    """`model` with the task the user chose (auto: decided from its outputs), refused where its outputs cannot be it.
+    A detector's boxes and scores are found by the names `asked` or by their shapes."""
+    if asked.asked and task not in ("auto", "detect"):
+        raise OnnxError(f"--boxes, --scores and --box-format describe a detector's outputs, not --task {task}")
+    if task in ("auto", "detect"):
+        detection = _detector_outputs(model, asked)
+        if detection is None and (task == "detect" or asked.asked):
+            shapes = ", ".join(f"{o.name} {list(o.shape)}" for o in model.outputs)
+            raise OnnxError(
+                f"a detector needs boxes [1, N, 4] and scores [1, N, C]; this model has {shapes}: name them with "
+                "--boxes and --scores, or use --task tensor"
+            )
+        model = replace(model, detection=detection)
     if task == "auto":
         return model
     ranks = [len(o.shape) for o in model.outputs]

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from mobile_vision_export.export.contract import read_labels
-from mobile_vision_export.export.onnx_graph import TASKS
+from mobile_vision_export.export.onnx_graph import BOX_FORMATS, TASKS, Detection
 from mobile_vision_export.export.reproducible import ENVIRONMENT, pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.pipeline.checks import (
@@ -72,6 +72,10 @@ def export_model(
     int8_output: str = "int8",
     int8_io: str = "uint8",
     task: str = "auto",
+    boxes: str | None = None,
+    scores: str | None = None,
+    box_format: str | None = None,
+    score_threshold: float = 0.5,
     fold_normalization: bool = True,
     thresholds: dict[str, dict[str, float]] | None = None,
     optimize: bool = True,
@@ -82,9 +86,11 @@ def export_model(
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
     min_sqnr, min_cosine, min_top1). Each int8 step can be turned off by its switch, e.g. `tuning=False` (the
-    switches: pipeline.int8_steps.SWITCHES). `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a
-    process started with export.reproducible.ENVIRONMENT. Raises the tool's one-line errors
-    (mobile_vision_export.errors.UserError) on bad input."""
+    switches: pipeline.int8_steps.SWITCHES). A detector's `boxes` and `scores` outputs are found by their shapes or
+    named; with `box_format` (xyxy or cxcywh) parity decodes them (NMS, scores from `score_threshold`).
+    `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a process started with
+    export.reproducible.ENVIRONMENT. Raises the tool's one-line errors (mobile_vision_export.errors.UserError) on
+    bad input."""
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
@@ -111,6 +117,10 @@ def export_model(
         )
     if task not in TASKS:
         raise SourceError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
+    if box_format is not None and box_format not in BOX_FORMATS:
+        raise SourceError(f"unknown box format '{box_format}': use one of {', '.join(BOX_FORMATS)}")
+    if not 0 <= score_threshold <= 1:
+        raise SourceError(f"score threshold {score_threshold} is not between 0 and 1: give the detector's score cut")
     check_input_size(input_size)
     check_normalization(mean, std)
     modes = list(QUANT_MODES) if quant == "all" else [quant]
@@ -142,6 +152,7 @@ def export_model(
             int8_output=int8_output,
             int8_io=int8_io,
             task=task,
+            detection=Detection(boxes, scores, box_format, score_threshold),
             val_dir=Path(val_dir) if val_dir else None,
             max_accuracy_drop=max_accuracy_drop,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.onnx_graph import TASKS
+from mobile_vision_export.export.onnx_graph import BOX_FORMATS, TASKS
 from mobile_vision_export.export.reproducible import pinned, restart_pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
@@ -76,8 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TASKS,
         default="auto",
         help="what the model's outputs are: auto (decided from their shapes, said in the report), classify (class "
-        "scores: labels, top-1), segment (a class map: pixel agreement, mean IoU), embed (a feature vector), tensor "
+        "scores: labels, top-1), segment (a class map: pixel agreement, mean IoU), detect (boxes [1, N, 4] and scores "
+        "[1, N, C]: top-100 score overlap, detections reproduced with --box-format), embed (a feature vector), tensor "
         "(anything else: every output compared)",
+    )
+    p.add_argument("--boxes", metavar="NAME", help="a detector's boxes output [1, N, 4] (default: found by its shape)")
+    p.add_argument(
+        "--scores", metavar="NAME", help="a detector's per-class scores output [1, N, C] (default: found by its shape)"
+    )
+    p.add_argument(
+        "--box-format",
+        choices=BOX_FORMATS,
+        help="how the boxes are written (x1,y1,x2,y2 or centre x,y,width,height): parity then decodes both files' "
+        "detections (best class per box, NMS per class) and reports the share int8 reproduces",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="with --box-format: the score a detection needs (default 0.5; the scores as the model outputs them)",
     )
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
@@ -205,6 +222,10 @@ def _options(args, argv: list[str]) -> dict:
         int8_output=args.int8_output,
         int8_io=args.int8_io,
         task=args.task,
+        boxes=args.boxes,
+        scores=args.scores,
+        box_format=args.box_format,
+        score_threshold=args.score_threshold,
         fold_normalization=not args.no_fold_normalization,
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,

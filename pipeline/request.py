@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobile_vision_export.export.onnx_graph import Detection
 from mobile_vision_export.validate.thresholds import Thresholds
 
 # Calibration crops by default: chosen against 100 and 300 on mobilenet_v2 (ImageNet weights); bench/accuracy.py
@@ -29,6 +30,7 @@ class ExportRequest:
     max_accuracy_drop: float | None = None  # points of top-1 a variant may lose on them against the reference
     int8_output: str = "int8"  # "float": the int8 file gives float32 logits (its output layer in dynamic range)
     task: str = "auto"  # what the outputs are (export.onnx_graph.TASKS); auto decides from their shapes
+    detection: Detection = Detection()  # a detector's outputs as asked (--boxes, --scores, --box-format)
     int8_io: str = "uint8"  # the int8 file's input (and quantized output) type: uint8 (pixels, for clients) or int8
 
     @property

@@ -189,7 +189,7 @@ def simplify(job: Job) -> Job:
         check_converter_supports(raw.path)  # an unconvertible op is the clearer message, if there is one
         raise
     check_converter_supports(simplified.path)
-    simplified = with_task(simplified, job.request.task)
+    simplified = with_task(simplified, job.request.task, job.request.detection)
     dynamic = [o.name for o in simplified.outputs if not o.static]
     if dynamic:
         raise OnnxError(
@@ -402,13 +402,11 @@ def check_gpu_delegate(job: Job) -> Job:
 def parity(job: Job) -> Job:
     source, request, files = job.source, job.request, job.tflites.files
     rows = check_parity(
-        job.graphs.simplified.path,
+        job.graphs.simplified,
         files,
         job.photos.heldout,
         [p.label for p in job.photos.heldout_photos],
         {"onnx": request.thresholds["onnx"], **{m: request.thresholds[m] for m in files}},
-        job.graphs.simplified.outputs,
-        job.graphs.simplified.task,
         torch_model=source.module,
         with_accuracy=job.graphs.simplified.num_classes == IMAGENET_CLASSES and not source.random_weights,
     )

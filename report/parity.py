@@ -6,6 +6,7 @@ import math
 
 from mobile_vision_export.export.provenance import TOOL_NAME, tool_versions
 from mobile_vision_export.export.tflite_inspect import LAYOUT_OPS, TfliteSummary
+from mobile_vision_export.validate.metrics import ParityMetrics
 from mobile_vision_export.validate.parity import VariantParity
 
 
@@ -82,6 +83,32 @@ def _optimization_lines(optimization: dict) -> list[str]:
     return lines
 
 
+def _per_output_lines(rows: list[VariantParity]) -> list[str]:
+    """Each output's figures and the task's own metrics, when a row has more than one output or any task metric."""
+    plain = set(ParityMetrics.__dataclass_fields__) | {"layout"}
+    if not any(len(r.outputs) > 1 or set(m) - plain for r in rows for m in r.outputs.values()):
+        return []
+    lines = [
+        "",
+        "### Per output",
+        "",
+        "| variant | output | layout | SQNR dB | cosine (mean/min) | task metrics |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for r in rows:
+        for name, m in r.outputs.items():
+            extra = ", ".join(
+                f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                for k, v in m.items()
+                if k not in plain
+            )
+            lines.append(
+                f"| {r.variant} | {name} | {m['layout']} | {format_sqnr(m['sqnr_db'])} | "
+                f"{m['cosine_mean']:.6f} / {m['cosine_min']:.6f} | {extra or '-'} |"
+            )
+    return lines
+
+
 def render_report(
     model: dict,
     inputs: dict,
@@ -149,6 +176,7 @@ def render_report(
             f"{m.cosine_min:.6f} | {format_sqnr(m.sqnr_db)} | {_share(m.top1_agreement)} | {_share(m.top5_overlap)} | "
             f"{acc} | {thr} | {result} |"
         )
+    lines += _per_output_lines(rows)
     lines += ["", "## Op histogram", ""]
     all_ops = sorted({op for s in summaries.values() for op in s.ops}, key=lambda op: (op not in LAYOUT_OPS, op))
     lines += ["| op | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]

@@ -9,8 +9,20 @@ import torch
 
 from mobile_vision_export.export.images import heldout_batch, heldout_photos
 from mobile_vision_export.export.metadata import read_metadata
-from mobile_vision_export.export.onnx_graph import OnnxModel, TensorSpec, to_onnx_layout
-from mobile_vision_export.validate.metrics import compare, segmentation_agreement
+from mobile_vision_export.export.onnx_graph import (
+    Detection,
+    OnnxError,
+    OnnxModel,
+    TensorSpec,
+    to_onnx_layout,
+    with_task,
+)
+from mobile_vision_export.validate.metrics import (
+    compare,
+    detection_agreement,
+    segmentation_agreement,
+    top_k_score_overlap,
+)
 from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs
 from mobile_vision_export.validate.thresholds import failures, thresholds_for
 from tests.conftest import ROOT, run_cli
@@ -28,6 +40,40 @@ def test_the_task_comes_from_the_outputs():
     assert _graph((1, 5, 32, 32)).task == "segment"
     assert _graph((1, 1, 64, 64)).task == "tensor"  # a one-channel probability map
     assert _graph((1, 64, 4), (1, 64, 6)).task == "tensor" and _graph((1, 64, 4), (1, 64, 6)).num_classes is None
+
+
+def test_a_detectors_boxes_and_scores_are_found_or_named():
+    found = with_task(_graph((1, 64, 6), (1, 64, 4)), "auto")
+    assert found.task == "detect" and (found.detection.boxes, found.detection.scores) == ("out1", "out0")
+    assert [found.kind(o.name) for o in found.outputs] == ["scores", "boxes"]
+    assert with_task(_graph((1, 64, 4), (1, 64, 4)), "auto").task == "tensor"  # either could be the boxes
+    assert with_task(_graph((1, 64, 4), (1, 32, 6)), "auto").task == "tensor"  # not one score row per box
+    named = with_task(_graph((1, 64, 4), (1, 64, 4)), "detect", Detection(boxes="out1", box_format="cxcywh"))
+    assert (named.detection.boxes, named.detection.scores, named.detection.box_format) == ("out1", "out0", "cxcywh")
+    with pytest.raises(OnnxError, match="--boxes 'bbox': the model has no such output"):
+        with_task(_graph((1, 64, 4), (1, 64, 6)), "auto", Detection(boxes="bbox"))
+    with pytest.raises(OnnxError, match="a detector needs boxes"):
+        with_task(_graph((1, 10)), "detect")
+    with pytest.raises(OnnxError, match="not --task segment"):
+        with_task(_graph((1, 5, 8, 8)), "segment", Detection(box_format="xyxy"))
+
+
+def test_detections_reproduced_counts_class_and_overlap():
+    """Decoded as an app would (best class per box, NMS per class, a score cut), then matched one to one."""
+    boxes = np.array([[[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [20, 20, 30, 30]]], np.float32)
+    scores = np.array([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.2, 0.1]]], np.float32)
+    same = detection_agreement((boxes, scores), (boxes, scores), "xyxy", 0.5)
+    # the second box overlaps the first (IoU 0.68) with the same class: NMS keeps one; the last is below the cut
+    assert same == {"detections_reproduced": 1.0, "reference_detections": 2, "candidate_detections": 2}
+    moved = boxes.copy()
+    moved[0, 2] += 100  # the third box far away
+    assert detection_agreement((boxes, scores), (moved, scores), "xyxy", 0.5)["detections_reproduced"] == 0.5
+    swapped = scores[..., ::-1].copy()  # every class the other one
+    assert detection_agreement((boxes, scores), (boxes, swapped), "xyxy", 0.5)["detections_reproduced"] == 0.0
+    centred = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], axis=-1)
+    assert detection_agreement((centred, scores), (centred, scores), "cxcywh", 0.5) == same
+    assert top_k_score_overlap(scores, scores, k=3) == 1.0
+    assert top_k_score_overlap(scores, swapped, k=1) == 0.0
 
 
 def test_a_wrongly_transposed_output_fails_parity():
@@ -80,13 +126,18 @@ def test_a_segmenter_is_compared_per_pixel(tmp_path):
 
 @pytest.mark.slow
 def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
-    record, contract, _ = _export(tmp_path, "det")
-    assert record["model"]["task"] == "tensor"
-    assert [o["name"] for o in contract["outputs"]] == ["output_0", "output_1"]
+    record, contract, out = _export(tmp_path, "det", "--box-format", "cxcywh", "--score-threshold", "0.2")
+    assert record["model"]["task"] == "detect"
+    assert [(o["name"], o["kind"]) for o in contract["outputs"]] == [("output_0", "boxes"), ("output_1", "scores")]
+    assert contract["output"]["box_format"] == "cxcywh"
     for row in record["parity"]:
         assert set(row["outputs"]) == {"output_0", "output_1"}, row["variant"]
+        scores = row["outputs"]["output_1"]
+        assert 0 <= scores["top_k_score_overlap"] <= 1 and scores["reference_detections"] > 0
         if row["variant"] in ("onnx", "fp32"):
             assert min(_sqnr(o) for o in row["outputs"].values()) > 60
+            assert scores["detections_reproduced"] == 1.0 and scores["top_k_score_overlap"] == 1.0
+    assert "| int8 | output_1 |" in (out / "report.md").read_text()  # the per-output table with the task metrics
     names = {o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]}
     assert names == {"output_0", "output_1"} and contract["variants"]["int8"]["input"]["dtype"] == "uint8"
 

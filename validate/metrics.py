@@ -87,3 +87,81 @@ def embedding_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
             np.mean(nearest(ref.astype(np.float64)) == nearest(cand.astype(np.float64)))
         )
     }
+
+
+TOP_K_SCORES = 100  # (box, class) scores compared when the boxes are not decoded
+NMS_IOU = 0.5  # boxes of one class overlapping more than this: the lower-scored one is dropped
+MATCH_IOU = 0.5  # an int8 detection reproduces a float one of the same class overlapping at least this much
+MAX_DETECTIONS = 100  # per photo, after NMS
+
+
+def top_k_score_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = TOP_K_SCORES) -> float:
+    """Scores (N x boxes x classes): the mean share of each photo's k highest (box, class) scores that are also
+    among the candidate's k highest."""
+    ref, cand = reference.reshape(len(reference), -1), candidate.reshape(len(candidate), -1)
+    k = min(k, ref.shape[1])
+    top_ref = np.argpartition(-ref, k - 1, axis=1)[:, :k]
+    top_cand = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]))
+
+
+def to_corners(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """Boxes (... x 4) as x1, y1, x2, y2 from `box_format` xyxy or cxcywh."""
+    if box_format == "xyxy":
+        return boxes.astype(np.float64)
+    centre, size = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of corner boxes a (M x 4) against b (K x 4): M x K."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def detections(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One photo's detections, as a mobile decoder makes them: each box takes its best class; boxes scoring at
+    least `threshold` go through NMS per class (NMS_IOU); the MAX_DETECTIONS best stay. Returns (corner boxes,
+    classes) per kept detection, best first, as (K x 4, K)."""
+    classes, best = scores.argmax(1), scores.max(1)
+    order = [i for i in np.argsort(-best, kind="stable") if best[i] >= threshold]
+    kept: list[int] = []
+    for i in order:
+        same = [j for j in kept if classes[j] == classes[i]]
+        if not same or box_iou(boxes[i : i + 1], boxes[same]).max() <= NMS_IOU:
+            kept.append(i)
+            if len(kept) == MAX_DETECTIONS:
+                break
+    return boxes[kept], classes[kept]
+
+
+def detection_agreement(
+    reference: tuple[np.ndarray, np.ndarray],
+    candidate: tuple[np.ndarray, np.ndarray],
+    box_format: str,
+    threshold: float,
+) -> dict:
+    """(boxes N x B x 4, scores N x B x C) of the float reference and the candidate, decoded the same way
+    (`detections`): the share of the reference's detections the candidate reproduces (same class, IoU at least
+    MATCH_IOU, each candidate detection matched once), and how many detections each made."""
+    found = reproduced = made = 0
+    for ref_boxes, ref_scores, cand_boxes, cand_scores in zip(*reference, *candidate):
+        ref_b, ref_c = detections(to_corners(ref_boxes, box_format), ref_scores, threshold)
+        cand_b, cand_c = detections(to_corners(cand_boxes, box_format), cand_scores, threshold)
+        found, made = found + len(ref_b), made + len(cand_b)
+        free = np.ones(len(cand_b), bool)
+        ious = box_iou(ref_b, cand_b) if len(ref_b) and len(cand_b) else np.zeros((len(ref_b), len(cand_b)))
+        for i in range(len(ref_b)):
+            fits = free & (cand_c == ref_c[i]) & (ious[i] >= MATCH_IOU)
+            if fits.any():
+                free[np.flatnonzero(fits)[np.argmax(ious[i][fits])]] = False
+                reproduced += 1
+    return {
+        "detections_reproduced": reproduced / found if found else None,
+        "reference_detections": found,
+        "candidate_detections": made,
+    }

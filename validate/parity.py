@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from mobile_vision_export.export.onnx_graph import TensorSpec, to_onnx_layout
-from mobile_vision_export.validate.metrics import ParityMetrics, compare, embedding_agreement, segmentation_agreement
+from mobile_vision_export.export.onnx_graph import Detection, OnnxModel, to_onnx_layout
+from mobile_vision_export.validate.metrics import (
+    ParityMetrics,
+    compare,
+    detection_agreement,
+    embedding_agreement,
+    segmentation_agreement,
+    top_k_score_overlap,
+)
 from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs, run_torch_outputs
 from mobile_vision_export.validate.thresholds import Thresholds, failures
 
@@ -48,22 +55,32 @@ def _compared(reference: np.ndarray, output: np.ndarray, task: str) -> tuple[Par
     return metrics, extra
 
 
+def _detection_metrics(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], detection: Detection) -> dict:
+    """A detector's scores compared as a ranking, and with a box format its decoded detections."""
+    boxes, scores = detection.boxes, detection.scores
+    metrics = {"top_k_score_overlap": top_k_score_overlap(reference[scores], got[scores])}
+    if detection.box_format is not None:
+        pairs = (reference[boxes], reference[scores]), (got[boxes], got[scores])
+        metrics.update(detection_agreement(*pairs, detection.box_format, detection.score_threshold))
+    return metrics
+
+
 def check_parity(
-    onnx_path: Path,
+    graph: OnnxModel,
     tflite_files: dict[str, Path],
     images_nhwc: np.ndarray,
     labels: list[int | None],
     thresholds: dict[str, Thresholds],
-    outputs: tuple[TensorSpec, ...],
-    task: str,
     torch_model: nn.Module | None = None,
     with_accuracy: bool = False,
 ) -> list[VariantParity]:
-    """Run every model on the same normalized images and compare each output with ONNX Runtime's, matched by name
-    and moved back into ONNX's layout; the first row is ONNX vs PyTorch if given. A variant's metrics are those of
-    its worst output (lowest SQNR), its failures those of every output."""
+    """Run every model on the same normalized images and compare each output of `graph` with ONNX Runtime's, matched
+    by name and moved back into ONNX's layout; the first row is ONNX vs PyTorch if given. A variant's metrics are
+    those of its worst output (lowest SQNR), its failures those of every output; a detector's decoded detections
+    are recorded with its scores output."""
+    outputs, task = graph.outputs, graph.task
     nchw = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
-    reference = run_onnx_outputs(onnx_path, nchw)
+    reference = run_onnx_outputs(graph.path, nchw)
 
     def row(variant: str, ref_name: str, got: dict[str, np.ndarray], layouts: dict[str, str]) -> VariantParity:
         limits = thresholds[variant] if task == "classify" else replace(thresholds[variant], min_top1=0.0)
@@ -75,6 +92,8 @@ def check_parity(
             problems += named
             if worst is None or not metrics.sqnr_db >= worst.sqnr_db:
                 worst = metrics
+        if task == "detect":
+            per_output[graph.detection.scores].update(_detection_metrics(reference, got, graph.detection))
         logits = got[outputs[0].name].reshape(len(nchw), -1)
         accuracy = _accuracy(logits, labels) if with_accuracy and task == "classify" else None
         return VariantParity(variant, ref_name, worst, limits, problems, accuracy, per_output)

@@ -19,7 +19,7 @@ class Seg(nn.Module):
 
 
 class Det(nn.Module):
-    """boxes [1, N, 4] and scores [1, N, 6]."""
+    """boxes [1, N, 4] (centre x, y, width, height, 0..1 of the image) and scores [1, N, 6] (0..1)."""
 
     def __init__(self):
         super().__init__()
@@ -29,8 +29,8 @@ class Det(nn.Module):
 
     def forward(self, x):
         f = self.body(x)
-        b = self.boxes(f).flatten(2).transpose(1, 2)
-        s = self.scores(f).flatten(2).transpose(1, 2)
+        b = self.boxes(f).sigmoid().flatten(2).transpose(1, 2)
+        s = self.scores(f).sigmoid().flatten(2).transpose(1, 2)
         return b, s
 
 
