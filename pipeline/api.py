@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from torch import nn
@@ -119,8 +120,8 @@ def export_model(
         raise SourceError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
     if box_format is not None and box_format not in BOX_FORMATS:
         raise SourceError(f"unknown box format '{box_format}': use one of {', '.join(BOX_FORMATS)}")
-    if not 0 <= score_threshold <= 1:
-        raise SourceError(f"score threshold {score_threshold} is not between 0 and 1: give the detector's score cut")
+    if not math.isfinite(score_threshold):
+        raise SourceError(f"score threshold {score_threshold} is not a number: give the score a detection needs")
     check_input_size(input_size)
     check_normalization(mean, std)
     modes = list(QUANT_MODES) if quant == "all" else [quant]
