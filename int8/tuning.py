@@ -4,7 +4,8 @@ The steps before this one choose each layer's rounding and each tensor's range o
 layers after it make of its error. This step builds a torch replica of the int8 graph, as the int8 kernels compute
 it: every op's output rounded to its tensor's int8 grid and clamped to it (a fused ReLU or ReLU6 by the clamp),
 weights on their per-channel int8 levels, biases on their int32 grid (input scale x weight scale). It then trains,
-with straight-through gradients on the float twin's logits for the calibration crops (Adam, mean squared error):
+with straight-through gradients on the float twin's logits for the calibration crops and their mirror images
+(Adam, mean squared error):
 - each weight's level, within the level just below or above the float weight (as the fitted rounding);
 - each bias, on its int32 grid;
 - each activation scale (learned step size, Esser et al. 2020), one per group of tensors that must share it; zero
@@ -452,7 +453,8 @@ class Tuning:
             "## int8 tuning",
             "",
             f"A torch replica of the int8 graph trained {self.steps} steps of {self.batch} crops (of "
-            f"{self.fit_crops} calibration crops) against the float twin's logits, in {self.seconds:.0f} s: "
+            f"{self.fit_crops} calibration crops and their mirror images) against the float twin's logits, in "
+            f"{self.seconds:.0f} s: "
             f"{self.scale_groups} activation scales (now x{low:.2f} to x{high:.2f}), the weight levels and biases of "
             f"{self.layers} layers ({self.weights_changed} weights moved a level). Error on the training batches "
             f"{self.fit_loss_start:.4f} -> {self.fit_loss_end:.4f} of the logits' variance. SQNR on "
@@ -483,7 +485,9 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
     float_weights = _float_weights(int8_path, float_twin)
     replica = Replica(model, float_weights)
     before = {i: layer.weights.copy() for i, layer in replica.layers.items()}
-    fit = crops.fit.astype(np.float32)
+    # and their mirror images (mobilenet_v2 ImageNet, two seeds: +0.2/+0.35 dB on natural held-out photos,
+    # +0.1/+0.15 dB on unread calibration photos; no cost but the float twin's outputs on them)
+    fit = np.concatenate([crops.fit, crops.fit[:, :, ::-1]]).astype(np.float32)
     target = torch.from_numpy(run_tflite(float_twin, fit))
     fit = torch.from_numpy(fit)
     optimizer = torch.optim.Adam(
@@ -527,7 +531,7 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
         skipped=None,
         steps=len(losses),
         batch=min(BATCH, len(fit)),
-        fit_crops=len(fit),
+        fit_crops=len(crops.fit),
         scale_groups=len(replica.groups),
         layers=sum(1 for i in replica.layers if i in float_weights),
         scale_ratio_range=(float(ratios.min()), float(ratios.max())) if len(ratios) else (1.0, 1.0),
