@@ -205,7 +205,7 @@ def test_a_dynamic_size_onnx_text_detector_exports_at_640(tmp_path):
     out = tmp_path / "out" / "text"
     record, contract = (json.loads((out / name).read_text()) for name in ("parity.json", "preprocess.json"))
     assert record["model"]["task"] == "tensor" and contract["outputs"] == [
-        {"name": "out", "onnx_shape": [1, 1, 640, 640]}
+        {"name": "out", "onnx_shape": [1, 1, 640, 640], "kind": "tensor"}
     ]
     rows = {r["variant"]: r for r in record["parity"]}
     assert _sqnr(rows["fp32"]["outputs"]["out"]) > 60
