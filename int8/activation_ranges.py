@@ -28,7 +28,6 @@ from mobile_vision_export.export.tflite_model import (
 )
 from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
 
 PERCENTILES = (99.999, 99.99)  # cuts tried; 99.95 and below clipped real photos' top logits
 MIN_GAIN_DB = 1.0  # a cut is kept only if it gains this much on the selection crops (smaller gains did not
@@ -254,13 +253,13 @@ class ActivationRanges:
 def cut_activation_ranges(int8: Path, crops: Crops) -> ActivationRanges:
     """Cut every changeable range of `int8` (in place) to the one of PERCENTILES, counted on `crops.fit`, that is
     closest to float on `crops.selection`, if it beats min-max there by MIN_GAIN_DB."""
-    scores = {"min-max": float(sqnr_db(crops.reference, run_tflite(int8, crops.selection)))}
+    scores = {"min-max": float(sqnr_db(crops.reference, crops.run(int8, crops.selection)))}
     counts = code_counts(int8, crops.fit)
     candidates = {}
     for percentile in PERCENTILES:
         path = int8.with_name(f".{int8.name}.p{percentile:g}")
         candidates[percentile] = (path, narrow_ranges(int8, counts, percentile, path))
-        scores[f"{percentile:g}"] = float(sqnr_db(crops.reference, run_tflite(path, crops.selection)))
+        scores[f"{percentile:g}"] = float(sqnr_db(crops.reference, crops.run(path, crops.selection)))
     best = max(candidates, key=lambda p: scores[f"{p:g}"])
     applied = scores[f"{best:g}"] >= scores["min-max"] + MIN_GAIN_DB
     summary = ActivationRanges(applied, len(crops.fit), len(crops.selection), scores)

@@ -25,7 +25,7 @@ from mobile_vision_export.export.tflite_inspect import (
 from mobile_vision_export.export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
 from mobile_vision_export.int8.crops import Crops, keep_if_closer
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
+from mobile_vision_export.validate.runners import Run, run_tflite
 
 IMAGES = 16  # calibration crops the correction measures on
 
@@ -100,7 +100,9 @@ def _mean_outputs(model: Path, layers: list[_Layer], images: np.ndarray, float_t
     return [total / len(images) for total in totals]
 
 
-def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst: Path) -> BiasShift:
+def shift_biases(
+    int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst: Path, run: Run = run_tflite
+) -> BiasShift:
     """Write `int8_path` with corrected biases to `dst`; `images_nhwc` are normalized calibration photos. A layer's
     correction is kept only if the model's output on those photos comes closer to the float twin's: under a
     narrowed output range a shifted mean can push values into clipping (mobilenet_v2's last projections: the
@@ -109,8 +111,8 @@ def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst
     layers = _layers(model, float_twin, int8_path)
     original = [layer.bias.copy() for layer in layers]
     write_model(model, dst)
-    reference = run_tflite(float_twin, images_nhwc)
-    best = sqnr_db(reference, run_tflite(dst, images_nhwc))
+    reference = run(float_twin, images_nhwc)
+    best = sqnr_db(reference, run(dst, images_nhwc))
     float_means = _mean_outputs(float_twin, layers, images_nhwc, float_twin=True)
     int8_means: dict[int, np.ndarray] = {}  # of the model as it is now; measured again after a kept correction
     for k, layer in enumerate(layers):  # in depth order, each measured after the ones before it are corrected
@@ -122,7 +124,7 @@ def shift_biases(int8_path: Path, float_twin: Path, images_nhwc: np.ndarray, dst
         shift = np.round(error / layer.bias_scale)
         layer.bias[:] = np.clip(layer.bias.astype(np.int64) + shift.astype(np.int64), -(2**31), 2**31 - 1)
         write_model(model, dst)
-        score = sqnr_db(reference, run_tflite(dst, images_nhwc))
+        score = sqnr_db(reference, run(dst, images_nhwc))
         if score > best:
             best = score
             int8_means = {}  # the layers after this one now see other inputs
@@ -164,6 +166,6 @@ def correct_biases(int8: Path, float_twin: Path, crops: Crops) -> BiasCorrection
     """Correct the biases of `int8` in place against `float_twin` on IMAGES of the crops steps fit on, kept only if
     int8 comes closer to ONNX Runtime's output on the selection crops, which the correction did not see."""
     candidate = int8.with_name(f".{int8.name}.corrected")
-    shift = shift_biases(int8, float_twin, crops.fit[:IMAGES], candidate)
+    shift = shift_biases(int8, float_twin, crops.fit[:IMAGES], candidate, crops.run)
     selection = keep_if_closer(int8, candidate, crops)
     return BiasCorrection(selection.kept, shift.layers, selection.sqnr_db_before, selection.sqnr_db_after)

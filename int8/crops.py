@@ -7,19 +7,45 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_vision_export.export.onnx_graph import TensorSpec, to_onnx_layout
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
+from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite, run_tflite_outputs
 
 SELECTION_IMAGES = 32  # crops held back to score each step's candidates against ONNX Runtime
+
+
+def joined(by_name: dict[str, np.ndarray], outputs: tuple[TensorSpec, ...], scales: tuple[float, ...]) -> np.ndarray:
+    """Several outputs (N x each's ONNX shape) as one N x total array: each flattened and divided by its scale."""
+    return np.concatenate([by_name[o.name].reshape(len(by_name[o.name]), -1) / s for o, s in zip(outputs, scales)], 1)
 
 
 @dataclass(frozen=True)
 class Crops:
     """Normalized NHWC calibration crops. The first `len(selection)` judge each step's candidates against ONNX
-    Runtime's output on them (`reference`); the others are what a step fits on."""
+    Runtime's output on them (`reference`); the others are what a step fits on. Every output is judged (`run`), in
+    ONNX's layout; several at once, each scaled by its RMS on the selection crops so none outweighs the others (a
+    detector's boxes in pixels beside its scores)."""
 
     images: np.ndarray
-    reference: np.ndarray  # ONNX Runtime's logits on `selection`, from the unmodified graph
+    reference: np.ndarray  # ONNX Runtime's output(s) on `selection`, from the unmodified graph, as `run` gives them
+    outputs: tuple[TensorSpec, ...] = ()  # none: run_tflite's one output as the file has it
+    scales: tuple[float, ...] = ()
+
+    @classmethod
+    def judged_by_onnx(cls, images: np.ndarray, onnx: Path, outputs: tuple[TensorSpec, ...]) -> Crops:
+        """`images` with ONNX Runtime's outputs on the first SELECTION_IMAGES of them."""
+        by_name = run_onnx_outputs(onnx, np.ascontiguousarray(images[:SELECTION_IMAGES].transpose(0, 3, 1, 2)))
+        rms = [float(np.sqrt(np.mean(np.square(by_name[o.name], dtype=np.float64)))) for o in outputs]
+        scales = (1.0,) if len(outputs) == 1 else tuple(max(r, 1e-12) for r in rms)
+        return cls(images, joined(by_name, outputs, scales), outputs, scales)
+
+    def run(self, path: Path, images: np.ndarray) -> np.ndarray:
+        """A .tflite's output(s) on `images` as `reference` holds ONNX Runtime's: matched by name, moved into ONNX's
+        layout, scaled and joined."""
+        if not self.outputs:
+            return run_tflite(path, images)
+        got = run_tflite_outputs(path, images, self.outputs)
+        return joined({o.name: to_onnx_layout(got[o.name], o)[0] for o in self.outputs}, self.outputs, self.scales)
 
     @property
     def selection(self) -> np.ndarray:
@@ -48,8 +74,8 @@ class Selection:
 def keep_if_closer(int8: Path, candidate: Path, crops: Crops) -> Selection:
     """Replace `int8` by `candidate` if its output on the selection crops is closer to ONNX Runtime's; the candidate
     file is gone either way."""
-    before = sqnr_db(crops.reference, run_tflite(int8, crops.selection))
-    after = sqnr_db(crops.reference, run_tflite(candidate, crops.selection))
+    before = sqnr_db(crops.reference, crops.run(int8, crops.selection))
+    after = sqnr_db(crops.reference, crops.run(candidate, crops.selection))
     selection = Selection(len(crops.selection), float(before), float(after))
     if selection.kept:
         candidate.replace(int8)

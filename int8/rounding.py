@@ -32,7 +32,7 @@ from mobile_vision_export.export.tflite_model import (
 )
 from mobile_vision_export.int8.crops import Crops, keep_if_closer
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
+from mobile_vision_export.validate.runners import Run, run_tflite
 
 FIT_IMAGES = 16  # calibration crops each layer is fitted on (32 took twice as long for the same held-out SQNR)
 JUDGE_IMAGES = 16  # other calibration crops that decide whether a layer keeps its new values
@@ -243,7 +243,9 @@ class RefitLayers:
     judge_sqnr_db_after: float
 
 
-def refit_layers(int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.ndarray, dst: Path) -> RefitLayers:
+def refit_layers(
+    int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.ndarray, dst: Path, run: Run = run_tflite
+) -> RefitLayers:
     """Write `int8_path` to `dst` with every layer's weights and bias refitted on the normalized crops `fit`, each
     kept only if the model's output on `judge` comes closer to the float twin's."""
     model, twin = read_single_graph(int8_path), read_single_graph(float_twin)
@@ -251,12 +253,12 @@ def refit_layers(int8_path: Path, float_twin: Path, fit: np.ndarray, judge: np.n
     q_input = inspect_tflite(int8_path).inputs[0]
     fit_q = np.stack([quantize(image.astype(np.float32), q_input) for image in fit])
     samples = _Samples(layers, float_twin, fit.astype(np.float32), fit_q)
-    reference = run_tflite(float_twin, judge)
+    reference = run(float_twin, judge)
 
     def score(model_bytes: bytes) -> float:
         """The model in `model_bytes` against the float twin on the judging crops."""
         dst.write_bytes(model_bytes)
-        return sqnr_db(reference, run_tflite(dst, judge))
+        return sqnr_db(reference, run(dst, judge))
 
     current = serialize(model)
     spans = buffer_spans(current)
@@ -323,7 +325,7 @@ def fit_rounding(int8: Path, float_twin: Path, crops: Crops) -> FittedRounding:
     fit, judge = crops.fit[:FIT_IMAGES], crops.fit[FIT_IMAGES : FIT_IMAGES + JUDGE_IMAGES]
     if len(judge) == 0:  # too few crops to judge on others: judge on the ones fitted
         judge = fit
-    refit = refit_layers(int8, float_twin, fit, judge, candidate)
+    refit = refit_layers(int8, float_twin, fit, judge, candidate, crops.run)
     selection = keep_if_closer(int8, candidate, crops)
     return FittedRounding(
         selection.kept,

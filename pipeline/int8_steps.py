@@ -167,8 +167,9 @@ STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBAC
 SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's keyword arguments, flags --no-*
 
 
-# Steps that judge on one vector of class scores (run_tflite's and the selection crops' single flattened output).
-ONE_OUTPUT_STEPS = ("activation_ranges", "bias_correction", "tuning", "fitted_rounding", "fallback", "output")
+# Steps that work on one vector of class scores: the tuning's replica computes one output, the fallback judges
+# top-1, the float output replaces a classifier's last layer. The others judge every output (Crops.run).
+ONE_OUTPUT_STEPS = ("tuning", "fallback", "output")
 
 
 def _skip_reason(step: Int8Step, job: Job) -> str | None:

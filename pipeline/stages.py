@@ -46,7 +46,7 @@ from mobile_vision_export.export.tflite_convert import (
 from mobile_vision_export.export.tflite_inspect import TfliteSummary, inspect_tflite
 from mobile_vision_export.export.tflite_model import rename_outputs
 from mobile_vision_export.export.wording import plural
-from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
+from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.pipeline.request import ExportRequest
 from mobile_vision_export.pipeline.sources import ModelSource, calibrate_random_weights
 from mobile_vision_export.report.diagnose import write_diagnosis
@@ -243,9 +243,8 @@ def measure_accuracy(job: Job) -> Job:
 
 def hold_out_selection_crops(job: Job) -> Job:
     """The calibration crops that judge the int8 choices, with ONNX Runtime's output on them."""
-    selection = job.photos.calib_x[:SELECTION_IMAGES]
-    reference = run_onnx(job.graphs.simplified.path, nchw(selection))
-    return replace(job, crops=Crops(job.photos.calib_x, reference))
+    graph = job.graphs.simplified
+    return replace(job, crops=Crops.judged_by_onnx(job.photos.calib_x, graph.path, graph.outputs))
 
 
 def _convert(job: Job, graph: OnnxModel, key: str, modes: list[str]) -> TfliteConversion:

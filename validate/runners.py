@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from torch import nn
 from mobile_vision_export.export.onnx_graph import TensorSpec, match_outputs
 from mobile_vision_export.export.tflite_inspect import dequantize, inspect_tflite, quantize
 from mobile_vision_export.export.threads import runtime_threads
+
+Run = Callable[[Path, np.ndarray], np.ndarray]  # a .tflite's output(s) on normalized NHWC images, N x values
 
 
 def run_torch(model: nn.Module, batch_nchw: np.ndarray) -> np.ndarray:
