@@ -488,7 +488,8 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
     # and their mirror images (mobilenet_v2 ImageNet, two seeds: +0.2/+0.35 dB on natural held-out photos,
     # +0.1/+0.15 dB on unread calibration photos; no cost but the float twin's outputs on them)
     fit = np.concatenate([crops.fit, crops.fit[:, :, ::-1]]).astype(np.float32)
-    target = torch.from_numpy(run_tflite(float_twin, fit))
+    target = torch.from_numpy(run_tflite(float_twin, fit))  # as the replica computes it (a map: NHWC), flattened
+    selection_target = run_tflite(float_twin, crops.selection)
     fit = torch.from_numpy(fit)
     optimizer = torch.optim.Adam(
         [
@@ -504,14 +505,14 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
 
         def closeness() -> float:
             with torch.no_grad():  # a batch at a time: the replica holds every tensor of the graph until its end
-                out = torch.cat([replica(part) for part in selection.split(BATCH)])
-            return float(sqnr_db(crops.reference, out.numpy()))
+                out = torch.cat([replica(part).flatten(1) for part in selection.split(BATCH)])
+            return float(sqnr_db(selection_target, out.numpy()))
 
         first = closeness()
         for step in range(1, steps + 1):
             batch = rng.choice(len(fit), min(BATCH, len(fit)), replace=False)
             reference = target[batch]
-            loss = ((replica(fit[batch]) - reference) ** 2).mean() / reference.var()
+            loss = ((replica(fit[batch]).flatten(1) - reference) ** 2).mean() / reference.var()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -167,9 +167,12 @@ STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBAC
 SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's keyword arguments, flags --no-*
 
 
-# Steps that work on one vector of class scores: the tuning's replica computes one output, the fallback judges
-# top-1, the float output replaces a classifier's last layer. The others judge every output (Crops.run).
-ONE_OUTPUT_STEPS = ("tuning", "fallback", "output")
+# Steps not yet for every model: which models they serve and why (the others judge every output: Crops.run).
+LIMITED_STEPS = {
+    "tuning": (lambda graph: len(graph.outputs) == 1, "the tuning's replica computes one output"),
+    "fallback": (lambda graph: graph.task == "classify", "the fallback judges top-1 agreement"),
+    "output": (lambda graph: graph.task == "classify", "the float output replaces a classifier's last layer"),
+}
 
 
 def _skip_reason(step: Int8Step, job: Job) -> str | None:
@@ -179,8 +182,9 @@ def _skip_reason(step: Int8Step, job: Job) -> str | None:
         return f"turned off ({step.flag})"
     graph = job.graphs.simplified
     reason = step.asked(job.request)
-    if reason is None and step.name in ONE_OUTPUT_STEPS and graph.task != "classify":
-        return f"not yet for this model ({graph.task_reason}): the step judges one vector of class scores"
+    serves, why = LIMITED_STEPS.get(step.name, (lambda graph: True, ""))
+    if reason is None and not serves(graph):
+        return f"not yet for this model ({graph.task_reason}): {why}"
     return reason
 
 

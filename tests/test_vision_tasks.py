@@ -121,11 +121,11 @@ def test_a_segmenter_is_compared_per_pixel(tmp_path):
     counted = segmentation_agreement(reference["logits"], int8)
     assert rows["int8"]["outputs"]["logits"]["pixel_agreement"] == pytest.approx(counted["pixel_agreement"])
     assert rows["int8"]["outputs"]["logits"]["mean_iou"] == pytest.approx(counted["mean_iou"])
-    assert record["model"]["int8_tuning"]["reason"].startswith("not yet for this model")
     # the steps that judge every output compare the class map in ONNX's layout: near parity's figure, not the
-    # -2 dB that the file's NHWC order against ONNX's NCHW gives
+    # -2 dB that the file's NHWC order against ONNX's NCHW gives; the tuning's replica computes the map as the file
     ranges = record["model"]["int8_activation_ranges"]["calibration_sqnr_db"]["min-max"]
     assert abs(ranges - _sqnr(rows["int8"]["outputs"]["logits"])) < 3
+    assert abs(record["model"]["int8_tuning"]["replica_checks"][0][1] - ranges) < 1
     assert record["model"]["int8_fitted_rounding"]["selection_crops"] == 32
 
 
@@ -145,6 +145,7 @@ def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
     assert "| int8 | output_1 |" in (out / "report.md").read_text()  # the per-output table with the task metrics
     # bias correction judged both outputs together, each in its ONNX layout and scaled by its RMS
     assert record["model"]["int8_bias_correction"]["calibration_sqnr_db_before"] > 40
+    assert "the tuning's replica computes one output" in record["model"]["int8_tuning"]["reason"]
     names = {o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]}
     assert names == {"output_0", "output_1"} and contract["variants"]["int8"]["input"]["dtype"] == "uint8"
 
