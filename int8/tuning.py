@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
 
 from mobile_vision_export.export.reproducible import pinned
-from mobile_vision_export.export.tflite_inspect import twin_layers
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, twin_layers
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
     buffer_uses,
@@ -44,7 +44,7 @@ from mobile_vision_export.export.tflite_model import (
 from mobile_vision_export.int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
 from mobile_vision_export.int8.crops import Crops, keep_if_closer
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
+from mobile_vision_export.validate.runners import run_tflite_outputs
 
 STEPS = 120  # Adam steps (mobilenet_v2, ImageNet, held-out photos: 80 steps gave 0.5 dB less, 200 about the same)
 BATCH = 8  # calibration crops per step
@@ -252,9 +252,10 @@ class Replica(torch.nn.Module):
             self.constants[t] = constant_view(self.model, self.graph.tensors[t])
         return self.constants[t]
 
-    def forward(self, x_nhwc: torch.Tensor, given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """The int8 graph's output (dequantized) for normalized NHWC images. Tensors in `given` (dequantized) stand
-        in for what the replica computes for them: the interpreter's, to check one op at a time."""
+    def forward(self, x_nhwc: torch.Tensor, given: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The int8 graph's outputs (dequantized, in the graph's output order, each as the file lays it out) for
+        normalized NHWC images. Tensors in `given` (dequantized) stand in for what the replica computes for them:
+        the interpreter's, to check one op at a time."""
         graph = self.graph
         first = int(graph.inputs[0])
         tensors = {first: self._quantize(x_nhwc, first)}
@@ -310,7 +311,7 @@ class Replica(torch.nn.Module):
             tensors[out] = y if passes_grid else self._output(y, op)  # already on the grid it would round to
             if out in given:
                 tensors[out] = given[out]
-        return tensors[int(graph.outputs[0])]
+        return [tensors[int(t)] for t in graph.outputs]
 
     @staticmethod
     def _pool(kind: str, x: torch.Tensor, options) -> torch.Tensor:
@@ -463,6 +464,22 @@ class Tuning:
         ]
 
 
+def _twin_outputs(float_twin: Path, images: np.ndarray, names: list[str]) -> list[torch.Tensor]:
+    """The float twin's outputs on `images`, in the int8 graph's output order, each flattened as the file lays it out
+    (a map: NHWC), which is how the replica computes them. By signature name where the twin has the int8 file's
+    names; the twin may keep the converter's own (Identity, ...), in the same order."""
+    by_name = run_tflite_outputs(float_twin, images)
+    outputs = [by_name[name] for name in names] if set(names) <= set(by_name) else list(by_name.values())
+    if len(outputs) != len(names):
+        raise ValueError(f"the float twin has {len(outputs)} outputs, the int8 file {len(names)}")
+    return [torch.from_numpy(y.reshape(len(images), -1)) for y in outputs]
+
+
+def _joined(outputs: list[torch.Tensor], rms: list[float]) -> torch.Tensor:
+    """Several outputs side by side, each divided by its RMS so that none outweighs the others."""
+    return torch.cat([y / r for y, r in zip(outputs, rms)], 1)
+
+
 @contextmanager
 def _arithmetic():
     """THREADS threads, and torch without oneDNN when the process's arithmetic is pinned (export.reproducible)."""
@@ -488,8 +505,10 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
     # and their mirror images (mobilenet_v2 ImageNet, two seeds: +0.2/+0.35 dB on natural held-out photos,
     # +0.1/+0.15 dB on unread calibration photos; no cost but the float twin's outputs on them)
     fit = np.concatenate([crops.fit, crops.fit[:, :, ::-1]]).astype(np.float32)
-    target = torch.from_numpy(run_tflite(float_twin, fit))  # as the replica computes it (a map: NHWC), flattened
-    selection_target = run_tflite(float_twin, crops.selection)
+    names = inspect_tflite(int8_path).output_names  # the float twin's outputs carry the same signature names
+    target = _twin_outputs(float_twin, fit, names)
+    selection_target = _twin_outputs(float_twin, crops.selection, names)
+    rms = [float(t.square().mean().sqrt()) or 1.0 for t in selection_target]
     fit = torch.from_numpy(fit)
     optimizer = torch.optim.Adam(
         [
@@ -505,14 +524,16 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
 
         def closeness() -> float:
             with torch.no_grad():  # a batch at a time: the replica holds every tensor of the graph until its end
-                out = torch.cat([replica(part).flatten(1) for part in selection.split(BATCH)])
-            return float(sqnr_db(selection_target, out.numpy()))
+                parts = [replica(part) for part in selection.split(BATCH)]
+            out = [torch.cat([outputs[k] for outputs in parts]).flatten(1) for k in range(len(names))]
+            return float(sqnr_db(_joined(selection_target, rms).numpy(), _joined(out, rms).numpy()))
 
         first = closeness()
         for step in range(1, steps + 1):
             batch = rng.choice(len(fit), min(BATCH, len(fit)), replace=False)
-            reference = target[batch]
-            loss = ((replica(fit[batch]).flatten(1) - reference) ** 2).mean() / reference.var()
+            outputs = replica(fit[batch])
+            loss = sum(((y.flatten(1) - t[batch]) ** 2).mean() / t[batch].var() for y, t in zip(outputs, target))
+            loss = loss / len(outputs)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -169,7 +169,6 @@ SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's
 
 # Steps not yet for every model: which models they serve and why (the others judge every output: Crops.run).
 LIMITED_STEPS = {
-    "tuning": (lambda graph: len(graph.outputs) == 1, "the tuning's replica computes one output"),
     "fallback": (lambda graph: graph.task == "classify", "the fallback judges top-1 agreement"),
     "output": (lambda graph: graph.task == "classify", "the float output replaces a classifier's last layer"),
 }

@@ -17,6 +17,7 @@ from mobile_vision_export.export.onnx_graph import (
     to_onnx_layout,
     with_task,
 )
+from mobile_vision_export.int8.tuning import CHECKS
 from mobile_vision_export.validate.metrics import (
     compare,
     detection_agreement,
@@ -145,9 +146,22 @@ def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
     assert "| int8 | output_1 |" in (out / "report.md").read_text()  # the per-output table with the task metrics
     # bias correction judged both outputs together, each in its ONNX layout and scaled by its RMS
     assert record["model"]["int8_bias_correction"]["calibration_sqnr_db_before"] > 40
-    assert "the tuning's replica computes one output" in record["model"]["int8_tuning"]["reason"]
+    assert "ops the replica does not have: LOGISTIC" in record["model"]["int8_tuning"]["skipped"]
     names = {o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]}
     assert names == {"output_0", "output_1"} and contract["variants"]["int8"]["input"]["dtype"] == "uint8"
+
+
+@pytest.mark.slow
+def test_the_tuning_trains_every_output_of_a_two_output_head(tmp_path):
+    """Raw box offsets and class logits: the replica computes both, each judged in the file's layout and scaled by
+    its RMS; its first check agrees with the ranges' figure (ONNX's layout, the int8 file's own run)."""
+    args = ["--model", f"{MODELS}:det_raw", "--input-size", "64", "--quant", "int8", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = json.loads((tmp_path / "out" / "vision_models_det_raw" / "parity.json").read_text())["model"]
+    tuning, ranges = model["int8_tuning"], model["int8_activation_ranges"]["calibration_sqnr_db"]["min-max"]
+    assert model["task"] == "detect" and tuning["steps"] >= min(CHECKS)
+    assert abs(tuning["replica_checks"][0][1] - ranges) < 1
 
 
 @pytest.mark.slow

@@ -19,18 +19,22 @@ class Seg(nn.Module):
 
 
 class Det(nn.Module):
-    """boxes [1, N, 4] (centre x, y, width, height, 0..1 of the image) and scores [1, N, 6] (0..1)."""
+    """boxes [1, N, 4] (centre x, y, width, height, 0..1 of the image) and scores [1, N, 6] (0..1); with `raw`, the
+    heads' outputs as they are (box offsets and class logits, as SSD-style heads give them before decoding)."""
 
-    def __init__(self):
+    def __init__(self, raw: bool = False):
         super().__init__()
+        self.raw = raw
         self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
         self.boxes = nn.Conv2d(32, 4, 1)
         self.scores = nn.Conv2d(32, 6, 1)
 
     def forward(self, x):
         f = self.body(x)
-        b = self.boxes(f).sigmoid().flatten(2).transpose(1, 2)
-        s = self.scores(f).sigmoid().flatten(2).transpose(1, 2)
+        b, s = self.boxes(f), self.scores(f)
+        if not self.raw:
+            b, s = b.sigmoid(), s.sigmoid()
+        b, s = b.flatten(2).transpose(1, 2), s.flatten(2).transpose(1, 2)
         return b, s
 
 
@@ -54,3 +58,7 @@ def seg():
 
 def det():
     return Det()
+
+
+def det_raw():
+    return Det(raw=True)
