@@ -50,7 +50,7 @@ class Detection:
     score_threshold: float = 0.5
 
     @property
-    def asked(self) -> bool:
+    def given(self) -> bool:
         return (self.boxes, self.scores, self.box_format) != (None, None, None)
 
 
@@ -168,7 +168,7 @@ def _detector_outputs(model: OnnxModel, asked: Detection) -> Detection | None:
         return None
     b, c = by_name[boxes].shape, by_name[scores].shape
     if len(b) != 3 or b[2] != 4 or len(c) != 3 or b[1] != c[1]:
-        if not asked.asked:
+        if not asked.given:
             return None
         raise OnnxError(
             f"boxes '{boxes}' {list(b)} and scores '{scores}' {list(c)} are not [1, N, 4] and [1, N, C] with the same "
@@ -180,11 +180,11 @@ def _detector_outputs(model: OnnxModel, asked: Detection) -> Detection | None:
 def with_task(model: OnnxModel, task: str, asked: Detection = Detection()) -> OnnxModel:
     """`model` with the task the user chose (auto: decided from its outputs), refused where its outputs cannot be it.
     A detector's boxes and scores are found by the names `asked` or by their shapes."""
-    if asked.asked and task not in ("auto", "detect"):
+    if asked.given and task not in ("auto", "detect"):
         raise OnnxError(f"--boxes, --scores and --box-format describe a detector's outputs, not --task {task}")
     if task in ("auto", "detect"):
         detection = _detector_outputs(model, asked)
-        if detection is None and (task == "detect" or asked.asked):
+        if detection is None and (task == "detect" or asked.given):
             shapes = ", ".join(f"{o.name} {list(o.shape)}" for o in model.outputs)
             raise OnnxError(
                 f"a detector needs boxes [1, N, 4] and scores [1, N, C]; this model has {shapes}: name them with "

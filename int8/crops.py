@@ -14,9 +14,16 @@ from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite, 
 SELECTION_IMAGES = 32  # crops held back to score each step's candidates against ONNX Runtime
 
 
-def joined(by_name: dict[str, np.ndarray], outputs: tuple[TensorSpec, ...], scales: tuple[float, ...]) -> np.ndarray:
-    """Several outputs (N x each's ONNX shape) as one N x total array: each flattened and divided by its scale."""
-    return np.concatenate([by_name[o.name].reshape(len(by_name[o.name]), -1) / s for o, s in zip(outputs, scales)], 1)
+def output_scales(outputs: list[np.ndarray]) -> tuple[float, ...]:
+    """What each of several outputs is divided by before they are joined: its RMS (one output: 1)."""
+    if len(outputs) == 1:
+        return (1.0,)
+    return tuple(max(float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))), 1e-12) for y in outputs)
+
+
+def joined(outputs: list[np.ndarray], scales: tuple[float, ...]) -> np.ndarray:
+    """Several outputs (N x each's shape) as one N x total array: each flattened and divided by its scale."""
+    return np.concatenate([y.reshape(len(y), -1) / s for y, s in zip(outputs, scales)], 1)
 
 
 @dataclass(frozen=True)
@@ -35,9 +42,9 @@ class Crops:
     def judged_by_onnx(cls, images: np.ndarray, onnx: Path, outputs: tuple[TensorSpec, ...]) -> Crops:
         """`images` with ONNX Runtime's outputs on the first SELECTION_IMAGES of them."""
         by_name = run_onnx_outputs(onnx, np.ascontiguousarray(images[:SELECTION_IMAGES].transpose(0, 3, 1, 2)))
-        rms = [float(np.sqrt(np.mean(np.square(by_name[o.name], dtype=np.float64)))) for o in outputs]
-        scales = (1.0,) if len(outputs) == 1 else tuple(max(r, 1e-12) for r in rms)
-        return cls(images, joined(by_name, outputs, scales), outputs, scales)
+        reference = [by_name[o.name] for o in outputs]
+        scales = output_scales(reference)
+        return cls(images, joined(reference, scales), outputs, scales)
 
     def run(self, path: Path, images: np.ndarray) -> np.ndarray:
         """A .tflite's output(s) on `images` as `reference` holds ONNX Runtime's: matched by name, moved into ONNX's
@@ -45,7 +52,7 @@ class Crops:
         if not self.outputs:
             return run_tflite(path, images)
         got = run_tflite_outputs(path, images, self.outputs)
-        return joined({o.name: to_onnx_layout(got[o.name], o)[0] for o in self.outputs}, self.outputs, self.scales)
+        return joined([to_onnx_layout(got[o.name], o)[0] for o in self.outputs], self.scales)
 
     @property
     def selection(self) -> np.ndarray:

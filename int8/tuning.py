@@ -42,7 +42,7 @@ from mobile_vision_export.export.tflite_model import (
     write_model,
 )
 from mobile_vision_export.int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
-from mobile_vision_export.int8.crops import Crops, keep_if_closer
+from mobile_vision_export.int8.crops import Crops, joined, keep_if_closer, output_scales
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite_outputs
 
@@ -271,13 +271,13 @@ class Replica(torch.nn.Module):
                 if options.padding == schema.Padding.SAME:
                     span = ((w.shape[1] - 1) * dilation[0] + 1, (w.shape[2] - 1) * dilation[1] + 1)
                     x = _pad_same(x, span, stride)
-                if kind == "CONV_2D":  # grouped when the weights hold fewer input channels than x
-                    w, groups = w.permute(0, 3, 1, 2), x.shape[1] // w.shape[3]
-                elif not torch.backends.mkldnn.enabled:
+                if kind == "DEPTHWISE_CONV_2D" and not torch.backends.mkldnn.enabled:
                     y = _depthwise(x.permute(0, 2, 3, 1), w, b, stride, dilation)
-                else:  # 1 x H x W x (channels x depth multiplier)
-                    w, groups = w.permute(3, 0, 1, 2), x.shape[1]
-                if kind == "CONV_2D" or torch.backends.mkldnn.enabled:
+                else:
+                    if kind == "CONV_2D":  # grouped when the weights hold fewer input channels than x
+                        w, groups = w.permute(0, 3, 1, 2), x.shape[1] // w.shape[3]
+                    else:  # 1 x H x W x (channels x depth multiplier)
+                        w, groups = w.permute(3, 0, 1, 2), x.shape[1]
                     y = F.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups).permute(0, 2, 3, 1)
             elif kind == "FULLY_CONNECTED":
                 w, b = self._constants(index)
@@ -475,11 +475,6 @@ def _twin_outputs(float_twin: Path, images: np.ndarray, names: list[str]) -> lis
     return [torch.from_numpy(y.reshape(len(images), -1)) for y in outputs]
 
 
-def _joined(outputs: list[torch.Tensor], rms: list[float]) -> torch.Tensor:
-    """Several outputs side by side, each divided by its RMS so that none outweighs the others."""
-    return torch.cat([y / r for y, r in zip(outputs, rms)], 1)
-
-
 @contextmanager
 def _arithmetic():
     """THREADS threads, and torch without oneDNN when the process's arithmetic is pinned (export.reproducible)."""
@@ -507,8 +502,8 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
     fit = np.concatenate([crops.fit, crops.fit[:, :, ::-1]]).astype(np.float32)
     names = inspect_tflite(int8_path).output_names  # the float twin's outputs carry the same signature names
     target = _twin_outputs(float_twin, fit, names)
-    selection_target = _twin_outputs(float_twin, crops.selection, names)
-    rms = [float(t.square().mean().sqrt()) or 1.0 for t in selection_target]
+    selection_target = [t.numpy() for t in _twin_outputs(float_twin, crops.selection, names)]
+    scales = output_scales(selection_target)
     fit = torch.from_numpy(fit)
     optimizer = torch.optim.Adam(
         [
@@ -525,8 +520,8 @@ def train(int8_path: Path, float_twin: Path, crops: Crops, dst: Path, steps: int
         def closeness() -> float:
             with torch.no_grad():  # a batch at a time: the replica holds every tensor of the graph until its end
                 parts = [replica(part) for part in selection.split(BATCH)]
-            out = [torch.cat([outputs[k] for outputs in parts]).flatten(1) for k in range(len(names))]
-            return float(sqnr_db(_joined(selection_target, rms).numpy(), _joined(out, rms).numpy()))
+            out = [torch.cat([outputs[k] for outputs in parts]).flatten(1).numpy() for k in range(len(names))]
+            return float(sqnr_db(joined(selection_target, scales), joined(out, scales)))
 
         first = closeness()
         for step in range(1, steps + 1):

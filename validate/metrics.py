@@ -123,10 +123,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def detections(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def detections(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """One photo's detections, as a mobile decoder makes them: each box takes its best class; boxes scoring at
-    least `threshold` go through NMS per class (NMS_IOU); the MAX_DETECTIONS best stay. Returns (corner boxes,
-    classes) per kept detection, best first, as (K x 4, K)."""
+    least `threshold` go through NMS per class (NMS_IOU); the MAX_DETECTIONS best stay. Returns the kept
+    detections' corner boxes and classes, best first (K x 4, K)."""
     classes, best = scores.argmax(1), scores.max(1)
     order = [i for i in np.argsort(-best, kind="stable") if best[i] >= threshold]
     kept: list[int] = []
