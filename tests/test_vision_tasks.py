@@ -73,6 +73,8 @@ def test_detections_reproduced_counts_class_and_overlap():
     assert detection_agreement((boxes, scores), (boxes, swapped), "xyxy", 0.5)["detections_reproduced"] == 0.0
     centred = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], axis=-1)
     assert detection_agreement((centred, scores), (centred, scores), "cxcywh", 0.5) == same
+    flipped = boxes[..., [2, 3, 0, 1]].copy()  # corners the other way round: the same regions
+    assert detection_agreement((flipped, scores), (flipped, scores), "xyxy", 0.5) == same
     assert top_k_score_overlap(scores, scores, k=3) == 1.0
     assert top_k_score_overlap(scores, swapped, k=1) == 0.0
 

@@ -106,11 +106,15 @@ def top_k_score_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = T
 
 
 def to_corners(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    """Boxes (... x 4) as x1, y1, x2, y2 from `box_format` xyxy or cxcywh."""
+    """Boxes (... x 4) as x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, from `box_format` xyxy or cxcywh. Corners given
+    the other way round (or a negative width) are the same region: without the ordering they had no area and matched
+    nothing, not even themselves."""
     if box_format == "xyxy":
-        return boxes.astype(np.float64)
-    centre, size = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
-    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+        a, b = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
+    else:
+        centre, size = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
+        a, b = centre - size / 2, centre + size / 2
+    return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=-1)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
