@@ -33,7 +33,12 @@ def _library():
     try:
         from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
         from tensorflow_lite_support.metadata.python import metadata as reader
-        from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier, metadata_info
+        from tensorflow_lite_support.metadata.python.metadata_writers import (
+            image_classifier,
+            image_segmenter,
+            metadata_info,
+            metadata_writer,
+        )
     except ImportError as exc:
         raise MetadataError(
             f"TFLite Metadata needs tflite-support and libusb-1.0 ({exc}): run scripts/setup.sh"
@@ -41,7 +46,12 @@ def _library():
     finally:
         if keep_out:
             del sys.modules["tensorflow"]
-    return schema, reader, image_classifier, metadata_info
+    writers = {
+        "classify": image_classifier.MetadataWriter,
+        "segment": image_segmenter.MetadataWriter,
+        "any": metadata_writer.MetadataWriter,
+    }
+    return schema, reader, writers, metadata_info
 
 
 @dataclass(frozen=True)
@@ -53,8 +63,8 @@ class ModelMetadata:
     std: list[float]
     color_space: str
     size: tuple[int, int]  # width, height
-    labels: list[str]
-    output: str  # the output tensor's metadata name: "logits"
+    labels: list[str]  # from the output that carries a label file; [] when none does
+    outputs: tuple[str, ...]  # each output tensor's metadata name, in the file's order: ("logits",) for a classifier
 
 
 def _quantization(t: TensorInfo, formula: str) -> str:
@@ -63,12 +73,21 @@ def _quantization(t: TensorInfo, formula: str) -> str:
     return f"{t.dtype}, {formula} with scale {t.scale:.9g} and zero point {t.zero_point}."
 
 
-def write_metadata(model: Path, name: str, description: str, mean, std, labels_file: Path) -> None:
-    """Embed metadata and the labels file in `model`, replacing it atomically."""
-    schema, _, image_classifier, info = _library()
+def _output_text(entry: dict, kind: str, t: TensorInfo) -> str:
+    layout = entry.get("layout", "as in the ONNX graph")
+    dequantize = _quantization(t, "y = (q - zero_point) * scale")
+    return f"{kind} {entry['onnx_name']}, shape {entry['shape']}, layout {layout}; {dequantize}"
+
+
+def write_metadata(model: Path, name: str, description: str, contract: dict, mode: str, labels_file: Path | None):
+    """Embed metadata (and the labels file, if any) in `model`, replacing it atomically. The writer follows the task:
+    the image classifier's for a classifier, the image segmenter's for a one-output segmenter, otherwise the generic
+    one with every output described (name, kind, layout, quantization) as in the contract."""
+    schema, _, writers, info = _library()
     summary = inspect_tflite(model)
-    t_in, t_out = summary.inputs[0], summary.outputs[0]
+    t_in = summary.inputs[0]
     height, width = t_in.shape[1], t_in.shape[2]
+    mean, std = contract["mean"], contract["std"]
 
     class SizedImageMd(info.InputImageTensorMd):
         """The writer's image input, plus the default image size the schema has room for."""
@@ -89,15 +108,33 @@ def write_metadata(model: Path, name: str, description: str, mean, std, labels_f
         norm_std=[s * PIXEL_MAX for s in std],
         color_space_type=schema.ColorSpaceType.RGB,
     )
-    output_md = info.ClassificationTensorMd(
-        name="logits",
-        description=f"One logit per label (no softmax); {_quantization(t_out, 'y = (q - zero_point) * scale')}",
-        label_files=[info.LabelFileMd(str(labels_file))],
-    )
     general_md = info.GeneralMd(name=name, version=tool_version(), description=description, author=TOOL_NAME)
-    writer = image_classifier.MetadataWriter.create_from_metadata_info(
-        bytearray(model.read_bytes()), general_md, input_md, output_md
-    )
+    entries, kinds = contract["variants"][mode]["outputs"], {o["name"]: o["kind"] for o in contract["outputs"]}
+    label_files = [info.LabelFileMd(str(labels_file))] if labels_file is not None else None
+    task, buffer = contract["task"], bytearray(model.read_bytes())
+    if task == "classify":
+        dequantize = _quantization(summary.outputs[0], "y = (q - zero_point) * scale")
+        output_md = info.ClassificationTensorMd(
+            name="logits",
+            description=f"One logit per label (no softmax); {dequantize}",
+            label_files=label_files,
+        )
+        writer = writers["classify"].create_from_metadata_info(buffer, general_md, input_md, output_md)
+    else:
+        outputs = [
+            info.TensorMd(
+                name=entry["onnx_name"],
+                description=_output_text(entry, kinds.get(entry["onnx_name"], "tensor"), t),
+                associated_files=label_files if task == "segment" else None,
+                tensor_name=entry["name"],
+            )
+            for entry, t in zip(entries, summary.outputs)
+        ]
+        if task == "segment" and len(outputs) == 1:
+            writer = writers["segment"].create_from_metadata_info(buffer, general_md, input_md, outputs[0])
+        else:
+            files = [str(labels_file)] if label_files else None
+            writer = writers["any"].create_from_metadata_info(buffer, general_md, [input_md], outputs, files)
     tmp = model.with_name(f".{model.name}.metadata")
     tmp.write_bytes(_without_zip_times(writer.populate()))
     tmp.replace(model)
@@ -135,17 +172,21 @@ def read_metadata(model: Path) -> ModelMetadata:
     record = json.loads(displayer.get_metadata_json())
     try:
         graph = record["subgraph_metadata"][0]
-        t_in, t_out = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"][0]
+        t_in, outputs = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"]
         options = next(u["options"] for u in t_in["process_units"] if u["options_type"] == "NormalizationOptions")
         image = t_in["content"]["content_properties"]
         size = (image["default_size"]["width"], image["default_size"]["height"])
-        label_file = next(f["name"] for f in t_out["associated_files"] if f["type"] == "TENSOR_AXIS_LABELS")
     except (KeyError, IndexError, StopIteration) as exc:
-        raise MetadataError(f"{model}: its metadata is not an image classifier's (no {exc})") from None
-    try:
-        labels = displayer.get_associated_file_buffer(label_file).decode().splitlines()
-    except ValueError as exc:
-        raise MetadataError(f"{model}: metadata names {label_file} but the file is not packed ({exc})") from None
+        raise MetadataError(f"{model}: its metadata does not describe an image input (no {exc})") from None
+    label_files = [
+        f["name"] for t in outputs for f in t.get("associated_files", []) if f["type"] == "TENSOR_AXIS_LABELS"
+    ]
+    labels = []
+    if label_files:
+        try:
+            labels = displayer.get_associated_file_buffer(label_files[0]).decode().splitlines()
+        except ValueError as exc:
+            raise MetadataError(f"{model}: metadata names {label_files[0]} but it is not packed ({exc})") from None
     return ModelMetadata(
         name=record["name"],
         mean=[m / PIXEL_MAX for m in options["mean"]],
@@ -153,7 +194,7 @@ def read_metadata(model: Path) -> ModelMetadata:
         color_space=image["color_space"],
         size=size,
         labels=[label for label in labels if label.strip()],
-        output=t_out["name"],
+        outputs=tuple(t["name"] for t in outputs),
     )
 
 
@@ -171,6 +212,8 @@ def disagreements(metadata: ModelMetadata, contract: dict, labels: list[str], to
         problems.append(
             f"size: preprocess.json {width}x{height} (width x height), metadata {metadata.size[0]}x{metadata.size[1]}"
         )
+    if len(metadata.outputs) != len(contract["outputs"]):
+        problems.append(f"outputs: preprocess.json lists {len(contract['outputs'])}, metadata {len(metadata.outputs)}")
     if metadata.labels != labels:
         problems.append(f"labels: labels.txt has {len(labels)}, metadata {len(metadata.labels)} (or other names)")
     return problems

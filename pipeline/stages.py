@@ -366,28 +366,21 @@ VARIANT_TEXT = {
 
 
 def embed_metadata(job: Job) -> Job:
-    """labels.txt, and TFLite Metadata (labels, normalization, image size) inside every .tflite, read back with the
-    official reader and checked against the contract preprocess.json will state. The writers used describe an
-    image classifier, so other models get labels.txt only (when there are labels) and no metadata."""
+    """labels.txt, and TFLite Metadata (normalization, image size, every output, labels if any) inside every
+    .tflite, read back with the official reader and checked against the contract preprocess.json will state."""
     source, labels_file = job.source, job.work_dir / LABELS_FILE
     if job.labels:
         write_text_atomic(labels_file, "\n".join(job.labels) + "\n")
-    if job.graphs.simplified.task != "classify":
-        return job
+    graph = job.graphs.simplified
     caveat = " Random weights: for testing the export only." if source.random_weights else ""
+    what = f"{len(job.labels)} classes" if job.labels else f"task {graph.task}, {len(graph.outputs)} output(s)"
+    packed = labels_file if job.labels else None
     contract = preprocess_contract(
-        source.input_size,
-        source.mean,
-        source.std,
-        job.tflites.summaries(),
-        job.graphs.simplified,
-        source.folded,
+        source.input_size, source.mean, source.std, job.tflites.summaries(), graph, source.folded
     )
     for mode, path in job.tflites.files.items():
-        description = (
-            f"{source.name}, {VARIANT_TEXT[mode]}, from {source.description}; {len(job.labels)} classes.{caveat}"
-        )
-        write_metadata(path, f"{source.name} ({mode})", description, source.mean, source.std, labels_file)
+        description = f"{source.name}, {VARIANT_TEXT[mode]}, from {source.description}; {what}.{caveat}"
+        write_metadata(path, f"{source.name} ({mode})", description, contract, mode, packed)
         problems = disagreements(read_metadata(path), contract, job.labels)
         if problems:
             raise MetadataError(f"{path.name}: its metadata disagrees with preprocess.json ({problems[0]})")

@@ -1,18 +1,22 @@
-"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, run in its own venv
-(scripts/setup_clients.sh), on every variant of mobilenet_v2 (ImageNet) over the held-out photos, pre-cropped as the
+"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, ImageSegmenter and ImageEmbedder,
+run in their own venv (scripts/setup_clients.sh), on every variant over the held-out photos, pre-cropped as the
 contract says."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
+from torch.nn import functional as F
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, pixel_codes
+from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
-from mobile_vision_export.validate.clients import ClientError, classify
+from mobile_vision_export.validate.clients import ClientError, answers
 from mobile_vision_export.validate.gpu import parse_analysis
-from mobile_vision_export.validate.runners import run_tflite
+from mobile_vision_export.validate.runners import run_tflite, run_tflite_outputs
+from tests.conftest import ROOT, run_cli
 
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -27,11 +31,11 @@ def test_mediapipe_answers_as_our_runtime_on_every_variant(mobilenet_imagenet):
     assert abs(int8.inputs[0].scale * 255 - 1) < 1e-6 and int8.outputs[0].dtype == "uint8"
     agreement, with_float = {}, {}
     for mode in VARIANTS:
-        answers = np.asarray(classify("mediapipe", out / f"mobilenet_v2_{mode}.tflite", pixel_codes(crops)))
+        top1 = answers("mediapipe", "classify", out / f"mobilenet_v2_{mode}.tflite", pixel_codes(crops))
         reference = ours["fp32"] if mode in ("fp32", "fp16") else ours[mode]
         agreement[mode], with_float[mode] = (
-            float(np.mean(answers == reference)),
-            float(np.mean(answers == ours["fp32"])),
+            float(np.mean(top1 == reference)),
+            float(np.mean(top1 == ours["fp32"])),
         )
     assert min(agreement["fp32"], agreement["fp16"], agreement["int8"]) >= 0.99, agreement
     # MediaPipe's own TFLite runs dynamic-range layers with other kernels (it quantizes activations per image its
@@ -47,7 +51,7 @@ def test_mediapipe_answers_as_our_runtime_on_every_variant(mobilenet_imagenet):
 def test_a_client_that_is_not_set_up_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("MVE_CLIENTS", str(tmp_path))
     with pytest.raises(ClientError, match="run scripts/setup_clients.sh") as caught:
-        classify("mediapipe", tmp_path / "m.tflite", np.zeros((1, 8, 8, 3), np.uint8))
+        answers("mediapipe", "classify", tmp_path / "m.tflite", np.zeros((1, 8, 8, 3), np.uint8))
     assert isinstance(caught.value, UserError)
 
 
@@ -75,3 +79,40 @@ def test_analyzer_warnings_name_the_ops_the_gpu_delegate_would_leave():
     assert readiness.ops == 2 and readiness.refused == [(1, "CUSTOM_THING", "Not supported custom op CUSTOM_THING")]
     assert readiness.summary().startswith("1 of 2 ops would fall back to the CPU")
     assert readiness.runtime == "TensorFlow Lite analyzer 2.19.0"
+
+
+def _export(tmp_path, model: str, size: int, *flags: str):
+    proc = run_cli(
+        "pipeline.export", "--model", model, "--input-size", str(size), *flags, "--out", "out", tmp_path=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / "out" / model.rsplit("/", 1)[-1].replace(".py:", "_")
+
+
+@pytest.mark.slow
+def test_mediapipe_segments_and_embeds_as_our_runtime(tmp_path):
+    """ImageSegmenter takes every variant of a segmenter (the float ones need the metadata's normalization) and finds
+    the labels packed in it; its category mask is our class map resized to the photo (bilinear, corners aligned)
+    and then argmax. ImageEmbedder gives the embedding our runtime computes."""
+    (tmp_path / "labels.txt").write_text("background\nroad\nsky\ncar\nperson\n")
+    out = _export(
+        tmp_path, f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:seg", 64, "--labels", "labels.txt", "--quant", "all"
+    )
+    assert read_metadata(out / "vision_models_seg_int8.tflite").labels[:2] == ["background", "road"]
+    crops = heldout_batch(heldout_photos()[:16], 64)
+    for mode in VARIANTS:
+        model = out / f"vision_models_seg_{mode}.tflite"
+        (class_map,) = run_tflite_outputs(model, crops).values()
+        logits = torch.from_numpy(class_map.astype(np.float32)).permute(0, 3, 1, 2)
+        ours = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=True).argmax(1).numpy()
+        masks = answers("mediapipe", "segment", model, pixel_codes(crops))
+        assert masks.shape == ours.shape and float(np.mean(masks == ours)) >= 0.999, mode
+    out = _export(
+        tmp_path, f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build", 32, "--task", "embed", "--quant", "all"
+    )
+    crops = heldout_batch(heldout_photos()[:16], 32)
+    for mode in VARIANTS:
+        model = out / f"tiny_model_build_{mode}.tflite"
+        (ours,) = run_tflite_outputs(model, crops).values()
+        embeddings = answers("mediapipe", "embed", model, pixel_codes(crops))
+        np.testing.assert_allclose(embeddings, ours, atol=1e-5 * np.abs(ours).max(), err_msg=mode)

@@ -22,7 +22,7 @@ def test_every_variant_carries_labels_and_normalization(shufflenet_variants):
     for mode, variant in contract["variants"].items():
         model = shufflenet_variants / variant["file"]
         metadata = read_metadata(model)
-        assert metadata.name == f"shufflenet_v2_x0_5 ({mode})" and metadata.output == "logits"
+        assert metadata.name == f"shufflenet_v2_x0_5 ({mode})" and metadata.outputs == ("logits",)
         assert metadata.labels[:2] == ["tench", "goldfish"] and len(metadata.labels) == 1000
         assert metadata.color_space == "RGB" and metadata.size == (224, 224)
         assert disagreements(metadata, contract, labels) == [], mode

@@ -151,6 +151,9 @@ def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
     assert "ops the replica does not have: LOGISTIC" in record["model"]["int8_tuning"]["skipped"]
     names = {o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]}
     assert names == {"output_0", "output_1"} and contract["variants"]["int8"]["input"]["dtype"] == "uint8"
+    for mode in ("fp32", "int8"):  # generic metadata: the image input and every output under its ONNX name
+        metadata = read_metadata(out / f"vision_models_det_{mode}.tflite")
+        assert set(metadata.outputs) == names and metadata.size == (64, 64) and metadata.labels == []
 
 
 @pytest.mark.slow

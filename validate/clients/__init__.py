@@ -14,7 +14,8 @@ import numpy as np
 from mobile_vision_export.errors import UserError
 
 CLIENTS = ("mediapipe",)
-_SCRIPTS = {"mediapipe": Path(__file__).resolve().parent / "mediapipe_classify.py"}
+_SCRIPTS = {"mediapipe": Path(__file__).resolve().parent / "mediapipe_tasks.py"}
+CLIENT_TASKS = ("classify", "segment", "embed")
 
 
 class ClientError(UserError, RuntimeError):
@@ -32,25 +33,28 @@ def client_python(client: str) -> Path:
     return python
 
 
-def classify(client: str, model: Path, crops_uint8: np.ndarray) -> list[int]:
-    """Top-1 class of each crop (NHWC uint8, already resized and cropped as the contract says) from `client`."""
+def answers(client: str, task: str, model: Path, crops_uint8: np.ndarray) -> np.ndarray:
+    """What `client` answers for each crop (NHWC uint8, already resized and cropped as the contract says): classify,
+    the top-1 class; segment, the category mask (N x H x W, at the crop's size); embed, the embedding (N x D)."""
+    if task not in CLIENT_TASKS:
+        raise ClientError(f"{client} is run here for {', '.join(CLIENT_TASKS)}, not {task}")
     python = client_python(client)
     with tempfile.TemporaryDirectory(prefix="mve-client-") as tmp:
-        crops = Path(tmp) / "crops.npy"
+        crops, result = Path(tmp) / "crops.npy", Path(tmp) / "answers.npy"
         np.save(crops, np.ascontiguousarray(crops_uint8, np.uint8))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         env.update(GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="3")
         proc = subprocess.run(
-            [str(python), str(_SCRIPTS[client]), str(model.resolve()), str(crops)],
+            [str(python), str(_SCRIPTS[client]), task, str(model.resolve()), str(crops), str(result)],
             capture_output=True,
             text=True,
             env=env,
             timeout=1800,
         )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise ClientError(f"{client} failed on {model.name}: {proc.stderr.strip()[-400:]}")
-    answer = json.loads(lines[-1])
-    if "error" in answer:
-        raise ClientError(f"{client} refuses {model.name}: {answer['error']}")
-    return answer["top1"]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise ClientError(f"{client} failed on {model.name}: {proc.stderr.strip()[-400:]}")
+        answer = json.loads(lines[-1])
+        if "error" in answer:
+            raise ClientError(f"{client} refuses {model.name}: {answer['error']}")
+        return np.load(result)
