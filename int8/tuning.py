@@ -152,6 +152,7 @@ class Replica(torch.nn.Module):
         "PAD",
         "MEAN",
         "RELU",
+        "LOGISTIC",
         "MAX_POOL_2D",
         "AVERAGE_POOL_2D",
         "CONCATENATION",
@@ -286,6 +287,8 @@ class Replica(torch.nn.Module):
                 y = x + tensors[int(op.inputs[1])]
             elif kind == "RELU":
                 y = torch.relu(x)
+            elif kind == "LOGISTIC":  # its output grid is the kernel's (1/256, -128): frozen in activation_groups
+                y = torch.sigmoid(x)
             elif kind == "PAD":
                 y = F.pad(x, [int(v) for pair in self._values(op.inputs[1])[::-1] for v in pair])
             elif kind == "MEAN":

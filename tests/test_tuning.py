@@ -24,7 +24,7 @@ from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _depthwise, _FakeQuant, train
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import run_tflite
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.test_int8_fixes import _widen_range
 
 
@@ -46,12 +46,11 @@ def test_fake_quant_gradients_are_learned_step_size():
 
 
 @pytest.mark.slow
-def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
-    """Op by op from the interpreter's inputs, and for the whole graph against the delegate the app runs."""
-    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+def _op_by_op(int8, images) -> tuple[set[str], int, int]:
+    """Each op of the replica from the interpreter's inputs, against the interpreter's output codes: the op kinds
+    met, the codes that differ (each by one at most) and the codes compared."""
     model = read_single_graph(int8)
     replica = Replica(model, {})
-    images = heldout_batch(heldout_photos()[:4], 224).astype(np.float32)  # the export takes 0..1 RGB
     interpreter = tensor_keeping_interpreter(int8)
     interpreter.set_tensor(
         interpreter.get_input_details()[0]["index"], quantize(images[:1], inspect_tflite(int8).inputs[0])
@@ -61,15 +60,16 @@ def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
     codes = {}
     for op in graph.operators:
         t = int(op.outputs[0])
-        codes[t] = interpreter.get_tensor(t).astype(np.int64)
+        if t in replica.zero:  # int8; the file's uint8 input and outputs (QUANTIZE ops) are off the replica's grid
+            codes[t] = interpreter.get_tensor(t).astype(np.int64)
     given = {
         t: torch.from_numpy(((c - replica.zero[t]) * replica.scale0[t]).astype(np.float32)) for t, c in codes.items()
     }
     kinds, differing, outputs = set(), 0, graph.outputs
     with torch.no_grad():
-        for index, op in enumerate(graph.operators):
+        for op in graph.operators:
             t = int(op.outputs[0])
-            if t == int(outputs[0]):
+            if t not in codes:
                 continue
             graph.outputs = np.array([t])  # read this op's output, every other tensor the interpreter's
             try:
@@ -81,14 +81,36 @@ def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
             assert np.abs(ours - codes[t]).max() <= 1, op_name(model, op)  # a tie rounded the other way at most
             differing += int(np.sum(ours != codes[t]))
             kinds.add(op_name(model, op))
-    assert differing < 0.005 * sum(c.size for c in codes.values())
+    return kinds, differing, sum(c.size for c in codes.values())
+
+
+def test_replica_computes_as_the_int8_kernels(shufflenet_variants):
+    """Op by op from the interpreter's inputs, and for the whole graph against the delegate the app runs."""
+    int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
+    images = heldout_batch(heldout_photos()[:4], 224).astype(np.float32)  # the export takes 0..1 RGB
+    kinds, differing, total = _op_by_op(int8, images)
+    assert differing < 0.005 * total
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION", "TRANSPOSE", "RESHAPE", "STRIDED_SLICE"} <= kinds
+    replica = Replica(read_single_graph(int8), {})
     with torch.no_grad():
         whole = replica(torch.from_numpy(images))[0].numpy()
     # 23.7 dB here: the first conv (the normalization folded into the graph, on exact pixel codes) lands on a
     # rounding near-tie for 0.4 % of its outputs, which the kernels' fixed-point multiplier rounds the other way
     # (one code), and those spread through the 60 layers after it; 30+ dB before the fold
     assert sqnr_db(run_tflite(int8, images), whole) > 20
+
+
+@pytest.mark.slow
+def test_replica_computes_sigmoid_heads_as_the_int8_kernels(tmp_path):
+    """A detector head ending in sigmoids (LOGISTIC, on the kernel's own 1/256 grid): op by op as the interpreter.
+    The file keeps int8 input and outputs, as the tuning sees it."""
+    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:det"
+    args = ["--model", model, "--input-size", "64", "--quant", "int8", "--int8-io", "int8"]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    int8 = tmp_path / "out" / "vision_models_det" / "vision_models_det_int8.tflite"
+    kinds, differing, total = _op_by_op(int8, heldout_batch(heldout_photos()[:4], 64).astype(np.float32))
+    assert "LOGISTIC" in kinds and differing < 0.005 * total
 
 
 @pytest.mark.slow
