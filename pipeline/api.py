@@ -86,12 +86,12 @@ def export_model(
 ) -> ExportResult:
     """Export `model` to TFLite (`quant`: fp32, fp16, dynamic, int8 or all), check parity and write the artifacts to
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
-    min_sqnr, min_cosine, min_top1). Each int8 step can be turned off by its switch, e.g. `tuning=False` (the
-    switches: pipeline.int8_steps.SWITCHES). A detector's `boxes` and `scores` outputs are found by their shapes or
-    named; with `box_format` (xyxy or cxcywh) parity decodes them (NMS, scores from `score_threshold`).
-    `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a process started with
-    export.reproducible.ENVIRONMENT. Raises the tool's one-line errors (mobile_vision_export.errors.UserError) on
-    bad input."""
+    min_sqnr, min_cosine, min_top1, min_pixel_agreement, min_detections_reproduced). Each int8 step can be turned
+    off by its switch, e.g. `tuning=False` (the switches: pipeline.int8_steps.SWITCHES). A detector's `boxes` and
+    `scores` outputs are found by their shapes or named; with `box_format` (xyxy or cxcywh) parity decodes them
+    (NMS, scores from `score_threshold`). `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a
+    process started with export.reproducible.ENVIRONMENT. Raises the tool's one-line errors
+    (mobile_vision_export.errors.UserError) on bad input."""
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")

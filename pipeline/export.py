@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="what the model's outputs are: auto (decided from their shapes, said in the report), classify (class "
         "scores: labels, top-1), segment (a class map: pixel agreement, mean IoU), detect (boxes [1, N, 4] and scores "
-        "[1, N, C]: top-100 score overlap, detections reproduced with --box-format), embed (a feature vector), tensor "
+        "[1, N, C]: top-k score overlap, detections reproduced with --box-format), embed (a feature vector), tensor "
         "(anything else: every output compared)",
     )
     p.add_argument("--boxes", metavar="NAME", help="a detector's boxes output [1, N, 4] (default: found by its shape)")
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-threshold",
         type=float,
         default=0.5,
-        help="with --box-format: the score a detection needs (default 0.5; the scores as the model outputs them)",
+        help="a detector's score cut (default 0.5; on the scores as the model outputs them): the scores the top-k "
+        "overlap ranks, and with --box-format the score a detection needs",
     )
     p.add_argument("--labels", type=Path, help="class names, one per line (default: ImageNet names for 1000 classes)")
     p.add_argument("--calib-dir", type=Path, help="folder of your own calibration photos (default: built-in set)")
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-dir",
         type=Path,
         help="your labelled photos: one subfolder per class (named as in --labels, or the class index) or a CSV "
-        "of path,label; reports the accuracy of PyTorch, ONNX Runtime and every variant on them",
+        "of path,label; reports the accuracy of PyTorch, ONNX Runtime and every variant on them. For a model that is "
+        "not a classifier: a folder of your photos (no labels), on which parity and the task's metrics are measured",
     )
     p.add_argument(
         "--max-accuracy-drop",
@@ -179,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--min-sqnr-{mode}", type=float, help=f"override the {mode} SQNR threshold (dB)")
         p.add_argument(f"--min-cosine-{mode}", type=float, help=f"override the {mode} mean-cosine threshold")
         p.add_argument(f"--min-top1-{mode}", type=float, help=f"override the {mode} top-1 agreement threshold (0..1)")
+    for mode in QUANT_MODES:
+        p.add_argument(
+            f"--min-pixel-agreement-{mode}", type=float, help=f"override a segmenter's {mode} pixel agreement (0..1)"
+        )
+        p.add_argument(
+            f"--min-detections-reproduced-{mode}",
+            type=float,
+            help=f"override a detector's {mode} share of detections reproduced (0..1; with --box-format)",
+        )
     return p
 
 
@@ -204,7 +215,9 @@ def _thresholds(args) -> dict[str, dict[str, float]]:
     """The thresholds given on the command line, per variant (the rest keep their defaults)."""
     given = {}
     for m in ("onnx", *QUANT_MODES):
-        flags = {key: getattr(args, f"{key}_{m}") for key in ("min_sqnr", "min_cosine", "min_top1")}
+        keys = ("min_sqnr", "min_cosine", "min_top1")
+        keys += ("min_pixel_agreement", "min_detections_reproduced") if m != "onnx" else ()
+        flags = {key: getattr(args, f"{key}_{m}") for key in keys}
         given[m] = {key: value for key, value in flags.items() if value is not None}
     return given
 

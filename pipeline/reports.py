@@ -55,13 +55,12 @@ def _model_info(job: Job, params, macs) -> dict:
 
 def _inputs(job: Job) -> dict:
     photos = job.photos
-    labelled = sum(p.label is not None for p in photos.heldout_photos)
     return {
         "weights_sha256": job.source.weights_sha256,
         "onnx_sha256": sha256_file(job.graphs.raw.path),
         "calibration": {"description": photos.calib_description, "sha256_uint8_codes": sha256_array(photos.calib)},
         "validation": {
-            "description": f"{len(photos.heldout_photos)} held-out photos ({labelled} with ImageNet labels)",
+            "description": photos.heldout_description,
             "files": [p.path.name for p in photos.heldout_photos],
             "sha256": sha256_array(photos.heldout),
         },

@@ -41,7 +41,11 @@ def _no_optimize(job: s.Job) -> str | None:
 
 
 def _no_val_dir(job: s.Job) -> str | None:
-    return None if job.request.val_dir else "no labelled photos (--val-dir)"
+    return None if job.request.val_dir else "no photos of yours (--val-dir)"
+
+
+def _no_labelled_photos(job: s.Job) -> str | None:
+    return None if job.labelled is not None else "no labelled photos (--val-dir, for a classifier)"
 
 
 def _not_fp32_and_int8(job: s.Job) -> str | None:
@@ -54,7 +58,7 @@ STAGES = (
     Stage("ONNX export", s.to_onnx),
     Stage("onnxsim", s.simplify),
     Stage("class names", s.name_classes),
-    Stage("your labelled photos", s.read_labelled_photos, _no_val_dir),
+    Stage("your photos", s.read_labelled_photos, _no_val_dir),
     Stage("int8 selection crops", s.hold_out_selection_crops, _no_int8),
     Stage("int8 graph steps", int8_steps=(EQUALIZATION,)),
     Stage("onnx2tf", s.convert, title=s.convert_title),
@@ -64,7 +68,7 @@ STAGES = (
     Stage("TFLite metadata", s.embed_metadata),
     Stage("GPU delegate readiness", s.check_gpu_delegate),
     Stage("parity", s.parity),
-    Stage("accuracy on your labelled photos", s.measure_accuracy, _no_val_dir),
+    Stage("accuracy on your labelled photos", s.measure_accuracy, _no_labelled_photos),
     Stage("per-layer int8 diagnosis", s.diagnose_int8, _not_fp32_and_int8),
 )
 

@@ -79,6 +79,7 @@ class Photos:
     heldout_photos: list[imgs.Photo]
     heldout: np.ndarray  # normalized NHWC
     unread: list[imgs.Photo]  # calibration photos no calibration crop comes from: what the int8 fallback judges on
+    heldout_description: str = ""  # what the held-out photos are: the built-in set, or the user's (--val-dir)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,9 @@ def load_photos(job: Job) -> Job:
     calib_x = imgs.normalize(calib, source.mean, source.std)
     codes = imgs.pixel_codes(calib)  # a quarter of the memory while the converters run
     unread = imgs.unread_photos(photos, samples)
-    return replace(job, photos=Photos(codes, calib_x, description, calibration, heldout_photos, heldout, unread))
+    labelled = sum(p.label is not None for p in heldout_photos)
+    where = f"{len(heldout_photos)} held-out photos ({labelled} with ImageNet labels)"
+    return replace(job, photos=Photos(codes, calib_x, description, calibration, heldout_photos, heldout, unread, where))
 
 
 def estimate_batchnorm(job: Job) -> Job:
@@ -212,15 +215,20 @@ def name_classes(job: Job) -> Job:
 
 
 def read_labelled_photos(job: Job) -> Job:
-    """The user's labelled photos, refused if calibration saw any of them."""
-    graph = job.graphs.simplified
+    """The user's labelled photos, refused if calibration saw any of them. A model that is not a classifier needs
+    no labels: its photos replace the built-in held-out ones, so parity and the task's metrics are measured on
+    what the app will see."""
+    graph, where, calibration = job.graphs.simplified, job.request.val_dir, job.photos.calibration
     if graph.task != "classify":
-        raise LabelsError(
-            f"--val-dir measures a classifier's top-1, but {job.source.name} has {graph.task_reason}: leave it out "
-            "(parity compares every output)"
-        )
-    labelled = read_labelled(job.request.val_dir, job.labels)
-    check_disjoint(labelled.photos, job.photos.calibration.photos, job.photos.calibration.user_owned)
+        if not where.is_dir():
+            raise LabelsError(f"--val-dir {where} is not a folder: for {graph.task_reason}, give a folder of photos")
+        photos = imgs.photos_in_dir(where, fix="add JPEG or PNG photos to the --val-dir folder")
+        check_disjoint(photos, calibration.photos, calibration.user_owned)
+        x = imgs.normalize(imgs.heldout_batch(photos, job.source.input_size), job.source.mean, job.source.std)
+        what = f"{plural(len(photos), 'photo')} of yours ({where})"
+        return replace(job, photos=replace(job.photos, heldout_photos=photos, heldout=x, heldout_description=what))
+    labelled = read_labelled(where, job.labels)
+    check_disjoint(labelled.photos, calibration.photos, calibration.user_owned)
     return replace(job, labelled=labelled)
 
 

@@ -75,8 +75,13 @@ def test_detections_reproduced_counts_class_and_overlap():
     assert detection_agreement((centred, scores), (centred, scores), "cxcywh", 0.5) == same
     flipped = boxes[..., [2, 3, 0, 1]].copy()  # corners the other way round: the same regions
     assert detection_agreement((flipped, scores), (flipped, scores), "xyxy", 0.5) == same
-    assert top_k_score_overlap(scores, scores, k=3) == 1.0
-    assert top_k_score_overlap(scores, swapped, k=1) == 0.0
+    assert top_k_score_overlap(scores, scores, 0.5, k=3) == 1.0
+    assert top_k_score_overlap(scores, swapped, 0.5, k=1) == 0.0
+    # only the reference's scores above the cut are ranked: the order of near-zero scores is noise
+    ranked = np.array([[[0.9], [0.8], [1e-4], [2e-4], [3e-4], [4e-4]]], np.float32)
+    reordered = ranked[:, [0, 1, 5, 4, 3, 2]]
+    assert top_k_score_overlap(ranked, reordered, 0.5, k=3) == 1.0  # not 2/3, as the 3 highest would give
+    assert top_k_score_overlap(ranked, ranked, 2.0) is None
 
 
 def test_a_wrongly_transposed_output_fails_parity():

@@ -95,14 +95,21 @@ MATCH_IOU = 0.5  # an int8 detection reproduces a float one of the same class ov
 MAX_DETECTIONS = 100  # per photo, after NMS
 
 
-def top_k_score_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = TOP_K_SCORES) -> float:
-    """Scores (N x boxes x classes): the mean share of each photo's k highest (box, class) scores that are also
-    among the candidate's k highest."""
+def top_k_score_overlap(
+    reference: np.ndarray, candidate: np.ndarray, threshold: float, k: int = TOP_K_SCORES
+) -> float | None:
+    """Scores (N x boxes x classes): the mean share of each photo's highest (box, class) scores that are also among
+    the candidate's as many highest. Only the reference's scores at or above `threshold` count (at most k): below it
+    a trained detector's scores are near zero and their order is rounding noise. Photos with none are left out;
+    None when no photo has any."""
     ref, cand = reference.reshape(len(reference), -1), candidate.reshape(len(candidate), -1)
-    k = min(k, ref.shape[1])
-    top_ref = np.argpartition(-ref, k - 1, axis=1)[:, :k]
-    top_cand = np.argpartition(-cand, k - 1, axis=1)[:, :k]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]))
+    shares = []
+    for a, b in zip(ref, cand):
+        n = min(k, int(np.sum(a >= threshold)))
+        if n:
+            top_ref, top_cand = np.argpartition(-a, n - 1)[:n], np.argpartition(-b, n - 1)[:n]
+            shares.append(len(set(top_ref) & set(top_cand)) / n)
+    return float(np.mean(shares)) if shares else None
 
 
 def to_corners(boxes: np.ndarray, box_format: str) -> np.ndarray:

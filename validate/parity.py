@@ -58,7 +58,8 @@ def _compared(reference: np.ndarray, output: np.ndarray, task: str) -> tuple[Par
 def _detection_metrics(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], detection: Detection) -> dict:
     """A detector's scores compared as a ranking, and with a box format its decoded detections."""
     boxes, scores = detection.boxes, detection.scores
-    metrics = {"top_k_score_overlap": top_k_score_overlap(reference[scores], got[scores])}
+    overlap = top_k_score_overlap(reference[scores], got[scores], detection.score_threshold)
+    metrics = {"top_k_score_overlap": overlap}
     if detection.box_format is not None:
         pairs = (reference[boxes], reference[scores]), (got[boxes], got[scores])
         metrics.update(detection_agreement(*pairs, detection.box_format, detection.score_threshold))
@@ -84,16 +85,18 @@ def check_parity(
 
     def row(variant: str, ref_name: str, got: dict[str, np.ndarray], layouts: dict[str, str]) -> VariantParity:
         limits = thresholds[variant] if task == "classify" else replace(thresholds[variant], min_top1=0.0)
-        per_output, worst, problems = {}, None, []
+        per_output, compared, worst, problems = {}, {}, None, []
         for spec in outputs:
             metrics, extra = _compared(reference[spec.name], got[spec.name], task)
+            compared[spec.name] = metrics
             per_output[spec.name] = {**metrics.as_dict(), **extra, "layout": layouts.get(spec.name, "as in ONNX")}
-            named = [f"{spec.name}: {f}" if len(outputs) > 1 else f for f in failures(metrics, limits)]
-            problems += named
             if worst is None or not metrics.sqnr_db >= worst.sqnr_db:
                 worst = metrics
         if task == "detect":
             per_output[graph.detection.scores].update(_detection_metrics(reference, got, graph.detection))
+        for name, metrics in compared.items():
+            found = failures(metrics, limits, per_output[name])
+            problems += [f"{name}: {f}" if len(outputs) > 1 else f for f in found]
         logits = got[outputs[0].name].reshape(len(nchw), -1)
         accuracy = _accuracy(logits, labels) if with_accuracy and task == "classify" else None
         return VariantParity(variant, ref_name, worst, limits, problems, accuracy, per_output)
