@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-output",
         choices=["int8", "float"],
         default="int8",
-        help="the int8 file's output: quantized (default) or float32 logits from a dynamic-range output layer",
+        help="the int8 file's outputs: quantized (default) or float32, each from a dynamic-range output layer where "
+        "a fully-connected or convolution layer produces it (else dequantized)",
     )
     p.add_argument(
         "--no-fold-normalization",

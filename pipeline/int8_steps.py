@@ -170,7 +170,6 @@ SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's
 # Steps not yet for every model: which models they serve and why (the others judge every output: Crops.run).
 LIMITED_STEPS = {
     "fallback": (lambda graph: graph.task == "classify", "the fallback judges top-1 agreement"),
-    "output": (lambda graph: graph.task == "classify", "the float output replaces a classifier's last layer"),
 }
 
 

@@ -313,7 +313,7 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
 def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     dst = tmp_path / "float_output.tflite"
-    result = float_output(int8, dst)
+    (result,) = float_output(int8, dst).outputs
     before, after = inspect_tflite(int8), inspect_tflite(dst)
     assert result.how == "dynamic-range" and after.outputs[0].dtype == "float32"
     assert after.inputs[0] == before.inputs[0]  # the app still feeds the same int8 input

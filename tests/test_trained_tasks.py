@@ -60,6 +60,14 @@ def test_a_trained_segmenter_is_gated_on_pixel_agreement(project):
     assert rows["int8"]["thresholds"]["min_pixel_agreement"] == 0.95
     assert rows["int8"]["outputs"]["logits"]["pixel_agreement"] >= 0.95
     assert rows["fp32"]["outputs"]["logits"]["pixel_agreement"] == 1.0
+    # float outputs: the class map's 1x1 convolution runs as a dynamic-range layer, without the int8 output step
+    proc, floated = _export(project, "segmenter", "--quant", "int8", "--int8-output", "float")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (how,) = floated["model"]["int8_output"]["outputs"]
+    assert (how["name"], how["layer"], how["how"]) == ("logits", "CONV_2D", "dynamic-range")
+    quantized = rows["int8"]["outputs"]["logits"]
+    (float_row,) = [r["outputs"]["logits"] for r in floated["parity"] if r["variant"] == "int8"]
+    assert float_row["sqnr_db"] > quantized["sqnr_db"] and float_row["mean_iou"] >= quantized["mean_iou"]
     # the gate is real: asking for more than int8 gives fails the export, naming the metric
     proc, record = _export(project, "segmenter", "--quant", "int8", "--min-pixel-agreement-int8", "0.9999")
     assert proc.returncode == 1 and "pixel agreement" in proc.stdout + proc.stderr
