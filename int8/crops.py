@@ -26,6 +26,17 @@ def joined(outputs: list[np.ndarray], scales: tuple[float, ...]) -> np.ndarray:
     return np.concatenate([y.reshape(len(y), -1) / s for y, s in zip(outputs, scales)], 1)
 
 
+def outputs_in_order(path: Path, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    """A .tflite's outputs on `images` in the order of `names` (an int8 file's signature names), as the file lays them
+    out. By name where the file has those names; a float twin may keep the converter's own (Identity, ...), in the
+    same order."""
+    by_name = run_tflite_outputs(path, images)
+    outputs = [by_name[name] for name in names] if set(names) <= set(by_name) else list(by_name.values())
+    if len(outputs) != len(names):
+        raise ValueError(f"{path.name} has {len(outputs)} outputs, the int8 file {len(names)}")
+    return outputs
+
+
 @dataclass(frozen=True)
 class Crops:
     """Normalized NHWC calibration crops. The first `len(selection)` judge each step's candidates against ONNX

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from mobile_vision_export.export.tflite_inspect import op_inputs, op_outputs, paired_layers, twin_layers
+from mobile_vision_export.export.tflite_inspect import (
+    inspect_tflite,
+    op_inputs,
+    op_outputs,
+    paired_layers,
+    twin_layers,
+)
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
     add_float_bias,
@@ -32,10 +38,9 @@ from mobile_vision_export.export.tflite_model import (
     unary_op,
     write_model,
 )
-from mobile_vision_export.int8.crops import Crops
+from mobile_vision_export.int8.crops import Crops, outputs_in_order
 from mobile_vision_export.validate.diagnose import diagnose
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite
 
 MAX_STEPS = 12  # worst layers (each with its consumers) tried before giving up on the targets
 MIN_GAIN_DB = 0.1  # a layer's new form stays only if it gains at least this much on the judging photos
@@ -139,8 +144,8 @@ class FallbackStep:
     layer: str | None  # the int8 layer tried (None: int8 as it was, or a tail)
     form: str | None  # one of FORMS
     ops: list[int]  # ops on float activations with this step (the ones kept before it included)
-    sqnr_db: float  # against float on the judging photos
-    top1_agreement: float
+    sqnr_db: float  # against float on the judging photos (several outputs: the worst one's)
+    top1_agreement: float | None  # None: not a classifier
     kept: bool
     cost: Cost
     tail: int = 0  # the last `tail` layers of the graph tried together
@@ -191,7 +196,7 @@ class Fallback:
         first = self.steps[0]
         if len(self.steps) == 1:
             return title + [
-                f"int8 already reaches {first.sqnr_db:.2f} dB and {first.top1_agreement:.1%} top-1 agreement against "
+                f"int8 already reaches {first.sqnr_db:.2f} dB{_agreement(first.top1_agreement, ' and ')} against "
                 f"float on {self.judged_on} (target {self._targets()}): nothing falls back."
             ]
         lines = title + [
@@ -215,7 +220,8 @@ class Fallback:
             )
             ops = _op_ranges(step.ops)
             lines.append(
-                f"| {k} | {layer} | {step.form or '-'} | {ops} | {step.sqnr_db:.2f} | {step.top1_agreement:.1%} | "
+                f"| {k} | {layer} | {step.form or '-'} | {ops} | {step.sqnr_db:.2f} | "
+                f"{_agreement(step.top1_agreement) or '-'} | "
                 f"{'yes' if step.kept else 'no'} | {step.cost.bytes:,} | {step.cost.host_ms:.2f} |"
             )
         if not self.applied:
@@ -229,6 +235,10 @@ class Fallback:
             f"{before.host_ms:.2f} -> {after.host_ms:.2f} ms (x{after.host_ms / before.host_ms:.3f}). This runtime's "
             "XNNPACK delegate takes float32 ops but not dynamic-range conv layers, which run on the built-in kernels.",
         ]
+
+
+def _agreement(top1: float | None, before: str = "") -> str:
+    return "" if top1 is None else f"{before}{top1:.1%} top-1 agreement" if before else f"{top1:.1%}"
 
 
 def _op_ranges(ops: list[int]) -> str:
@@ -257,6 +267,7 @@ def reach_targets(
     min_sqnr: float | None,
     min_top1: float | None,
     cost: Callable[[Path], Cost],
+    classifier: bool = True,
 ) -> Fallback:
     """Move int8 layers of `int8` (in place) with the ops reading their output to float activations, a form kept only
     if it gains MIN_GAIN_DB against the float twin on `judge`, until `min_sqnr` dB and `min_top1` agreement hold
@@ -264,15 +275,21 @@ def reach_targets(
     then the last 1, 2, 4, ... layers of the graph: after the tuning no single layer gains (the layers after it
     were fitted around its error), but the error that builds up towards the output can still be taken out. Each
     time dynamic-range form first, float32 after; `cost` measures what each file costs. The held-out parity then
-    checks the targets on other photos."""
-    reference = run_tflite(float_twin, judge.images)
+    checks the targets on other photos. Several outputs: by the worst one's SQNR, as parity gates them; top-1 agreement
+    only for a `classifier`."""
+    names = inspect_tflite(int8).output_names
+    reference = outputs_in_order(float_twin, judge.images, names)
     aim = None if min_top1 is None else min_top1 + agreement_margin(min_top1, len(judge.images))
 
-    def score(path: Path) -> tuple[float, float]:
-        out = run_tflite(path, judge.images)
-        return float(sqnr_db(reference, out)), float(np.mean(out.argmax(1) == reference.argmax(1)))
+    def score(path: Path) -> tuple[float, float | None]:
+        out = outputs_in_order(path, judge.images, names)
+        sqnr = min(float(sqnr_db(ref, got)) for ref, got in zip(reference, out))  # as parity gates: the worst
+        if not classifier:
+            return sqnr, None
+        top1 = [y.reshape(len(y), -1).argmax(1) for y in (out[0], reference[0])]
+        return sqnr, float(np.mean(top1[0] == top1[1]))
 
-    def reached(sqnr: float, top1: float) -> bool:
+    def reached(sqnr: float, top1: float | None) -> bool:
         return (min_sqnr is None or sqnr >= min_sqnr) and (aim is None or top1 >= aim)
 
     best, agreement = score(int8)

@@ -42,9 +42,8 @@ from mobile_vision_export.export.tflite_model import (
     write_model,
 )
 from mobile_vision_export.int8.activation_ranges import SHARED_QUANTIZATION_OPS, activation_groups
-from mobile_vision_export.int8.crops import Crops, joined, keep_if_closer, output_scales
+from mobile_vision_export.int8.crops import Crops, joined, keep_if_closer, output_scales, outputs_in_order
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_tflite_outputs
 
 STEPS = 120  # Adam steps (mobilenet_v2, ImageNet, held-out photos: 80 steps gave 0.5 dB less, 200 about the same)
 BATCH = 8  # calibration crops per step
@@ -469,13 +468,8 @@ class Tuning:
 
 def _twin_outputs(float_twin: Path, images: np.ndarray, names: list[str]) -> list[torch.Tensor]:
     """The float twin's outputs on `images`, in the int8 graph's output order, each flattened as the file lays it out
-    (a map: NHWC), which is how the replica computes them. By signature name where the twin has the int8 file's
-    names; the twin may keep the converter's own (Identity, ...), in the same order."""
-    by_name = run_tflite_outputs(float_twin, images)
-    outputs = [by_name[name] for name in names] if set(names) <= set(by_name) else list(by_name.values())
-    if len(outputs) != len(names):
-        raise ValueError(f"the float twin has {len(outputs)} outputs, the int8 file {len(names)}")
-    return [torch.from_numpy(y.reshape(len(images), -1)) for y in outputs]
+    (a map: NHWC), which is how the replica computes them."""
+    return [torch.from_numpy(y.reshape(len(images), -1)) for y in outputs_in_order(float_twin, images, names)]
 
 
 @contextmanager

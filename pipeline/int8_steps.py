@@ -94,7 +94,11 @@ def _fallback(job: Job):
         selection = job.crops.selection
         judge = Judge(selection, f"{len(selection)} selection crops (no calibration photo unread)")
     targets = request.min_sqnr, request.min_top1
-    return reach_targets(job.int8_file, job.tflites.float_twin, job.crops, judge, *targets, _host_cost(job)), job
+    classifier = job.graphs.simplified.task == "classify"
+    summary = reach_targets(
+        job.int8_file, job.tflites.float_twin, job.crops, judge, *targets, _host_cost(job), classifier
+    )
+    return summary, job
 
 
 def _float_output(job: Job):
@@ -167,23 +171,12 @@ STEPS = (EQUALIZATION, RANGES, BIAS_CORRECTION, TUNING, FITTED_ROUNDING, FALLBAC
 SWITCHES = tuple(step.switch for step in STEPS if step.switch)  # export_model's keyword arguments, flags --no-*
 
 
-# Steps not yet for every model: which models they serve and why (the others judge every output: Crops.run).
-LIMITED_STEPS = {
-    "fallback": (lambda graph: graph.task == "classify", "the fallback judges top-1 agreement"),
-}
-
-
 def _skip_reason(step: Int8Step, job: Job) -> str | None:
     if not job.request.wants_int8:
         return "no int8 requested"
     if step.switch and step.switch in job.request.int8_off:
         return f"turned off ({step.flag})"
-    graph = job.graphs.simplified
-    reason = step.asked(job.request)
-    serves, why = LIMITED_STEPS.get(step.name, (lambda graph: True, ""))
-    if reason is None and not serves(graph):
-        return f"not yet for this model ({graph.task_reason}): {why}"
-    return reason
+    return step.asked(job.request)
 
 
 def _tuning_kept(job: Job) -> bool:

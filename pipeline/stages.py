@@ -203,8 +203,13 @@ def simplify(job: Job) -> Job:
 
 
 def name_classes(job: Job) -> Job:
-    """A classifier's class names, checked before the long conversion; a segmenter's if --labels gives them."""
+    """A classifier's class names, checked before the long conversion; a segmenter's if --labels gives them. Top-1
+    targets need classes too."""
     graph, given = job.graphs.simplified, job.request.labels
+    if job.request.min_top1 is not None and graph.task != "classify":
+        raise LabelsError(
+            f"--min-top1 is a classifier's target, but {job.source.name} has {graph.task_reason}: give --min-sqnr"
+        )
     if graph.task == "classify":
         return replace(job, labels=labels_for(graph.num_classes, given))
     if graph.task == "segment" and given is not None:

@@ -86,3 +86,18 @@ def test_a_trained_detector_is_gated_on_detections_reproduced(project):
     assert scores["fp32"]["detections_reproduced"] == 1.0 and scores["fp32"]["top_k_score_overlap"] == 1.0
     tuning = record["model"]["int8_tuning"]
     assert tuning["skipped"] is None  # sigmoid heads are in the tuning's replica
+
+
+@pytest.mark.slow
+def test_the_fallback_reaches_an_sqnr_target_on_a_detectors_worst_output(project):
+    """--min-sqnr moves layers to float until the worst output reaches it (as parity gates every output); no top-1
+    for a detector, and --min-top1 is refused before the conversion."""
+    proc, record = _export(project, "detector", "--quant", "int8", "--box-format", "cxcywh", "--min-sqnr", "27")
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: reached on the calibration crops, not on val/
+    fallback = record["model"]["int8_fallback"]
+    steps = fallback["steps"]
+    kept = [step["sqnr_db"] for step in steps if step["kept"]]
+    assert fallback["applied"] and fallback["reached"] and kept[-1] >= 27 > kept[0]
+    assert all(step["top1_agreement"] is None for step in steps)
+    proc, _ = _export(project, "detector", "--quant", "int8", "--min-top1", "0.9")
+    assert proc.returncode == 2 and "--min-top1 is a classifier's target" in proc.stderr
