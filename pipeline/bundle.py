@@ -28,12 +28,13 @@ class BundleError(UserError, ValueError):
 
 
 def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
-    """Decoded pixels, the pipeline's input tensor (uint8 pixels or int8), the model's output (quantized, or float32
-    logits) and top-5 for a few real photos."""
+    """Decoded pixels, the pipeline's input tensor (uint8 pixels or int8), every output as the model gives it
+    (quantized codes, or float32) with its values (float32), and a classifier's top-5, for a few real photos."""
     variant = contract["variants"]["int8"]
     info = inspect_tflite(model).inputs[0]
     interpreter = Interpreter(model_path=str(model))
     interpreter.allocate_tensors()
+    details = {d["name"]: d for d in interpreter.get_output_details()}
     cases = []
     for photo in [p for p in heldout_photos() if p.label is not None][:GOLDEN_PHOTOS]:
         image = load_rgb(photo.path)
@@ -43,28 +44,34 @@ def golden_vectors(model: Path, contract: dict, out_dir: Path) -> list[dict]:
         q = quantize(x, info)
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q)
         interpreter.invoke()
-        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
-        if variant["output"]["dtype"] == "float32":  # --int8-output float: float32 logits, little-endian
-            logits, raw = output.astype(np.float32), output.astype("<f4").tobytes()
-        else:
-            zero, scale = variant["output"]["zero_point"], np.float32(variant["output"]["scale"])
-            logits, raw = (output.astype(np.float32) - zero) * scale, output.tobytes()  # uint8 or int8 codes
         (out_dir / f"{name}.rgb").write_bytes(pixels.tobytes())
         (out_dir / f"{name}.input.bin").write_bytes(q.tobytes())
-        (out_dir / f"{name}.output.bin").write_bytes(raw)
-        top5 = [int(i) for i in np.argsort(-logits, kind="stable")[:5]]
-        cases.append(
-            {
-                "name": name,
-                "label": photo.label,
-                "width": image.width,
-                "height": image.height,
-                "pixels": f"{name}.rgb",
-                "input": f"{name}.input.bin",
-                "output": f"{name}.output.bin",
-                "top5": top5,
-            }
-        )
+        outputs = []
+        for k, entry in enumerate(variant["outputs"]):
+            output = interpreter.get_tensor(details[entry["name"]]["index"])[0]
+            if entry["dtype"] == "float32":  # --int8-output float: float32, little-endian
+                values, raw = output.astype(np.float32), output.astype("<f4").tobytes()
+            else:  # uint8 or int8 codes
+                values = (output.astype(np.float32) - entry["zero_point"]) * np.float32(entry["scale"])
+                raw = output.tobytes()
+            (out_dir / f"{name}.output{k}.bin").write_bytes(raw)
+            (out_dir / f"{name}.output{k}.float32").write_bytes(values.astype("<f4").tobytes())
+            outputs.append(
+                {"name": entry["onnx_name"], "raw": f"{name}.output{k}.bin", "values": f"{name}.output{k}.float32"}
+            )
+        case = {
+            "name": name,
+            "label": photo.label,
+            "width": image.width,
+            "height": image.height,
+            "pixels": f"{name}.rgb",
+            "input": f"{name}.input.bin",
+            "outputs": outputs,
+        }
+        if contract["task"] == "classify":
+            logits = np.frombuffer((out_dir / outputs[0]["values"]).read_bytes(), "<f4")
+            case.update(output=outputs[0]["raw"], top5=[int(i) for i in np.argsort(-logits, kind="stable")[:5]])
+        cases.append(case)
     return cases
 
 

@@ -3,12 +3,13 @@ vectors, and a compile of the app against Debian's android.jar (set up by script
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from mobile_vision_export.pipeline.bundle import bundle
+from mobile_vision_export.pipeline.bundle import bundle, golden_vectors
 from mobile_vision_export.pipeline.bundle import main as bundle_main
 from tests.conftest import ROOT, run_cli
 
@@ -54,7 +55,7 @@ def _golden_vector_tests(contract_classes: Path, golden: Path, work: Path) -> No
         text=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "OK (3 tests)" in proc.stdout
+    assert "OK (4 tests)" in proc.stdout
 
 
 @pytest.mark.slow
@@ -104,4 +105,22 @@ def test_float_output_contract_round_trips_through_java(contract_classes, tmp_pa
     output = json.loads((golden / "preprocess.json").read_text())["variants"]["int8"]["output"]
     assert output["dtype"] == "float32" and "scale" not in output
     assert all((golden / c["output"]).stat().st_size == 4 * 10 for c in cases)  # 10 float32 logits
+    _golden_vector_tests(contract_classes, golden, tmp_path / "test")
+
+
+@pytest.mark.slow
+def test_every_output_of_a_detector_reads_through_java(contract_classes, tmp_path):
+    """A two-output detector's contract: the Java module finds both outputs (name, shape, type, scale) and reads
+    each from the file's bytes to the values the pipeline computes."""
+    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:det"
+    proc = run_cli("pipeline.export", "--model", model, "--input-size", "64", "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, golden = tmp_path / "out" / "vision_models_det", tmp_path / "golden"
+    golden.mkdir()
+    contract = json.loads((out / "preprocess.json").read_text())
+    shutil.copyfile(out / "preprocess.json", golden / "preprocess.json")
+    cases = golden_vectors(out / "vision_models_det_int8.tflite", contract, golden)
+    (golden / "cases.json").write_text(json.dumps(cases))
+    assert [o["name"] for o in cases[0]["outputs"]] == [o["onnx_name"] for o in contract["variants"]["int8"]["outputs"]]
+    assert len(cases[0]["outputs"]) == 2 and "top5" not in cases[0]
     _golden_vector_tests(contract_classes, golden, tmp_path / "test")

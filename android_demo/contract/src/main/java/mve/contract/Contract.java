@@ -1,5 +1,7 @@
 package mve.contract;
 
+import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -21,9 +23,56 @@ public final class Contract {
     /** Tensor types, "uint8", "int8" or "float32". */
     public final String inputType;
     public final String outputType;
+    /** Every output of the model, in the file's order (a classifier has one: its logits). */
+    public final List<Output> outputs;
+
+    /** One output tensor as preprocess.json describes it. */
+    public static final class Output {
+        /** The output's name in the ONNX graph (the signature name in the .tflite). */
+        public final String name;
+        /** logits, class map, boxes, scores, embedding or tensor. */
+        public final String kind;
+        public final int[] shape;
+        /** How the file lays it out, e.g. "NHWC (ONNX's NCHW with channels last)". */
+        public final String layout;
+        public final String type;
+        /** 0 for a float32 output. */
+        public final double scale;
+        public final int zeroPoint;
+
+        public Output(String name, String kind, int[] shape, String layout, String type, double scale, int zeroPoint) {
+            this.name = name;
+            this.kind = kind;
+            this.shape = shape;
+            this.layout = layout;
+            this.type = type;
+            this.scale = scale;
+            this.zeroPoint = zeroPoint;
+        }
+
+        /** Elements in the tensor. */
+        public int size() {
+            int n = 1;
+            for (int d : shape) {
+                n *= d;
+            }
+            return n;
+        }
+
+        public boolean isQuantized() {
+            return scale != 0;
+        }
+    }
 
     public Contract(int[] inputSize, int[] cover, float[] mean, float[] std, double inputScale, int inputZeroPoint,
                     double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType) {
+        this(inputSize, cover, mean, std, inputScale, inputZeroPoint, outputScale, outputZeroPoint, modelFile,
+                inputType, outputType, new ArrayList<Output>());
+    }
+
+    public Contract(int[] inputSize, int[] cover, float[] mean, float[] std, double inputScale, int inputZeroPoint,
+                    double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType,
+                    List<Output> outputs) {
         this.inputHeight = inputSize[0];
         this.inputWidth = inputSize[1];
         this.coverHeight = cover[0];
@@ -37,6 +86,7 @@ public final class Contract {
         this.modelFile = modelFile;
         this.inputType = inputType;
         this.outputType = outputType;
+        this.outputs = outputs;
     }
 
     /** Reads the contract of one variant ("int8", "fp32", ...) from the text of preprocess.json. */
@@ -55,6 +105,18 @@ public final class Contract {
         }
         Map<String, Object> input = (Map<String, Object>) entry.get("input");
         Map<String, Object> output = (Map<String, Object>) entry.get("output");
+        Map<String, String> kinds = new HashMap<String, String>();
+        for (Object item : (List<Object>) root.get("outputs")) {
+            Map<String, Object> described = (Map<String, Object>) item;
+            kinds.put((String) described.get("name"), (String) described.get("kind"));
+        }
+        List<Output> outputs = new ArrayList<Output>();
+        for (Object item : (List<Object>) entry.get("outputs")) {
+            Map<String, Object> o = (Map<String, Object>) item;
+            String name = (String) o.get("onnx_name");
+            outputs.add(new Output(name, kinds.get(name), shape((List<Object>) o.get("shape")), (String) o.get("layout"),
+                    (String) o.get("dtype"), number(o.get("scale")), (int) number(o.get("zero_point"))));
+        }
         return new Contract(
                 ints((List<Object>) root.get("input_size")),
                 ints((List<Object>) resize.get("cover")),
@@ -62,7 +124,7 @@ public final class Contract {
                 floats((List<Object>) root.get("std")),
                 number(input.get("scale")), (int) number(input.get("zero_point")),
                 number(output.get("scale")), (int) number(output.get("zero_point")),
-                (String) entry.get("file"), (String) input.get("dtype"), (String) output.get("dtype"));
+                (String) entry.get("file"), (String) input.get("dtype"), (String) output.get("dtype"), outputs);
     }
 
     public boolean isQuantized() {
@@ -94,6 +156,14 @@ public final class Contract {
             throw new IllegalArgumentException("expected [height, width], got " + values);
         }
         return new int[] {((Double) values.get(0)).intValue(), ((Double) values.get(1)).intValue()};
+    }
+
+    private static int[] shape(List<Object> values) {
+        int[] out = new int[values.size()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = ((Double) values.get(i)).intValue();
+        }
+        return out;
     }
 
     private static float[] floats(List<Object> values) {

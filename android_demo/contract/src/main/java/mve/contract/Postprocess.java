@@ -34,12 +34,31 @@ public final class Postprocess {
     }
 
     public static float[] dequantize(byte[] q, Contract contract) {
-        float scale = (float) contract.outputScale;
-        boolean unsigned = "uint8".equals(contract.outputType);
+        return dequantize(q, contract.outputType, contract.outputScale, contract.outputZeroPoint);
+    }
+
+    /** Any output's values from its raw bytes, in the file's layout (see the output's `layout`): its codes
+     * dequantized, or float32 little-endian. */
+    public static float[] values(byte[] raw, Contract.Output output) {
+        int bytes = output.size() * (output.isQuantized() ? 1 : 4);
+        if (raw.length != bytes) {
+            throw new IllegalArgumentException("output " + output.name + " takes " + bytes + " bytes, got "
+                    + raw.length);
+        }
+        if (output.isQuantized()) {
+            return dequantize(raw, output.type, output.scale, output.zeroPoint);
+        }
+        float[] out = new float[output.size()];
+        ByteBuffer.wrap(raw).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out);
+        return out;
+    }
+
+    private static float[] dequantize(byte[] q, String type, double scale, int zeroPoint) {
+        boolean unsigned = "uint8".equals(type);
         float[] out = new float[q.length];
         for (int i = 0; i < q.length; i++) {
             int code = unsigned ? q[i] & 0xff : q[i];
-            out[i] = (code - contract.outputZeroPoint) * scale;
+            out[i] = (code - zeroPoint) * (float) scale;
         }
         return out;
     }

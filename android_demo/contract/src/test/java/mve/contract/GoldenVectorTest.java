@@ -5,6 +5,8 @@ import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertFalse;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -17,8 +19,8 @@ import org.junit.Test;
 
 /**
  * Golden vectors written by `python -m pipeline.bundle` from real photos: the decoded RGB pixels, the quantized input
- * tensor the export pipeline computes from them, the output the model gives (int8, or float32 with
- * --int8-output float), and the top-5 classes.
+ * tensor the export pipeline computes from them, every output the model gives (int8 codes, or float32 with
+ * --int8-output float) with its values, and a classifier's top-5 classes.
  */
 public class GoldenVectorTest {
     private static final Path GOLDEN = Paths.get(System.getProperty("golden.dir", "src/test/resources/golden"));
@@ -64,10 +66,32 @@ public class GoldenVectorTest {
     }
 
     @Test
+    @SuppressWarnings("unchecked")
+    public void everyOutputReadsAsThePipeline() throws IOException {
+        Contract contract = contract();
+        for (Map<String, Object> c : cases()) {
+            List<Object> written = (List<Object>) c.get("outputs");
+            assertEquals("outputs of " + c.get("name"), written.size(), contract.outputs.size());
+            for (int k = 0; k < written.size(); k++) {
+                Map<String, Object> w = (Map<String, Object>) written.get(k);
+                Contract.Output output = contract.outputs.get(k);
+                assertEquals(w.get("name"), output.name);
+                float[] want = new float[output.size()];
+                ByteBuffer.wrap(bytes(w, "values")).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(want);
+                assertArrayEquals(output.name + " of " + c.get("name"), want, Postprocess.values(bytes(w, "raw"), output),
+                        0f);
+            }
+        }
+    }
+
+    @Test
     public void topFiveMatchesThePipeline() throws IOException {
         Contract contract = contract();
-        String[] labels = read(GOLDEN.resolve("labels.txt")).split("\n");
         for (Map<String, Object> c : cases()) {
+            if (!c.containsKey("top5")) {
+                continue;  // not a classifier: no labels, no top-5
+            }
+            String[] labels = read(GOLDEN.resolve("labels.txt")).split("\n");
             float[] logits = Postprocess.logits(bytes(c, "output"), contract);
             List<Postprocess.Prediction> top = Postprocess.topK(logits, labels, 5);
             int[] got = new int[top.size()];
