@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="1..40",
         help="held-out photos to run (default 20)",
     )
+    p.add_argument(
+        "--output",
+        metavar="NAME",
+        help="only the layers this output depends on (a model with several outputs; default: every layer)",
+    )
     p.add_argument("--out", type=Path, help="folder for diagnose.html/json (default: beside the int8 model)")
     return p
 
@@ -64,13 +69,14 @@ def _main(argv: list[str] | None) -> int:
         size = tuple(inspect_tflite(float_model).inputs[0].shape[1:3])
         photos = heldout_photos()[: args.images]
         x = normalize(heldout_batch(photos, size), mean, std)
-        diagnosis = diagnose(float_model, args.int8_model, x)
+        diagnosis = diagnose(float_model, args.int8_model, x, args.output)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    page = write_diagnosis(
-        args.out or args.int8_model.parent, diagnosis, float_model, args.int8_model, f"{len(photos)} held-out photos"
+    images = f"{len(photos)} held-out photos" + (
+        f"; the layers output '{args.output}' depends on" if args.output else ""
     )
+    page = write_diagnosis(args.out or args.int8_model.parent, diagnosis, float_model, args.int8_model, images)
     jump = diagnosis.first_jump
     print(f"first jump: #{jump.index} {jump.op} ({jump.sqnr_db:.1f} dB, -{jump.drop_db:.1f} dB)" if jump else "no jump")
     for layer in diagnosis.worst:

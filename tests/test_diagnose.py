@@ -16,7 +16,8 @@ from mobile_vision_export.export.tflite_convert import convert_tflite
 from mobile_vision_export.export.tflite_inspect import op_outputs
 from mobile_vision_export.export.tflite_model import read_model, write_model
 from mobile_vision_export.pipeline.diagnose import main as diagnose_main
-from mobile_vision_export.validate.diagnose import diagnose
+from mobile_vision_export.validate.diagnose import DiagnoseError, ancestors, diagnose
+from tests.conftest import ROOT, run_cli
 from tests.data.tiny_model import build
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -70,3 +71,30 @@ def test_cli_writes_html_and_json(tiny_variants, tmp_path, capsys):
     assert "<svg" in page and "Per-layer int8 error" in page and (tmp_path / "diagnose.json").is_file()
     assert diagnose_main([str(tmp_path / "absent_int8.tflite")]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_branch_is_diagnosed_on_its_own_and_drops_count_from_what_a_layer_reads(tmp_path):
+    """A detector's two heads: a broken layer in the boxes head is named; diagnosing the scores output leaves it
+    out; the scores head's first layer, next to it in op order, is measured against the layer it reads."""
+    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:det"
+    args = ["--model", model, "--input-size", "64", "--quant", "all", "--int8-io", "int8", "--out", "out"]
+    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out" / "vision_models_det"
+    float_model, int8_model = out / "vision_models_det_fp32.tflite", out / "vision_models_det_int8.tflite"
+    ops = [op for op, _, _ in op_outputs(int8_model)]
+    boxes_only = ancestors(int8_model, "output_0") - ancestors(int8_model, "output_1")
+    target = next(i for i in sorted(boxes_only) if ops[i] == "CONV_2D")
+    broken = tmp_path / "broken_int8.tflite"
+    _negate_weights(int8_model, broken, target)
+    x = normalize(heldout_batch(heldout_photos()[:8], 64), (0, 0, 0), (1, 1, 1))
+    damaged = diagnose(float_model, broken, x)
+    assert damaged.worst[0].index == target
+    scores = diagnose(float_model, broken, x, output="output_1")
+    assert target not in {layer.index for layer in scores.layers} and scores.layers
+    healthy = {layer.index: layer for layer in diagnose(float_model, int8_model, x, output="output_1").layers}
+    after = {layer.index: layer for layer in scores.layers}
+    assert all(after[i].drop_db == pytest.approx(healthy[i].drop_db) for i in healthy)  # the break is not read
+    with pytest.raises(DiagnoseError, match="has no output 'nope': it has output_0, output_1"):
+        diagnose(float_model, int8_model, x, output="nope")

@@ -12,10 +12,13 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.tflite_inspect import (
     LayerPair,
     inspect_tflite,
+    op_inputs,
+    op_outputs,
     paired_layers,
     quantize,
     tensor_keeping_interpreter,
 )
+from mobile_vision_export.export.tflite_model import read_model
 
 JUMP_DB = 6.0  # a layer whose SQNR is this much below the previous layer's is where the error jumps ...
 NOISE_FLOOR_DB = 30.0  # ... once the SQNR is below this: the first layers lose ~6 dB each to 8-bit rounding alone
@@ -32,7 +35,7 @@ class LayerError:
     tensor: str
     sqnr_db: float
     cosine: float
-    drop_db: float  # SQNR lost against the previous compared layer
+    drop_db: float  # SQNR lost against the worst of the compared layers feeding it (0 for the first)
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -52,15 +55,57 @@ def _pairs(float_model: Path, int8_model: Path) -> list[LayerPair]:
     return pairs
 
 
+def _feeding_layers(int8_model: Path, compared: list[int]) -> dict[int, set[int]]:
+    """For each compared op, the compared ops whose outputs reach its inputs through ops that are not compared: in
+    a graph that branches (a detector's two heads, ShuffleNet's halves) the op before it is not what it reads."""
+    inputs, outputs = op_inputs(int8_model), op_outputs(int8_model)
+    producer = {tensor: i for i, (_, tensor, _) in enumerate(outputs)}
+    kept, sources = set(compared), {}
+
+    def from_op(i: int) -> set[int]:  # the compared ops op i stands for
+        if i in kept:
+            return {i}
+        if i not in sources:
+            sources[i] = set()
+            sources[i] = {s for t in inputs[i] if t in producer for s in from_op(producer[t])}
+        return sources[i]
+
+    return {i: {s for t in inputs[i] if t in producer for s in from_op(producer[t])} for i in compared}
+
+
+def ancestors(int8_model: Path, output: str) -> set[int]:
+    """The ops of the int8 graph that `output` (a signature output name) depends on."""
+    model = read_model(int8_model)
+    graph = model.subgraphs[0]
+    named = {io.name.decode(): int(io.tensorIndex) for sig in model.signatureDefs or [] for io in sig.outputs or []}
+    named = named or {graph.tensors[t].name.decode(): int(t) for t in graph.outputs}
+    if output not in named:
+        raise DiagnoseError(f"{int8_model.name} has no output '{output}': it has {', '.join(sorted(named))}")
+    tensor = named[output]
+    inputs, outputs = op_inputs(int8_model), op_outputs(int8_model)
+    producer = {t: i for i, (_, t, _) in enumerate(outputs)}
+    found, todo = set(), [tensor]
+    while todo:
+        i = producer.get(todo.pop())
+        if i is not None and i not in found:
+            found.add(i)
+            todo.extend(inputs[i])
+    return found
+
+
 def _dequantized(interpreter: Interpreter, index: int, quantization: dict[int, tuple[float, int]]) -> np.ndarray:
     value = interpreter.get_tensor(index).astype(np.float64)
     scale, zero = quantization[index]
     return (value - zero) * scale if scale else value
 
 
-def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Diagnosis:
-    """Each shared layer's SQNR (dequantized int8 vs float) over `images_nhwc` (normalized float input)."""
+def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray, output: str | None = None) -> Diagnosis:
+    """Each shared layer's SQNR (dequantized int8 vs float) over `images_nhwc` (normalized float input); with
+    `output` (a signature output name), only the layers that output depends on."""
     pairs = _pairs(float_model, int8_model)
+    if output is not None:
+        wanted = ancestors(int8_model, output)
+        pairs = [pair for pair in pairs if pair.op_index in wanted]
     f_int, q_int = tensor_keeping_interpreter(float_model), tensor_keeping_interpreter(int8_model)
     q_input = inspect_tflite(int8_model).inputs[0]
     q_quantization = {t["index"]: t["quantization"] for t in q_int.get_tensor_details()}
@@ -90,16 +135,18 @@ def diagnose(float_model: Path, int8_model: Path, images_nhwc: np.ndarray) -> Di
         sqnr = np.where(noise > 0, 10 * np.log10(np.maximum(signal, 1e-300) / np.maximum(noise, 1e-300)), np.inf)
         sqnr = np.where((signal == 0) & (noise > 0), -np.inf, sqnr)
         cosine = np.where(signal * q_norm > 0, dot / np.sqrt(signal * q_norm), 1.0)
-    layers, previous = [], None
+    upstream = _feeding_layers(int8_model, [pair.op_index for pair in pairs])
+    by_op = {pair.op_index: float(sqnr[k]) for k, pair in enumerate(pairs)}
+    layers = []
     for k, (index, op, _, _, name) in enumerate(pairs):
-        if previous is None or sqnr[k] == np.inf:
+        received = [by_op[i] for i in upstream[index] if np.isfinite(by_op[i])]
+        if not received or sqnr[k] == np.inf:
             drop = 0.0
         elif sqnr[k] == -np.inf:
             drop = np.inf
         else:
-            drop = max(0.0, previous - sqnr[k])
+            drop = max(0.0, min(received) - sqnr[k])
         layers.append(LayerError(index, op, name, float(sqnr[k]), float(cosine[k]), float(drop)))
-        previous = sqnr[k] if np.isfinite(sqnr[k]) else previous
     harmful = [layer for layer in layers if layer.drop_db > 0 and layer.sqnr_db < NOISE_FLOOR_DB]
     first_jump = next((layer for layer in harmful if layer.drop_db >= JUMP_DB), None)
     worst = sorted(harmful, key=lambda layer: -layer.drop_db)[:5]
