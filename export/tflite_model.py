@@ -186,16 +186,18 @@ def compact(model: schema.ModelT) -> None:
 
 def rename_outputs(path: Path, names: list[str | None]) -> bool:
     """Give the main signature's outputs, in the graph's output order, the `names` that are not None (the ONNX
-    outputs' names, which apps look them up by); rewrite `path` only if one changes."""
+    outputs' names, which apps look them up by); a file without a signature (the converter writes some variants
+    without one) gets them as its output tensors' names. Rewrite `path` only if one changes."""
     model = read_model(path)
-    if not model.signatureDefs:
-        return False
-    by_tensor = {int(io.tensorIndex): io for io in model.signatureDefs[0].outputs or []}
+    graph = model.subgraphs[0]
+    by_tensor = {int(io.tensorIndex): io for sig in model.signatureDefs or [] for io in sig.outputs or []}
     changed = False
-    for tensor, name in zip(model.subgraphs[0].outputs, names):
-        io = by_tensor.get(int(tensor))
-        if io is not None and name is not None and io.name.decode() != name:
-            io.name, changed = name.encode(), True
+    for tensor, name in zip(graph.outputs, names):
+        if name is None:
+            continue
+        named = by_tensor.get(int(tensor)) if model.signatureDefs else graph.tensors[int(tensor)]
+        if named is not None and named.name.decode() != name:
+            named.name, changed = name.encode(), True
     if changed:
         write_model(model, path)
     return changed

@@ -246,3 +246,21 @@ def test_a_dynamic_size_onnx_text_detector_exports_at_640(tmp_path):
     assert contract["variants"]["int8"]["outputs"][0]["shape"] == [1, 640, 640, 1]
     assert rows["int8"]["outputs"]["out"]["cosine_mean"] > 0.9
     assert rows["int8"]["metrics"]["top1_agreement"] is None and "top-1" not in proc.stderr  # a map has no top-1
+
+
+@pytest.mark.slow
+def test_two_outputs_keep_their_names_in_every_file_and_the_layout_pass_checks_both(tmp_path):
+    """Class scores and the pooled features behind them, after a channel shuffle: the layout pass rewrites the
+    shuffle's island in every variant, checked on both outputs; every file, with or without a signature (the
+    converter writes some variants without one), names its outputs as the ONNX graph does, so the int8 steps pair
+    the float twin's outputs by name."""
+    record, contract, out = _export(tmp_path, "shuffle_two_heads")
+    layout = record["model"]["graph_optimization"]
+    assert all(v["applied"] and v["islands_rewritten"] == 1 for v in layout.values()), layout
+    for mode in ("fp32", "fp16", "dynamic", "int8"):
+        outputs = run_tflite_outputs(out / f"vision_models_shuffle_two_heads_{mode}.tflite", np.zeros((1, 64, 64, 3)))
+        assert set(outputs) == {"output_0", "output_1"}, mode
+    rows = {r["variant"]: r for r in record["parity"]}
+    assert min(_sqnr(o) for o in rows["fp32"]["outputs"].values()) > 60
+    tuning = record["model"]["int8_tuning"]
+    assert tuning["skipped"] is None and abs(tuning["replica_checks"][0][1] - rows["int8"]["metrics"]["sqnr_db"]) < 3
