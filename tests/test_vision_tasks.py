@@ -254,11 +254,17 @@ def test_two_outputs_keep_their_names_in_every_file_and_the_layout_pass_checks_b
     shuffle's island in every variant, checked on both outputs; every file, with or without a signature (the
     converter writes some variants without one), names its outputs as the ONNX graph does, so the int8 steps pair
     the float twin's outputs by name."""
-    record, contract, out = _export(tmp_path, "shuffle_two_heads")
+    model = f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:shuffle_two_heads"
+    proc = run_cli(
+        "pipeline.export", "--model", model, "--input-size", "64", "--quant", "all", "--out", "out", tmp_path=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "tiny_model_shuffle_two_heads"
+    record = json.loads((out / "parity.json").read_text())
     layout = record["model"]["graph_optimization"]
     assert all(v["applied"] and v["islands_rewritten"] == 1 for v in layout.values()), layout
     for mode in ("fp32", "fp16", "dynamic", "int8"):
-        outputs = run_tflite_outputs(out / f"vision_models_shuffle_two_heads_{mode}.tflite", np.zeros((1, 64, 64, 3)))
+        outputs = run_tflite_outputs(out / f"tiny_model_shuffle_two_heads_{mode}.tflite", np.zeros((1, 64, 64, 3)))
         assert set(outputs) == {"output_0", "output_1"}, mode
     rows = {r["variant"]: r for r in record["parity"]}
     assert min(_sqnr(o) for o in rows["fp32"]["outputs"].values()) > 60

@@ -41,16 +41,30 @@ class TinyShuffle(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(16, 16, 1, groups=2, bias=False), nn.BatchNorm2d(16))
         self.fc = nn.Linear(16, 10)
 
-    def forward(self, x):
+    def pooled(self, x):
         x = self.stem(x)
         n, c, h, w = x.shape
         shuffled = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-        y = nn.functional.relu(self.conv(shuffled) + x)
-        return self.fc(y.mean([2, 3]))
+        return nn.functional.relu(self.conv(shuffled) + x).mean([2, 3])
+
+    def forward(self, x):
+        return self.fc(self.pooled(x))
+
+
+class ShuffleTwoHeads(TinyShuffle):
+    """The same with two outputs: class scores and the pooled features they come from."""
+
+    def forward(self, x):
+        pooled = self.pooled(x)
+        return self.fc(pooled), pooled
 
 
 def build_shuffle():
     return TinyShuffle()
+
+
+def shuffle_two_heads():
+    return ShuffleTwoHeads()
 
 
 class Unbalanced(nn.Module):

@@ -62,26 +62,3 @@ def det():
 
 def det_raw():
     return Det(raw=True)
-
-
-class ShuffleTwoHeads(nn.Module):
-    """A channel shuffle (an NCHW island the layout pass rewrites) in a model with two outputs: class scores and
-    the pooled features they come from."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.conv = nn.Sequential(nn.Conv2d(16, 16, 1, groups=2, bias=False), nn.BatchNorm2d(16))
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        n, c, h, w = x.shape
-        shuffled = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-        y = nn.functional.relu(self.conv(shuffled) + x)
-        pooled = y.mean([2, 3])
-        return self.fc(pooled), pooled
-
-
-def shuffle_two_heads():
-    return ShuffleTwoHeads()
