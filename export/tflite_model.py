@@ -201,3 +201,17 @@ def rename_outputs(path: Path, names: list[str | None]) -> bool:
     if changed:
         write_model(model, path)
     return changed
+
+
+def multiply_accumulates(model: schema.ModelT) -> int:
+    """Multiply-accumulates per image of the conv and fully-connected ops."""
+    graph = model.subgraphs[0]
+    total = 0
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name in BIASED_OPS:
+            out = graph.tensors[op.outputs[0]].shape
+            w = graph.tensors[op.inputs[1]].shape
+            per_output = int(np.prod(w[1:])) if name != "DEPTHWISE_CONV_2D" else int(np.prod(w[1:3]))
+            total += int(np.prod(out[1:])) * per_output
+    return total

@@ -36,6 +36,7 @@ from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
     buffer_uses,
     constant_view,
+    multiply_accumulates,
     op_name,
     own_buffer,
     read_single_graph,
@@ -379,20 +380,6 @@ def unsupported(model: schema.ModelT) -> str | None:
         if tensor.type != schema.TensorType.INT8:
             return "an input or output that is not int8"
     return None
-
-
-def multiply_accumulates(model: schema.ModelT) -> int:
-    """Multiply-accumulates per image of the conv and fully-connected ops."""
-    graph = model.subgraphs[0]
-    total = 0
-    for op in graph.operators:
-        name = op_name(model, op)
-        if name in BIASED_OPS:
-            out = graph.tensors[op.outputs[0]].shape
-            w = graph.tensors[op.inputs[1]].shape
-            per_output = int(np.prod(w[1:])) if name != "DEPTHWISE_CONV_2D" else int(np.prod(w[1:3]))
-            total += int(np.prod(out[1:])) * per_output
-    return total
 
 
 def _float_weights(int8_path: Path, float_twin: Path) -> dict[int, np.ndarray]:

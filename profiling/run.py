@@ -13,6 +13,7 @@ from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.provenance import sha256_array, tool_versions
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize
+from mobile_vision_export.export.tflite_model import multiply_accumulates, read_model
 from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.profiling import device
 from mobile_vision_export.profiling.arm_setup import emulated_litert
@@ -112,6 +113,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
         "model": model.name,
         "sha256": sha256_file(model),
         "size_bytes": summary.size_bytes,
+        "macs": multiply_accumulates(read_model(model)),
         "input": input_desc,
         "input_sha256": sha256_array(x),
         "host": [],

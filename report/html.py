@@ -115,6 +115,39 @@ def bar_chart(title: str, bars: list[Bar], full_scale: float) -> str:
     return f"<figure>{svg}<figcaption>{html.escape(title)}</figcaption></figure>"
 
 
+def scatter_chart(title: str, points: list[tuple[str, float, float]], x_label: str, y_label: str) -> str:
+    """Labelled points (label, x, y) on linear axes from 0 to the largest value of each."""
+    width, height, left, bottom = 560, 320, 60, 40
+    x_top = max((x for _, x, _ in points), default=0) or 1.0
+    y_top = max((y for _, _, y in points), default=0) or 1.0
+    plot_w, plot_h = width - left - 140, height - bottom - 20
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + x / x_top * plot_w, 20 + plot_h - y / y_top * plot_h
+
+    marks = []
+    for label, x, y in points:
+        px, py = at(x, y)
+        marks.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="#4a7fc1"/>'
+            f'<text x="{px + 6:.1f}" y="{py + 4:.1f}">{html.escape(label)}</text>'
+        )
+    x0, y0 = at(0, 0)
+    axes = (
+        f'<line x1="{x0}" y1="{y0}" x2="{x0 + plot_w}" y2="{y0}" stroke="#555"/>'
+        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="20" stroke="#555"/>'
+        f'<text x="{x0 + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)} (0 to {x_top:.3g})'
+        "</text>"
+        f'<text x="14" y="{20 + plot_h / 2}" text-anchor="middle" transform="rotate(-90 14 {20 + plot_h / 2})">'
+        f"{html.escape(y_label)} (0 to {y_top:.3g})</text>"
+    )
+    svg = (
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
+        f'font-size="12">{axes}{"".join(marks)}</svg>'
+    )
+    return f"<figure>{svg}<figcaption>{html.escape(title)}</figcaption></figure>"
+
+
 def _thumbnail(path: Path) -> str:
     with Image.open(path) as image:
         square = ImageOps.fit(ImageOps.exif_transpose(image).convert("RGB"), (THUMBNAIL, THUMBNAIL))

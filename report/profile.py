@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mobile_vision_export.profiling.symbols import FAMILIES
-from mobile_vision_export.report.html import Bar, bar_chart
+from mobile_vision_export.report.html import Bar, bar_chart, scatter_chart
 
 SECTION = "Profile"
 
@@ -60,15 +60,17 @@ def render_profile(data: dict) -> str:
             f"_{data['estimate_note']}_",
             "",
             "| model | device | threads | estimated ms | measured ms | cycle model ms | of which DRAM ms | factor | "
-            "cores |",
-            "|---|---|---:|---:|---:|---:|---:|---|---|",
+            "cores | ms per G MACs |",
+            "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
         ]
+        macs = {m["model"]: m.get("macs") for m in data["models"]}
         for name, e in estimates:
             measured = f"{e['measured_ms']:.1f}" if "measured_ms" in e else "-"
+            per_gmac = f"{e['milliseconds'] / (macs[name] / 1e9):.1f}" if macs.get(name) else "-"
             lines.append(
                 f"| {name} | {e['device']} | {e['threads']} | {e['milliseconds']:.1f} | {measured} | "
                 f"{e['model_ms']:.1f} | {e['memory_ms']:.2f} | x{e['factor']:.2f} ({e['factor_from']}) | "
-                f"{e['cores']} |"
+                f"{e['cores']} | {per_gmac} |"
             )
         lines.append("")
     devices = [(m["model"], m["device"]) for m in data["models"] if m["device"] is not None]
@@ -108,4 +110,20 @@ def profile_figures(data: dict) -> list[str]:
     if estimated:
         top = max(b.value for b in estimated)
         charts.append(bar_chart("Estimated milliseconds on named devices (cycle model)", estimated, top))
+    for device, threads, points in _macs_and_milliseconds(data):
+        title = f"Multiply-accumulates against estimated milliseconds, {device}, {threads} thread(s)"
+        charts.append(scatter_chart(title, points, "MACs (millions)", "estimated ms"))
     return charts
+
+
+def _macs_and_milliseconds(data: dict) -> list[tuple[str, int, list[tuple[str, float, float]]]]:
+    """Per device and thread count with two models or more: each model's MACs (millions) and estimated ms. The
+    same MACs can cost different times (memory traffic, element-wise ops, int8 against float kernels)."""
+    series: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
+    for m in data["models"]:
+        for e in m.get("estimates", []):
+            if "macs" in m:
+                series.setdefault((e["device"], e["threads"]), []).append(
+                    (m["model"], m["macs"] / 1e6, e["milliseconds"])
+                )
+    return [(device, threads, points) for (device, threads), points in series.items() if len(points) > 1]

@@ -22,6 +22,7 @@ from mobile_vision_export.profiling.estimate import calibration, estimate
 from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of
 from mobile_vision_export.profiling.traffic import CacheTraffic
 from mobile_vision_export.report.document import Report, read_report
+from mobile_vision_export.report.profile import profile_figures
 from tests.conftest import ROOT, error_lines
 
 
@@ -294,6 +295,8 @@ def test_device_estimate_in_milliseconds(tmp_path, capsys, monkeypatch, arm_cach
     assert one["milliseconds"] == pytest.approx(one["model_ms"] * calibration()) and one["factor_from"] == "published"
     assert one["cores"] == "1x a76 @ 2.84 GHz" and four["cores"] == "1x a76 @ 2.84 GHz + 3x a76 @ 2.42 GHz"
     assert "Estimated milliseconds on named devices" in (tmp_path / "report.html").read_text()
+    assert 35e6 < result["macs"] < 50e6  # ShuffleNet V2 0.5x: 41 M multiply-accumulates per 224 px image
+    assert f"| {one['milliseconds'] / (result['macs'] / 1e9):.1f} |" in printed  # ms per G MACs
     # your own measurement of that phone replaces the published calibration for it
     measured = 2 * one["model_ms"]
     assert profile_main([*args, "--estimate-threads", "1", "--measured", f"1:{measured}"]) == 0
@@ -322,3 +325,23 @@ def test_stored_measurements_make_the_device_correction(tmp_path):
     path.write_text("{not json")
     with pytest.raises(CorrectionsError, match="is damaged: delete it"):
         correction("pixel-4", path)
+
+
+def test_macs_against_milliseconds_is_drawn_per_device_for_several_models():
+    """The FLOPs-are-not-speed chart: one point per model at its MACs and estimated ms, per device and threads."""
+    estimate = {"device": "pixel-4", "threads": 1, "milliseconds": 5.0}
+    data = {
+        "models": [
+            {"model": "a.tflite", "macs": 300e6, "host": [], "estimates": [{**estimate, "milliseconds": 10.0}]},
+            {"model": "b.tflite", "macs": 40e6, "host": [], "estimates": [{**estimate, "milliseconds": 4.0}]},
+            {
+                "model": "c.tflite",
+                "macs": 40e6,
+                "host": [],
+                "estimates": [{**estimate, "device": "pixel-3", "milliseconds": 5.0}],
+            },
+        ]
+    }
+    charts = [c for c in profile_figures(data) if "Multiply-accumulates" in c]
+    assert len(charts) == 1 and "pixel-4, 1 thread(s)" in charts[0]  # pixel-3 has one model: no chart
+    assert charts[0].count("<circle") == 2 and "a.tflite" in charts[0] and "MACs (millions) (0 to 300)" in charts[0]
