@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -253,15 +254,15 @@ def image_input(model: onnx.ModelProto):
 
 
 def fix_input_size(model: onnx.ModelProto, size) -> onnx.ModelProto:
-    """`model` with its image input fixed at 1x3xHxW: dynamic dimensions (a symbolic batch, height or width, as
-    other frameworks export) take these values; a static one that differs is an error."""
+    """`model` with its image input fixed at 1x3xHxW: dynamic dimensions (a symbolic batch, height or width, or -1,
+    as other frameworks export them) take these values; a static one that differs is an error."""
     image = image_input(model)
     dims = image.type.tensor_type.shape.dim if image is not None else []
     if len(dims) != 4:
         return model  # describe_onnx names the problem
     height, width = hw(size)
     for dim, value, what in zip(dims, (1, 3, height, width), ("batch", "channels", "height", "width")):
-        if dim.HasField("dim_value") and dim.dim_value not in (value, 0):
+        if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != value:
             if what in ("height", "width"):
                 raise OnnxError(
                     f"input '{image.name}' has a fixed {what} of {dim.dim_value}: --input-size {size_text(size)} "
@@ -272,7 +273,7 @@ def fix_input_size(model: onnx.ModelProto, size) -> onnx.ModelProto:
         dim.dim_value = value
     for output in model.graph.output:  # the simplifier infers them again from the fixed input
         for dim in output.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
+            if not dim.HasField("dim_value") or dim.dim_value < 0:
                 dim.Clear()
     return model
 
@@ -289,7 +290,7 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
             "output are supported"
         )
     tensor_type = inputs[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
     if len(dims) == 4 and dims[1] == 3 and (dims[2] is None or dims[3] is None):
         raise OnnxError(
             f"{path} input '{inputs[0].name}' has a dynamic size {dims}: give --input-size S or HxW to fix it (batch 1)"
@@ -311,6 +312,9 @@ def describe_onnx(path: Path, exporter: str = "user-supplied") -> OnnxModel:
     return OnnxModel(path, exporter, opset, len(graph.node), inputs[0].name, (dims[2], dims[3]), outputs)
 
 
+_NOT_IN_A_SCOPE_NAME = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
 def simplify_onnx(src: OnnxModel, dst: Path) -> OnnxModel:
     """Run onnxsim (constant folding, shape inference, dead-node removal) and check the result."""
     try:
@@ -319,5 +323,7 @@ def simplify_onnx(src: OnnxModel, dst: Path) -> OnnxModel:
         raise OnnxError(f"onnxsim failed on {src.path.name}: {_first_line(exc)}") from None
     if not ok:
         raise OnnxError(f"onnxsim could not verify the simplified {src.path.name} against the original")
+    for node in simplified.graph.node:  # TensorFlow takes node names as scope names (Paddle's "Conv@0" fails)
+        node.name = _NOT_IN_A_SCOPE_NAME.sub("_", node.name)
     onnx.save(simplified, str(dst))
     return describe_onnx(dst, f"{src.exporter} + onnxsim {onnxsim.__version__}")

@@ -63,3 +63,15 @@ def test_top5_with_fewer_than_five_classes_and_nan():
 def test_zero_outputs_agree():
     z = np.zeros((2, 10))
     assert compare(z, z.copy()).cosine_mean == 1.0
+
+
+def test_an_empty_map_agrees_with_one_flushed_to_zero():
+    """A probability map of a photo with nothing in it: 1e-30s from one runtime, exact zeros from another (flushed
+    denormals) agree; an empty map against a real one does not."""
+    rng = np.random.default_rng(0)
+    reference = np.vstack([rng.uniform(0, 1, (1, 64)), np.full((1, 64), 1e-30)])
+    flushed = np.vstack([reference[:1], np.zeros((1, 64))])
+    metrics = compare(reference, flushed, classes=False)
+    assert metrics.cosine_min == pytest.approx(1.0) and metrics.sqnr_db > 500
+    missed = np.vstack([reference[:1], rng.uniform(0, 1, (1, 64))])  # something where the reference has nothing
+    assert compare(reference, missed, classes=False).cosine_min == 0.0
