@@ -178,15 +178,14 @@ def test_the_tuning_trains_every_output_of_a_two_output_head(tmp_path):
 
 @pytest.mark.slow
 def test_an_embedder_gets_no_labels_and_neighbour_agreement(tmp_path):
-    args = ["--model", f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build", "--input-size", "32", "--quant", "int8"]
-    proc = run_cli("pipeline.export", *args, "--task", "embed", "--out", "out", tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "tiny_model_build"
-    record = json.loads((out / "parity.json").read_text())
+    """A 128-d L2-normalised embedding: no labels file, no top-1; cosine, SQNR and nearest-neighbour agreement."""
+    record, contract, out = _export(tmp_path, "embedder", "--task", "embed")
     assert record["model"]["task"] == "embed" and not (out / "labels.txt").exists()
-    int8 = next(r for r in record["parity"] if r["variant"] == "int8")
-    assert 0 <= int8["outputs"]["logits"]["nearest_neighbour_agreement"] <= 1
-    assert int8["thresholds"]["min_top1"] == 0  # no top-1 for an embedding
+    assert contract["outputs"] == [{"name": "logits", "onnx_shape": [1, 128], "kind": "embedding"}]
+    rows = {r["variant"]: r for r in record["parity"]}
+    assert _sqnr(rows["fp32"]["outputs"]["logits"]) > 60 and rows["int8"]["outputs"]["logits"]["sqnr_db"] > 25
+    assert 0 <= rows["int8"]["outputs"]["logits"]["nearest_neighbour_agreement"] <= 1
+    assert rows["int8"]["thresholds"]["min_top1"] == 0  # no top-1 for an embedding
 
 
 def _dynamic_onnx(module, path, size) -> None:

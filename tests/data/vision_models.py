@@ -62,3 +62,21 @@ def det():
 
 def det_raw():
     return Det(raw=True)
+
+
+class Embedder(nn.Module):
+    """A 128-d image embedding, L2-normalised (as face and image embedders give them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU()
+        )
+        self.project = nn.Linear(32, 128)
+
+    def forward(self, x):
+        return nn.functional.normalize(self.project(self.body(x).mean([2, 3])), dim=1)
+
+
+def embedder():
+    return Embedder()
