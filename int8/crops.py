@@ -27,9 +27,9 @@ def joined(outputs: list[np.ndarray], scales: tuple[float, ...]) -> np.ndarray:
 
 
 def outputs_in_order(path: Path, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
-    """A .tflite's outputs on `images` in the order of `names` (an int8 file's signature names), as the file lays them
-    out. By name where the file has those names; a float twin may keep the converter's own (Identity, ...), in the
-    same order."""
+    """A .tflite's outputs on `images` in the order of `names` (an int8 file's output names), as the file lays them
+    out. By name: the export gives every file the ONNX output names; where it could not (outputs of one shape that
+    the converter renamed), in the file's order."""
     by_name = run_tflite_outputs(path, images)
     outputs = [by_name[name] for name in names] if set(names) <= set(by_name) else list(by_name.values())
     if len(outputs) != len(names):

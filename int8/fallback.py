@@ -238,7 +238,10 @@ class Fallback:
 
 
 def _agreement(top1: float | None, before: str = "") -> str:
-    return "" if top1 is None else f"{before}{top1:.1%} top-1 agreement" if before else f"{top1:.1%}"
+    """`top1` as a table cell, or with `before` as a phrase ("and 95.0 % top-1 agreement"); "" for no top-1."""
+    if top1 is None:
+        return ""
+    return f"{before}{top1:.1%} top-1 agreement" if before else f"{top1:.1%}"
 
 
 def _op_ranges(ops: list[int]) -> str:

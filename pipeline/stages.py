@@ -80,7 +80,7 @@ class Photos:
     heldout_photos: list[imgs.Photo]
     heldout: np.ndarray  # normalized NHWC
     unread: list[imgs.Photo]  # calibration photos no calibration crop comes from: what the int8 fallback judges on
-    heldout_description: str = ""  # what the held-out photos are: the built-in set, or the user's (--val-dir)
+    heldout_description: str  # what the held-out photos are: the built-in set, or the user's (--val-dir)
 
 
 @dataclass(frozen=True)

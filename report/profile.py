@@ -120,10 +120,7 @@ def _macs_and_milliseconds(data: dict) -> list[tuple[str, int, list[tuple[str, f
     """Per device and thread count with two models or more: each model's MACs (millions) and estimated ms. The
     same MACs can cost different times (memory traffic, element-wise ops, int8 against float kernels)."""
     series: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
-    for m in data["models"]:
+    for m in (m for m in data["models"] if "macs" in m):
         for e in m.get("estimates", []):
-            if "macs" in m:
-                series.setdefault((e["device"], e["threads"]), []).append(
-                    (m["model"], m["macs"] / 1e6, e["milliseconds"])
-                )
+            series.setdefault((e["device"], e["threads"]), []).append((m["model"], m["macs"] / 1e6, e["milliseconds"]))
     return [(device, threads, points) for (device, threads), points in series.items() if len(points) > 1]

@@ -55,11 +55,15 @@ def _pairs(float_model: Path, int8_model: Path) -> list[LayerPair]:
     return pairs
 
 
+def _graph_edges(int8_model: Path) -> tuple[list[list[int]], dict[int, int]]:
+    """Each op's input tensors, and the op producing each tensor."""
+    return op_inputs(int8_model), {tensor: i for i, (_, tensor, _) in enumerate(op_outputs(int8_model))}
+
+
 def _feeding_layers(int8_model: Path, compared: list[int]) -> dict[int, set[int]]:
     """For each compared op, the compared ops whose outputs reach its inputs through ops that are not compared: in
     a graph that branches (a detector's two heads, ShuffleNet's halves) the op before it is not what it reads."""
-    inputs, outputs = op_inputs(int8_model), op_outputs(int8_model)
-    producer = {tensor: i for i, (_, tensor, _) in enumerate(outputs)}
+    inputs, producer = _graph_edges(int8_model)
     kept, sources = set(compared), {}
 
     def from_op(i: int) -> set[int]:  # the compared ops op i stands for
@@ -75,16 +79,11 @@ def _feeding_layers(int8_model: Path, compared: list[int]) -> dict[int, set[int]
 
 def ancestors(int8_model: Path, output: str) -> set[int]:
     """The ops of the int8 graph that `output` (a signature output name) depends on."""
-    model = read_model(int8_model)
-    graph = model.subgraphs[0]
-    named = {io.name.decode(): int(io.tensorIndex) for sig in model.signatureDefs or [] for io in sig.outputs or []}
-    named = named or {graph.tensors[t].name.decode(): int(t) for t in graph.outputs}
+    named = dict(zip(inspect_tflite(int8_model).output_names, read_model(int8_model).subgraphs[0].outputs))
     if output not in named:
         raise DiagnoseError(f"{int8_model.name} has no output '{output}': it has {', '.join(sorted(named))}")
-    tensor = named[output]
-    inputs, outputs = op_inputs(int8_model), op_outputs(int8_model)
-    producer = {t: i for i, (_, t, _) in enumerate(outputs)}
-    found, todo = set(), [tensor]
+    inputs, producer = _graph_edges(int8_model)
+    found, todo = set(), [int(named[output])]
     while todo:
         i = producer.get(todo.pop())
         if i is not None and i not in found:

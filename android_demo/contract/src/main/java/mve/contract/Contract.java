@@ -65,12 +65,6 @@ public final class Contract {
     }
 
     public Contract(int[] inputSize, int[] cover, float[] mean, float[] std, double inputScale, int inputZeroPoint,
-                    double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType) {
-        this(inputSize, cover, mean, std, inputScale, inputZeroPoint, outputScale, outputZeroPoint, modelFile,
-                inputType, outputType, new ArrayList<Output>());
-    }
-
-    public Contract(int[] inputSize, int[] cover, float[] mean, float[] std, double inputScale, int inputZeroPoint,
                     double outputScale, int outputZeroPoint, String modelFile, String inputType, String outputType,
                     List<Output> outputs) {
         this.inputHeight = inputSize[0];
@@ -155,7 +149,7 @@ public final class Contract {
         if (values.size() != 2) {
             throw new IllegalArgumentException("expected [height, width], got " + values);
         }
-        return new int[] {((Double) values.get(0)).intValue(), ((Double) values.get(1)).intValue()};
+        return shape(values);
     }
 
     private static int[] shape(List<Object> values) {

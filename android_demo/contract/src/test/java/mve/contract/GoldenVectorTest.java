@@ -115,12 +115,12 @@ public class GoldenVectorTest {
         Contract wrongMean = new Contract(new int[] {right.inputHeight, right.inputWidth},
                 new int[] {right.coverHeight, right.coverWidth}, new float[] {0.5f, 0.5f, 0.5f},
                 new float[] {0.5f, 0.5f, 0.5f}, right.inputScale, right.inputZeroPoint, right.outputScale,
-                right.outputZeroPoint, right.modelFile, right.inputType, right.outputType);
+                right.outputZeroPoint, right.modelFile, right.inputType, right.outputType, right.outputs);
         int otherZero = right.inputZeroPoint == 0 ? -128 : 0;  // int8's for a uint8 input, and the other way
         Contract wrongZeroPoint = new Contract(new int[] {right.inputHeight, right.inputWidth},
                 new int[] {right.coverHeight, right.coverWidth}, right.mean, right.std,
                 right.inputScale, otherZero, right.outputScale, right.outputZeroPoint, right.modelFile,
-                right.inputType, right.outputType);
+                right.inputType, right.outputType, right.outputs);
         for (Map<String, Object> c : cases()) {
             byte[] expected = bytes(c, "input");
             byte[] rgb = bytes(c, "pixels");
