@@ -11,9 +11,9 @@ import numpy as np
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import cover_size, hw
 from mobile_vision_export.export.metadata import MetadataError, read_metadata
-from mobile_vision_export.export.onnx_graph import OnnxModel, match_outputs, to_onnx_layout
+from mobile_vision_export.export.onnx_graph import OnnxModel, match_outputs, read_anchors, to_onnx_layout
 from mobile_vision_export.export.tflite_inspect import TfliteSummary
-from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD
+from mobile_vision_export.models.weights import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 
 
 class LabelsError(UserError, ValueError):
@@ -83,7 +83,20 @@ def _output(graph: OnnxModel) -> dict:
     if graph.task == "detect":
         d = graph.detection
         box_format = d.box_format or "not given (--box-format)"
-        return {"kind": "detect", "boxes": d.boxes, "scores": d.scores, "box_format": box_format, "see": "outputs"}
+        entry = {"kind": "detect", "boxes": d.boxes, "scores": d.scores, "box_format": box_format, "see": "outputs"}
+        if d.anchors is not None:
+            entry["anchors"] = {
+                "file": d.anchors.name,
+                "sha256": sha256_file(d.anchors),
+                "count": len(read_anchors(d.anchors)),
+                "columns": "centre x, centre y, width, height",
+            }
+            entry["box_scales"] = list(d.box_scales)
+            entry["decode"] = (
+                "offsets (dx, dy, dw, dh; anchor-yxhw: dy, dx, dh, dw) divided by box_scales (x, y, w, h); "
+                "centre = offset * anchor size + anchor centre; size = exp(offset) * anchor size"
+            )
+        return entry
     return {"kind": graph.task, "see": "outputs"}
 
 

@@ -18,7 +18,9 @@ from mobile_vision_export.export.images import hw, size_text
 
 OPSET = 17
 TASKS = ("auto", "classify", "segment", "detect", "embed", "tensor")
-BOX_FORMATS = ("xyxy", "cxcywh")
+ANCHORED_FORMATS = ("anchor-xywh", "anchor-yxhw")  # offsets from --anchors: torchvision's SSD order, TensorFlow's
+BOX_FORMATS = ("xyxy", "cxcywh", *ANCHORED_FORMATS)
+SSD_SCALES = (10.0, 10.0, 5.0, 5.0)  # x, y, w, h: the offsets' divisors (SSD's variances 0.1 and 0.2)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"  # a model with one output; several are output_0, output_1, ... in forward()'s order
 
@@ -43,16 +45,53 @@ class TensorSpec:
 class Detection:
     """A detector's outputs: boxes [1, N, 4] and per-class scores [1, N, C] (names), and how the boxes are written
     (None: not said, so parity compares the top scores but decodes no boxes). As asked (--boxes, --scores), a name
-    may be None until `with_task` finds the output by its shape."""
+    may be None until `with_task` finds the output by its shape. With an anchored box format, each box is the
+    offset of one of `anchors` (N x 4, centre x, centre y, width, height), decoded as SSD does: centre = offset /
+    scale x anchor size + anchor centre, size = exp(offset / scale) x anchor size."""
 
     boxes: str | None = None
     scores: str | None = None
     box_format: str | None = None
     score_threshold: float = 0.5
+    anchors: Path | None = None
+    box_scales: tuple[float, float, float, float] = SSD_SCALES
 
     @property
     def given(self) -> bool:
-        return (self.boxes, self.scores, self.box_format) != (None, None, None)
+        return (self.boxes, self.scores, self.box_format, self.anchors) != (None, None, None, None)
+
+    def check(self) -> None:
+        """Refuse a box format and anchors that do not go together, and an anchors file that cannot be read."""
+        if self.box_format is not None and self.box_format not in BOX_FORMATS:
+            raise OnnxError(f"unknown box format '{self.box_format}': use one of {', '.join(BOX_FORMATS)}")
+        anchored = self.box_format in ANCHORED_FORMATS
+        if anchored and self.anchors is None:
+            raise OnnxError(f"--box-format {self.box_format} decodes offsets from anchors: add --anchors FILE")
+        if self.anchors is not None and not anchored:
+            raise OnnxError(f"--anchors goes with --box-format {' or '.join(ANCHORED_FORMATS)}")
+        if len(self.box_scales) != 4 or not all(np.isfinite(v) and v > 0 for v in self.box_scales):
+            raise OnnxError(f"box scales {list(self.box_scales)}: give four positive numbers X,Y,W,H (SSD: 10,10,5,5)")
+        if anchored:
+            read_anchors(self.anchors)
+
+
+def read_anchors(path: Path) -> np.ndarray:
+    """N x 4 anchors (centre x, centre y, width, height) from a .npy file or a text file of N lines of 4 numbers."""
+    try:
+        values = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=None, ndmin=2)
+    except FileNotFoundError:
+        raise OnnxError(f"anchors file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OnnxError(
+            f"cannot read anchors from {path} ({first}): give a .npy array or N lines of 4 numbers"
+        ) from None
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2 or values.shape[1] != 4 or not len(values):
+        raise OnnxError(f"anchors in {path} have shape {list(values.shape)}: need N rows of centre x, centre y, w, h")
+    if not np.isfinite(values).all() or (values[:, 2:] <= 0).any():
+        raise OnnxError(f"anchors in {path} need finite values and positive widths and heights")
+    return values
 
 
 @dataclass(frozen=True)
@@ -175,6 +214,11 @@ def _detector_outputs(model: OnnxModel, asked: Detection) -> Detection | None:
             f"boxes '{boxes}' {list(b)} and scores '{scores}' {list(c)} are not [1, N, 4] and [1, N, C] with the same "
             "N: name the right outputs with --boxes and --scores"
         )
+    if asked.anchors is not None and len(read_anchors(asked.anchors)) != b[1]:
+        raise OnnxError(
+            f"{asked.anchors} has {len(read_anchors(asked.anchors))} anchors and '{boxes}' {b[1]} boxes: give one "
+            "anchor per box"
+        )
     return replace(asked, boxes=boxes, scores=scores)
 
 
@@ -182,7 +226,9 @@ def with_task(model: OnnxModel, task: str, asked: Detection = Detection()) -> On
     """`model` with the task the user chose (auto: decided from its outputs), refused where its outputs cannot be it.
     A detector's boxes and scores are found by the names `asked` or by their shapes."""
     if asked.given and task not in ("auto", "detect"):
-        raise OnnxError(f"--boxes, --scores and --box-format describe a detector's outputs, not --task {task}")
+        raise OnnxError(
+            f"--boxes, --scores, --box-format and --anchors describe a detector's outputs, not --task {task}"
+        )
     if task in ("auto", "detect"):
         detection = _detector_outputs(model, asked)
         if detection is None and (task == "detect" or asked.given):

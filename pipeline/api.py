@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from mobile_vision_export.export.contract import read_labels
-from mobile_vision_export.export.onnx_graph import BOX_FORMATS, TASKS, Detection
+from mobile_vision_export.export.onnx_graph import SSD_SCALES, TASKS, Detection
 from mobile_vision_export.export.reproducible import ENVIRONMENT, pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.pipeline.checks import (
@@ -77,6 +77,8 @@ def export_model(
     scores: str | None = None,
     box_format: str | None = None,
     score_threshold: float = 0.5,
+    anchors: str | Path | None = None,
+    box_scales: tuple[float, float, float, float] = SSD_SCALES,
     fold_normalization: bool = True,
     thresholds: dict[str, dict[str, float]] | None = None,
     optimize: bool = True,
@@ -88,10 +90,11 @@ def export_model(
     `out`/<name>/. `thresholds` overrides the parity gates, e.g. {"int8": {"min_top1": 0.9, "min_sqnr": 12}} (keys
     min_sqnr, min_cosine, min_top1, min_pixel_agreement, min_detections_reproduced). Each int8 step can be turned
     off by its switch, e.g. `tuning=False` (the switches: pipeline.int8_steps.SWITCHES). A detector's `boxes` and
-    `scores` outputs are found by their shapes or named; with `box_format` (xyxy or cxcywh) parity decodes them
-    (NMS, scores from `score_threshold`). `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a
-    process started with export.reproducible.ENVIRONMENT. Raises the tool's one-line errors
-    (mobile_vision_export.errors.UserError) on bad input."""
+    `scores` outputs are found by their shapes or named; with `box_format` (xyxy, cxcywh, or offsets from `anchors`
+    scaled by `box_scales`: anchor-xywh, anchor-yxhw) parity decodes them (NMS, scores from `score_threshold`).
+    `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a process started with
+    export.reproducible.ENVIRONMENT. Raises the tool's one-line errors (mobile_vision_export.errors.UserError) on bad
+    input."""
     unknown = sorted(set(int8_switches) - set(SWITCHES))
     if unknown:
         raise SourceError(f"unknown argument '{unknown[0]}': the int8 step switches are {', '.join(SWITCHES)}")
@@ -118,8 +121,8 @@ def export_model(
         )
     if task not in TASKS:
         raise SourceError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
-    if box_format is not None and box_format not in BOX_FORMATS:
-        raise SourceError(f"unknown box format '{box_format}': use one of {', '.join(BOX_FORMATS)}")
+    detection = Detection(boxes, scores, box_format, score_threshold, Path(anchors) if anchors else None, box_scales)
+    detection.check()
     if not math.isfinite(score_threshold):
         raise SourceError(f"score threshold {score_threshold} is not a number: give the score a detection needs")
     check_input_size(input_size)
@@ -153,7 +156,7 @@ def export_model(
             int8_output=int8_output,
             int8_io=int8_io,
             task=task,
-            detection=Detection(boxes, scores, box_format, score_threshold),
+            detection=detection,
             val_dir=Path(val_dir) if val_dir else None,
             max_accuracy_drop=max_accuracy_drop,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.onnx_graph import BOX_FORMATS, TASKS
+from mobile_vision_export.export.onnx_graph import BOX_FORMATS, SSD_SCALES, TASKS
 from mobile_vision_export.export.reproducible import pinned, restart_pinned
 from mobile_vision_export.export.tflite_convert import QUANT_MODES
 from mobile_vision_export.models import get_spec, list_models
@@ -34,14 +34,24 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 
 
-def _floats3(text: str) -> tuple[float, float, float]:
+def _floats(text: str, names: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers R,G,B, got '{text}'")
+    if len(values) != len(names.split(",")):
+        raise argparse.ArgumentTypeError(
+            f"expected {len(names.split(','))} comma-separated numbers {names}, got '{text}'"
+        )
     return values
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    return _floats(text, "R,G,B")
+
+
+def _floats4(text: str) -> tuple[float, float, float, float]:
+    return _floats(text, "X,Y,W,H")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--box-format",
         choices=BOX_FORMATS,
-        help="how the boxes are written (x1,y1,x2,y2 or centre x,y,width,height): parity then decodes both files' "
-        "detections (best class per box, NMS per class) and reports the share int8 reproduces",
+        help="how the boxes are written (x1,y1,x2,y2; centre x,y,width,height; or SSD offsets from --anchors, in "
+        "torchvision's order dx,dy,dw,dh or TensorFlow's dy,dx,dh,dw): parity then decodes both files' detections "
+        "(best class per box, NMS per class) and reports the share int8 reproduces",
+    )
+    p.add_argument(
+        "--anchors",
+        type=Path,
+        metavar="FILE",
+        help="with --box-format anchor-*: one anchor per box, centre x, centre y, width, height (a .npy N x 4 array "
+        "or a text file of N lines), in the units the decoded boxes are in",
+    )
+    p.add_argument(
+        "--box-scales",
+        type=_floats4,
+        default=SSD_SCALES,
+        metavar="X,Y,W,H",
+        help="with --anchors: what the offsets are divided by before decoding (default 10,10,5,5, SSD's variances "
+        "0.1 and 0.2)",
     )
     p.add_argument(
         "--score-threshold",
@@ -240,6 +266,8 @@ def _options(args, argv: list[str]) -> dict:
         scores=args.scores,
         box_format=args.box_format,
         score_threshold=args.score_threshold,
+        anchors=args.anchors,
+        box_scales=args.box_scales,
         fold_normalization=not args.no_fold_normalization,
         val_dir=args.val_dir,
         max_accuracy_drop=args.max_accuracy_drop,

@@ -14,11 +14,14 @@ from mobile_vision_export.export.onnx_graph import (
     OnnxError,
     OnnxModel,
     TensorSpec,
+    read_anchors,
     to_onnx_layout,
     with_task,
 )
 from mobile_vision_export.int8.tuning import CHECKS
+from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.validate.metrics import (
+    BoxDecoding,
     compare,
     detection_agreement,
     segmentation_agreement,
@@ -26,7 +29,7 @@ from mobile_vision_export.validate.metrics import (
 )
 from mobile_vision_export.validate.runners import run_onnx_outputs, run_tflite_outputs
 from mobile_vision_export.validate.thresholds import failures, thresholds_for
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, error_lines, run_cli
 
 MODELS = ROOT / "tests" / "data" / "vision_models.py"
 
@@ -63,20 +66,72 @@ def test_detections_reproduced_counts_class_and_overlap():
     """Decoded as an app would (best class per box, NMS per class, a score cut), then matched one to one."""
     boxes = np.array([[[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [20, 20, 30, 30]]], np.float32)
     scores = np.array([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.2, 0.1]]], np.float32)
-    same = detection_agreement((boxes, scores), (boxes, scores), "xyxy", 0.5)
+    same = detection_agreement((boxes, scores), (boxes, scores), BoxDecoding("xyxy"), 0.5)
     # the second box overlaps the first (IoU 0.68) with the same class: NMS keeps one; the last is below the cut
     assert same == {"detections_reproduced": 1.0, "reference_detections": 2, "candidate_detections": 2}
     moved = boxes.copy()
     moved[0, 2] += 100  # the third box far away
-    assert detection_agreement((boxes, scores), (moved, scores), "xyxy", 0.5)["detections_reproduced"] == 0.5
+    assert (
+        detection_agreement((boxes, scores), (moved, scores), BoxDecoding("xyxy"), 0.5)["detections_reproduced"] == 0.5
+    )
     swapped = scores[..., ::-1].copy()  # every class the other one
-    assert detection_agreement((boxes, scores), (boxes, swapped), "xyxy", 0.5)["detections_reproduced"] == 0.0
+    assert (
+        detection_agreement((boxes, scores), (boxes, swapped), BoxDecoding("xyxy"), 0.5)["detections_reproduced"] == 0.0
+    )
     centred = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], axis=-1)
-    assert detection_agreement((centred, scores), (centred, scores), "cxcywh", 0.5) == same
+    assert detection_agreement((centred, scores), (centred, scores), BoxDecoding("cxcywh"), 0.5) == same
     flipped = boxes[..., [2, 3, 0, 1]].copy()  # corners the other way round: the same regions
-    assert detection_agreement((flipped, scores), (flipped, scores), "xyxy", 0.5) == same
+    assert detection_agreement((flipped, scores), (flipped, scores), BoxDecoding("xyxy"), 0.5) == same
     assert top_k_score_overlap(scores, scores, 0.5, k=3) == 1.0
     assert top_k_score_overlap(scores, swapped, 0.5, k=1) == 0.0
+
+
+def test_anchored_boxes_are_decoded_as_ssd_does(tmp_path):
+    """SSD offsets from anchors decode to the boxes they encode, in torchvision's order and TensorFlow's, with the
+    scales given; a detector's anchors must match its boxes and its box format."""
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [20, 20, 30, 30]], np.float64)
+    anchors = np.array([[4, 6, 8, 8], [6, 6, 10, 12], [55, 50, 5, 20], [25, 25, 10, 10]], np.float64)
+    centre, size = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    scales = (10.0, 10.0, 5.0, 5.0)
+    xywh = np.concatenate([(centre - anchors[:, :2]) / anchors[:, 2:] * 10, np.log(size / anchors[:, 2:]) * 5], 1)
+    decoded = BoxDecoding("anchor-xywh", anchors, scales).corners(xywh[None])
+    np.testing.assert_allclose(decoded[0], boxes, atol=1e-9)
+    yxhw = xywh[:, [1, 0, 3, 2]]
+    np.testing.assert_allclose(BoxDecoding("anchor-yxhw", anchors, scales).corners(yxhw[None])[0], boxes, atol=1e-9)
+    plain = BoxDecoding("anchor-xywh", anchors, (1.0, 1.0, 1.0, 1.0)).corners((xywh / [10, 10, 5, 5])[None])
+    np.testing.assert_allclose(plain[0], boxes, atol=1e-9)
+    wild = BoxDecoding("anchor-xywh", anchors, scales).corners(np.full((1, 4, 4), 1e6))
+    assert np.isfinite(wild).all()  # int8 garbage makes huge boxes, never inf
+
+    scores = np.array([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.2, 0.1]]], np.float32)
+    decoding = BoxDecoding("anchor-xywh", anchors, scales)
+    same = detection_agreement((xywh[None], scores), (xywh[None], scores), decoding, 0.5)
+    assert same == {"detections_reproduced": 1.0, "reference_detections": 2, "candidate_detections": 2}
+
+    text, npy = tmp_path / "anchors.txt", tmp_path / "anchors.npy"
+    np.savetxt(text, anchors)
+    np.save(npy, anchors)
+    np.testing.assert_array_equal(read_anchors(text), anchors)
+    graph = _graph((1, 4, 4), (1, 4, 2))
+    found = with_task(graph, "auto", Detection(box_format="anchor-xywh", anchors=npy)).detection
+    assert (found.boxes, found.scores, found.anchors) == ("out0", "out1", npy)
+    Detection(box_format="anchor-yxhw", anchors=text).check()
+    with pytest.raises(OnnxError, match="has 4 anchors and 'out0' 8 boxes: give one anchor per box"):
+        with_task(_graph((1, 8, 4), (1, 8, 2)), "auto", Detection(box_format="anchor-xywh", anchors=npy))
+    with pytest.raises(OnnxError, match="decodes offsets from anchors: add --anchors FILE"):
+        Detection(box_format="anchor-xywh").check()
+    with pytest.raises(OnnxError, match="--anchors goes with --box-format anchor-xywh or anchor-yxhw"):
+        Detection(box_format="xyxy", anchors=npy).check()
+    with pytest.raises(OnnxError, match="anchors file not found"):
+        Detection(box_format="anchor-xywh", anchors=tmp_path / "nope.npy").check()
+    np.save(npy, anchors[:, :3])
+    with pytest.raises(OnnxError, match=r"have shape \[4, 3\]: need N rows of centre x, centre y, w, h"):
+        read_anchors(npy)
+    text.write_text("1 2 3 0\n")
+    with pytest.raises(OnnxError, match="positive widths and heights"):
+        read_anchors(text)
+    with pytest.raises(OnnxError, match="give four positive numbers"):
+        Detection(box_format="anchor-xywh", anchors=npy, box_scales=(10.0, 10.0, 0.0, 5.0)).check()
     # only the reference's scores above the cut are ranked: the order of near-zero scores is noise
     ranked = np.array([[[0.9], [0.8], [1e-4], [2e-4], [3e-4], [4e-4]]], np.float32)
     reordered = ranked[:, [0, 1, 5, 4, 3, 2]]
@@ -166,14 +221,31 @@ def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
 @pytest.mark.slow
 def test_the_tuning_trains_every_output_of_a_two_output_head(tmp_path):
     """Raw box offsets and class logits: the replica computes both, each judged in the file's layout and scaled by
-    its RMS; its first check agrees with the ranges' figure (ONNX's layout, the int8 file's own run)."""
+    its RMS; its first check agrees with the ranges' figure (ONNX's layout, the int8 file's own run). The offsets
+    are decoded from anchors (SSD's way) to compare detections."""
+    grid = (np.arange(8) + 0.5) / 8  # one anchor per cell of the head's 8 x 8 map, row by row
+    anchors = np.array([[x, y, 0.25, 0.25] for y in grid for x in grid])
+    np.savetxt(tmp_path / "anchors.txt", anchors)
     args = ["--model", f"{MODELS}:det_raw", "--input-size", "64", "--quant", "int8", "--out", "out"]
-    proc = run_cli("pipeline.export", *args, tmp_path=tmp_path)
+    decoding = ["--box-format", "anchor-xywh", "--anchors", "anchors.txt", "--score-threshold", "0"]
+    proc = run_cli("pipeline.export", *args, *decoding, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model = json.loads((tmp_path / "out" / "vision_models_det_raw" / "parity.json").read_text())["model"]
+    out = tmp_path / "out" / "vision_models_det_raw"
+    record = json.loads((out / "parity.json").read_text())
+    model = record["model"]
     tuning, ranges = model["int8_tuning"], model["int8_activation_ranges"]["calibration_sqnr_db"]["min-max"]
     assert model["task"] == "detect" and tuning["steps"] >= min(CHECKS)
     assert abs(tuning["replica_checks"][0][1] - ranges) < 1
+    (int8,) = [r for r in record["parity"] if r["variant"] == "int8"]
+    scores = int8["outputs"]["output_1"]
+    assert scores["reference_detections"] > 0 and 0.5 < scores["detections_reproduced"] <= 1
+    contract = json.loads((out / "preprocess.json").read_text())["output"]
+    assert contract["box_format"] == "anchor-xywh" and contract["box_scales"] == [10.0, 10.0, 5.0, 5.0]
+    assert contract["anchors"]["count"] == 64
+    assert contract["anchors"]["sha256"] == sha256_file(tmp_path / "anchors.txt")
+    proc = run_cli("pipeline.export", *args, "--box-format", "anchor-yxhw", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "add --anchors FILE" in error_lines(proc.stderr)[0]
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no partial folder left, the export kept
 
 
 @pytest.mark.slow

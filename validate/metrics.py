@@ -102,6 +102,7 @@ TOP_K_SCORES = 100  # (box, class) scores compared when the boxes are not decode
 NMS_IOU = 0.5  # boxes of one class overlapping more than this: the lower-scored one is dropped
 MATCH_IOU = 0.5  # an int8 detection reproduces a float one of the same class overlapping at least this much
 MAX_DETECTIONS = 100  # per photo, after NMS
+MAX_LOG_SIZE = 20.0  # an anchored box's size offset is clipped here, so a wild int8 offset gives a huge box, not inf
 
 
 def top_k_score_overlap(
@@ -121,16 +122,37 @@ def top_k_score_overlap(
     return float(np.mean(shares)) if shares else None
 
 
-def to_corners(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    """Boxes (... x 4) as x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, from `box_format` xyxy or cxcywh. Corners given
-    the other way round (or a negative width) are the same region: without the ordering they had no area and matched
-    nothing, not even themselves."""
-    if box_format == "xyxy":
-        a, b = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
-    else:
-        centre, size = boxes[..., :2].astype(np.float64), boxes[..., 2:].astype(np.float64)
-        a, b = centre - size / 2, centre + size / 2
-    return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=-1)
+@dataclass(frozen=True)
+class BoxDecoding:
+    """How a detector writes its boxes: xyxy, cxcywh, or SSD offsets from anchors (N x 4: centre x, centre y, width,
+    height), in torchvision's order (anchor-xywh: dx, dy, dw, dh) or TensorFlow's (anchor-yxhw), each divided by
+    its scale (x, y, w, h): centre = offset x anchor size + anchor centre, size = exp(offset) x anchor size."""
+
+    box_format: str
+    anchors: np.ndarray | None = None
+    scales: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+
+    def corners(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes (... x N x 4) as x1, y1, x2, y2 with x1 <= x2 and y1 <= y2. Corners given the other way round (or a
+        negative width) are the same region: without the ordering they had no area and matched nothing, not even
+        themselves."""
+        values = boxes.astype(np.float64)
+        if self.box_format == "xyxy":
+            a, b = values[..., :2], values[..., 2:]
+        else:
+            if self.anchors is not None:
+                values = self._from_anchors(values)
+            centre, size = values[..., :2], values[..., 2:]
+            a, b = centre - size / 2, centre + size / 2
+        return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=-1)
+
+    def _from_anchors(self, offsets: np.ndarray) -> np.ndarray:
+        if self.box_format == "anchor-yxhw":
+            offsets = offsets[..., [1, 0, 3, 2]]
+        d = offsets / np.asarray(self.scales, np.float64)
+        centre = d[..., :2] * self.anchors[:, 2:] + self.anchors[:, :2]
+        size = np.exp(np.clip(d[..., 2:], -MAX_LOG_SIZE, MAX_LOG_SIZE)) * self.anchors[:, 2:]
+        return np.concatenate([centre, size], axis=-1)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -162,16 +184,16 @@ def detections(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> tuple
 def detection_agreement(
     reference: tuple[np.ndarray, np.ndarray],
     candidate: tuple[np.ndarray, np.ndarray],
-    box_format: str,
+    decoding: BoxDecoding,
     threshold: float,
 ) -> dict:
     """(boxes N x B x 4, scores N x B x C) of the float reference and the candidate, decoded the same way
-    (`detections`): the share of the reference's detections the candidate reproduces (same class, IoU at least
-    MATCH_IOU, each candidate detection matched once), and how many detections each made."""
+    (`decoding`, then `detections`): the share of the reference's detections the candidate reproduces (same class,
+    IoU at least MATCH_IOU, each candidate detection matched once), and how many detections each made."""
     found = reproduced = made = 0
     for ref_boxes, ref_scores, cand_boxes, cand_scores in zip(*reference, *candidate):
-        ref_b, ref_c = detections(to_corners(ref_boxes, box_format), ref_scores, threshold)
-        cand_b, cand_c = detections(to_corners(cand_boxes, box_format), cand_scores, threshold)
+        ref_b, ref_c = detections(decoding.corners(ref_boxes), ref_scores, threshold)
+        cand_b, cand_c = detections(decoding.corners(cand_boxes), cand_scores, threshold)
         found, made = found + len(ref_b), made + len(cand_b)
         free = np.ones(len(cand_b), bool)
         ious = box_iou(ref_b, cand_b) if len(ref_b) and len(cand_b) else np.zeros((len(ref_b), len(cand_b)))

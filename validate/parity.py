@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from mobile_vision_export.export.onnx_graph import Detection, OnnxModel, to_onnx_layout
+from mobile_vision_export.export.onnx_graph import Detection, OnnxModel, read_anchors, to_onnx_layout
 from mobile_vision_export.validate.metrics import (
+    BoxDecoding,
     ParityMetrics,
     compare,
     detection_agreement,
@@ -62,7 +63,9 @@ def _detection_metrics(reference: dict[str, np.ndarray], got: dict[str, np.ndarr
     metrics = {"top_k_score_overlap": overlap}
     if detection.box_format is not None:
         pairs = (reference[boxes], reference[scores]), (got[boxes], got[scores])
-        metrics.update(detection_agreement(*pairs, detection.box_format, detection.score_threshold))
+        anchors = read_anchors(detection.anchors) if detection.anchors is not None else None
+        decoding = BoxDecoding(detection.box_format, anchors, detection.box_scales)
+        metrics.update(detection_agreement(*pairs, decoding, detection.score_threshold))
     return metrics
 
 
