@@ -3,8 +3,9 @@
 Every figure in bench/published_latencies.json names a device, a zoo model, a data type, a thread count, the
 milliseconds measured and where they were published. For each, the zoo model is exported once (random weights:
 the speed does not depend on them; float32 and full int8), emulated on the device's cores (instructions per
-block, llvm-mca cycles), and estimated with profiling.estimate; nothing is fitted on the figures. The error is
-estimate / published - 1. The ranking check compares the estimated speeds of the models the ShuffleNet V2
+block, llvm-mca cycles), and estimated with profiling.estimate. The error is estimate / published - 1, raw and
+with the two constants the profile applies (the thread overhead and one factor), each fitted on the other figures
+(leave-one-out). The ranking check compares the estimated speeds of the models the ShuffleNet V2
 paper measured on ARM with the paper's order (Spearman). Writes the figures to --out and the summary the
 profile prints beside every estimate to profiling/estimate_check.json.
 Usage: python bench/latency_model.py [--work bench/work] [--out bench/results/latency_model.json]
@@ -91,6 +92,32 @@ def _row(fig: dict, work: Path) -> dict:
     return {**fig, "estimated_ms": est.milliseconds, "compute_ms": est.compute_ms, "error": error}
 
 
+def thread_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(one-thread figure, several-thread figure) of the same device, model, data type and runtime."""
+    same = ("device", "model", "dtype", "runtime")
+    ones = {tuple(r[k] for k in same): r for r in rows if r["threads"] == 1}
+    return [(ones[key], r) for r in rows if r["threads"] > 1 and (key := tuple(r[k] for k in same)) in ones]
+
+
+def with_overhead(row: dict, overhead: float) -> float:
+    """The cycle model's milliseconds for a figure, each thread beyond the first adding `overhead` (as
+    profiling.estimate does; the threads a figure used are all on cores of one kind here)."""
+    return row["estimated_ms"] * (1 + (row["threads"] - 1) * overhead)
+
+
+def fit_overhead(pairs: list[tuple[dict, dict]]) -> float:
+    """The mean, over the pairs, of the several-thread figure's time beyond the model's scaling, per added thread."""
+    if not pairs:
+        return 0.0
+    excess = [(b["ms"] / a["ms"]) / (b["estimated_ms"] / a["estimated_ms"]) - 1 for a, b in pairs]
+    return float(np.mean([e / (b["threads"] - 1) for e, (_, b) in zip(excess, pairs)]))
+
+
+def fit_factor(rows: list[dict], overhead: float) -> float:
+    """published / modelled, the geometric mean over `rows`."""
+    return float(np.exp(np.mean([np.log(r["ms"] / with_overhead(r, overhead)) for r in rows])))
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -104,15 +131,22 @@ def main() -> int:
     published = json.loads(PUBLISHED.read_text())
     rows = [_row(fig, args.work) for fig in published["figures"]]
     older = [_row(fig, args.work) for fig in published.get("older_runtime", [])]
-    # one factor, published / modelled (geometric mean); each figure judged with the factor fitted on the others
-    logs = np.log([r["ms"] / r["estimated_ms"] for r in rows])
+    # two constants, each figure judged with both fitted on the others: the thread overhead from same-phone pairs of
+    # one- and several-thread figures (their speed-up against the model's), then one factor, published / modelled
+    pairs = thread_pairs(rows)
     for i, row in enumerate(rows):
-        factor = float(np.exp(np.delete(logs, i).mean()))
-        row["loo_factor"], row["loo_error"] = factor, factor * row["estimated_ms"] / row["ms"] - 1
+        others = [r for j, r in enumerate(rows) if j != i]
+        overhead = fit_overhead([(a, b) for a, b in pairs if row not in (a, b)])
+        factor = fit_factor(others, overhead)
+        row["loo_overhead"], row["loo_factor"] = overhead, factor
+        row["loo_error"] = factor * with_overhead(row, overhead) / row["ms"] - 1
     raw, loo = np.abs([r["error"] for r in rows]), np.abs([r["loo_error"] for r in rows])
+    overhead = fit_overhead(pairs)
     summary = {
         "figures": len(rows),
-        "calibration": float(np.exp(logs.mean())),
+        "thread_overhead": overhead,
+        "thread_pairs": len(pairs),
+        "calibration": fit_factor(rows, overhead),
         "loo_median_abs_error": float(np.median(loo)),
         "loo_worst_abs_error": float(loo.max()),
         "uncalibrated_median_abs_error": float(np.median(raw)),
@@ -121,12 +155,13 @@ def main() -> int:
     for row in rows:
         print(
             f"  {row['device']:<16} {row['model']:<13} {row['dtype']:<4} {row['threads']} thr  "
-            f"leave-one-out: x{row['loo_factor']:.2f} -> error {row['loo_error']:+.0%}"
+            f"leave-one-out: +{row['loo_overhead']:.1%} a thread, x{row['loo_factor']:.2f} -> error "
+            f"{row['loo_error']:+.0%}"
         )
     if older:
         summary["older_runtime_figures"] = len(older)
         summary["older_runtime_median_error"] = float(
-            np.median([summary["calibration"] * r["estimated_ms"] / r["ms"] - 1 for r in older])
+            np.median([summary["calibration"] * with_overhead(r, overhead) / r["ms"] - 1 for r in older])
         )
     ranking = published.get("shufflenet_v2_paper_arm")
     if ranking:
@@ -143,7 +178,8 @@ def main() -> int:
     print(
         f"{summary['figures']} published figures: uncalibrated median |error| "
         f"{summary['uncalibrated_median_abs_error']:.0%} (worst {summary['uncalibrated_worst_abs_error']:.0%}); "
-        f"x{summary['calibration']:.2f}, leave-one-out median |error| {summary['loo_median_abs_error']:.0%} "
+        f"+{overhead:.1%} a thread, x{summary['calibration']:.2f}, leave-one-out median |error| "
+        f"{summary['loo_median_abs_error']:.0%} "
         f"(worst {summary['loo_worst_abs_error']:.0%})"
         + (f"; ShuffleNet V2 paper ranking Spearman {summary['shufflenet_v2_paper_spearman']:.2f}" if ranking else "")
     )

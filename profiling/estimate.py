@@ -5,7 +5,9 @@ clock and the bytes it misses in a simulated cache of the device's last-level si
 bandwidth (a roofline). Threads: XNNPACK splits every kernel family's work over the threads, which run on the
 device's fastest cores (each core taking work at its own rate); "other" (the interpreter, glue) stays on one
 core. The threads share the last-level cache, so with N threads the traffic is that of a cache N times smaller,
-and they share the DRAM bandwidth.
+and they share the DRAM bandwidth. Each thread beyond the first adds a share of the one-thread-per-core time
+(waiting at each op's barrier, uneven splits, contention): the thread overhead, measured on published pairs of
+one- and several-thread figures of the same phone and model.
 """
 
 from __future__ import annotations
@@ -30,12 +32,22 @@ def calibration() -> float:
     return json.loads(CHECK.read_text())["calibration"] if CHECK.is_file() else 1.0
 
 
+def thread_overhead() -> float:
+    """The time each thread beyond the first adds, as a share of the cycle model's time with perfect scaling: the
+    mean over published same-phone pairs (bench/latency_model.py; 0 before it has run). The cycle model splits work
+    perfectly, the phones did not (Pixel 2, 4 threads: 3.2x its one-thread speed, not 4x)."""
+    return json.loads(CHECK.read_text()).get("thread_overhead", 0.0) if CHECK.is_file() else 0.0
+
+
 def estimate_note() -> str:
     """What every estimate is and how far off it was on published measurements."""
     method = (
         "llvm-mca cycles of the kernels the emulated core ran, at the device's clocks, each kernel family bounded by "
         "the lines it missed in a simulated cache of the device's last-level size, at its peak DRAM bandwidth"
     )
+    overhead = thread_overhead()
+    if overhead:
+        method += f", each thread beyond the first adding {overhead:.1%} of that time"
     if not CHECK.is_file():
         return method + "; not checked against published measurements."
     check = json.loads(CHECK.read_text())
@@ -67,9 +79,11 @@ def estimate(
     traffic: dict[str, CacheTraffic],
     threads: int,
     factor: float = 1.0,
+    overhead: float = 0.0,
 ) -> Estimate:
     """Milliseconds for one inference on `threads` of the device's fastest cores (`cycles` and `traffic` per core
-    name), times `factor` (see calibration())."""
+    name), each thread beyond the first adding `overhead` (see thread_overhead()), times `factor` (see
+    calibration())."""
     placed = device.fastest_cores(threads)
     missing = {c.core for c in placed} - set(cycles)
     if missing:
@@ -90,6 +104,7 @@ def estimate(
         total += max(compute, memory)
         compute_total += compute
         memory_total += memory
+    total *= 1 + (len(placed) - 1) * overhead
     by_cluster: dict[tuple[str, float], int] = {}
     for c in placed:
         by_cluster[(c.core, c.ghz)] = by_cluster.get((c.core, c.ghz), 0) + 1

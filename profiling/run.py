@@ -22,7 +22,7 @@ from mobile_vision_export.profiling.corrections import correction, record
 from mobile_vision_export.profiling.cycles import find_llvm
 from mobile_vision_export.profiling.devices import Device
 from mobile_vision_export.profiling.emulated import find_environment, run_emulated
-from mobile_vision_export.profiling.estimate import calibration, estimate, estimate_note
+from mobile_vision_export.profiling.estimate import calibration, estimate, estimate_note, thread_overhead
 from mobile_vision_export.profiling.host import measure_host
 
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
@@ -153,6 +153,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
     measured = dict(request.measured_ms)
     if result["device"] and result["device"]["status"] == "measured":
         measured.update({r["threads"]: r["inference_avg_us"] / 1000 for r in result["device"]["runs"]})
+    overhead = thread_overhead()
     if measured and len(request.devices) == 1:
         (named,) = request.devices
         record(
@@ -163,7 +164,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
                     "sha256": result["sha256"],
                     "threads": threads,
                     "measured_ms": ms,
-                    "model_ms": estimate(named, cycles, traffic, threads).model_ms,
+                    "model_ms": estimate(named, cycles, traffic, threads, overhead=overhead).model_ms,
                 }
                 for threads, ms in measured.items()
             ],
@@ -172,7 +173,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
         stored = correction(named.name)
         factor, source = (stored[0], f"your {stored[1]} measurement(s)") if stored else (calibration(), "published")
         for threads in request.estimate_threads:
-            row = estimate(named, cycles, traffic, threads, factor).as_dict()
+            row = estimate(named, cycles, traffic, threads, factor, overhead).as_dict()
             row["factor"], row["factor_from"] = factor, source
             if threads in measured and len(request.devices) == 1:
                 row["measured_ms"] = measured[threads]

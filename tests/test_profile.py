@@ -240,6 +240,9 @@ def test_estimate_splits_kernels_over_threads_and_bounds_them_by_dram():
     assert bound.bound["convolution/GEMM"] == "memory"
     assert bound.milliseconds == pytest.approx((8 * mib / 1e9 + 2e6 / 2e9) * 1e3)
     assert estimate(device, cycles, spilling, 4, factor=1.5).milliseconds == pytest.approx(1.5 * bound.milliseconds)
+    # each thread beyond the first adds its share of the time: 3 more threads at 10 % each, none for one thread
+    assert estimate(device, cycles, small, 4, overhead=0.1).milliseconds == pytest.approx(1.3 * four.milliseconds)
+    assert estimate(device, cycles, small, 1, overhead=0.1).milliseconds == pytest.approx(one.milliseconds)
     with pytest.raises(UnknownDeviceError, match="unknown device 'pixel-1': choose from pixel-4"):
         parse_devices("pixel-4,pixel-1")
 
