@@ -115,22 +115,36 @@ def bar_chart(title: str, bars: list[Bar], full_scale: float) -> str:
     return f"<figure>{svg}<figcaption>{html.escape(title)}</figcaption></figure>"
 
 
+CHAR_WIDTH, LINE_HEIGHT = 7.0, 13.0  # a 12 px sans-serif label's width per character (about) and line height
+
+
 def scatter_chart(title: str, points: list[tuple[str, float, float]], x_label: str, y_label: str) -> str:
-    """Labelled points (label, x, y) on linear axes from 0 to the largest value of each."""
-    width, height, left, bottom = 560, 320, 60, 40
+    """Labelled points (label, x, y) on linear axes from 0 to the largest value of each; a point in the right half
+    has its label on its left, so that long names stay inside the chart."""
+    width, height, left, bottom = 640, 320, 60, 40
     x_top = max((x for _, x, _ in points), default=0) or 1.0
     y_top = max((y for _, _, y in points), default=0) or 1.0
-    plot_w, plot_h = width - left - 140, height - bottom - 20
+    plot_w, plot_h = width - left - 40, height - bottom - 20
 
     def at(x: float, y: float) -> tuple[float, float]:
         return left + x / x_top * plot_w, 20 + plot_h - y / y_top * plot_h
 
-    marks = []
-    for label, x, y in points:
+    marks, placed = [], []  # placed: (left, right, baseline) of each label so far
+    for label, x, y in sorted(points, key=lambda p: -p[2]):
         px, py = at(x, y)
+        right_half = x > x_top / 2
+        anchor, tx = ("end", px - 6) if right_half else ("start", px + 6)
+        span = (tx - CHAR_WIDTH * len(label), tx) if right_half else (tx, tx + CHAR_WIDTH * len(label))
+        ty = py + 4
+        while any(a < span[1] and span[0] < b and abs(ty - t) < LINE_HEIGHT for a, b, t in placed):
+            ty += LINE_HEIGHT  # below a label it would overwrite
+        placed.append((*span, ty))
+        leader = (
+            f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{tx:.1f}" y2="{ty - 4:.1f}" stroke="#bbb"/>' if ty > py + 4 else ""
+        )
         marks.append(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="#4a7fc1"/>'
-            f'<text x="{px + 6:.1f}" y="{py + 4:.1f}">{html.escape(label)}</text>'
+            f'{leader}<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="#4a7fc1"/>'
+            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">{html.escape(label)}</text>'
         )
     x0, y0 = at(0, 0)
     axes = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mobile_vision_export.profiling.symbols import FAMILIES
 from mobile_vision_export.report.html import Bar, bar_chart, scatter_chart
 
@@ -122,5 +124,6 @@ def _macs_and_milliseconds(data: dict) -> list[tuple[str, int, list[tuple[str, f
     series: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
     for m in (m for m in data["models"] if "macs" in m):
         for e in m.get("estimates", []):
-            series.setdefault((e["device"], e["threads"]), []).append((m["model"], m["macs"] / 1e6, e["milliseconds"]))
+            point = (Path(m["model"]).stem, m["macs"] / 1e6, e["milliseconds"])
+            series.setdefault((e["device"], e["threads"]), []).append(point)
     return [(device, threads, points) for (device, threads), points in series.items() if len(points) > 1]

@@ -347,4 +347,5 @@ def test_macs_against_milliseconds_is_drawn_per_device_for_several_models():
     }
     charts = [c for c in profile_figures(data) if "Multiply-accumulates" in c]
     assert len(charts) == 1 and "pixel-4, 1 thread(s)" in charts[0]  # pixel-3 has one model: no chart
-    assert charts[0].count("<circle") == 2 and "a.tflite" in charts[0] and "MACs (millions) (0 to 300)" in charts[0]
+    assert charts[0].count("<circle") == 2 and ">a<" in charts[0] and "MACs (millions) (0 to 300)" in charts[0]
+    assert 'text-anchor="end">a<' in charts[0] and 'text-anchor="start">b<' in charts[0]  # labels stay inside
