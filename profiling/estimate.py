@@ -53,7 +53,7 @@ def estimate_note() -> str:
     check = json.loads(CHECK.read_text())
     return (
         f"{method}, times {check['calibration']:.2f} (published / modelled over {check['figures']} published "
-        f"XNNPACK measurements). Error on each of those figures with the factor fitted on the others: median "
+        f"XNNPACK measurements). Error on each of those figures with the constants fitted on the others: median "
         f"{check['loo_median_abs_error']:.0%}, worst {check['loo_worst_abs_error']:.0%} (bench/latency_model.py)."
     )
 
