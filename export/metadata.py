@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.provenance import TOOL_NAME, tool_version
-from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite
+from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite, op_inputs, op_outputs
 
 LABELS_FILE = "labels.txt"
 PIXEL_MAX = 255.0  # metadata normalizes raw 0..255 pixels; the contract normalizes pixel / 255
@@ -79,10 +79,90 @@ def _output_text(entry: dict, kind: str, t: TensorInfo) -> str:
     return f"{kind} {entry['onnx_name']}, shape {entry['shape']}, layout {layout}; {dequantize}"
 
 
-def write_metadata(model: Path, name: str, description: str, contract: dict, mode: str, labels_file: Path | None):
+@dataclass(frozen=True)
+class SsdDecoding:
+    """A detector whose boxes are SSD offsets in TensorFlow's order (dy, dx, dh, dw) from fixed anchors: what
+    MediaPipe's ObjectDetector decodes itself, given the anchors (centre x, centre y, width, height, relative to the
+    input image) and the scales (x, y, w, h) in the model's metadata."""
+
+    boxes: str  # ONNX output names
+    scores: str
+    anchors: tuple[tuple[float, float, float, float], ...]
+    scales: tuple[float, float, float, float]
+
+
+DETECTOR_METADATA = "DETECTOR_METADATA"  # the custom metadata MediaPipe's ObjectDetector reads
+PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "QUANTIZE", "DEQUANTIZE"}
+
+
+def _detector_options(decoding: SsdDecoding, classes: int, sigmoid: bool) -> bytes:
+    """MediaPipe's ObjectDetectorOptions flatbuffer (tasks/metadata/object_detector_metadata_schema.fbs, file
+    identifier V001): the fixed anchors and how to decode the two raw outputs."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    anchors = []
+    for values in decoding.anchors:  # FixedAnchor: x_center, y_center, width, height
+        b.StartObject(4)
+        for slot, value in enumerate(values):
+            b.PrependFloat32Slot(slot, float(value), 0.0)
+        anchors.append(b.EndObject())
+    b.StartVector(4, len(anchors), 4)
+    for offset in reversed(anchors):
+        b.PrependUOffsetTRelative(offset)
+    vector = b.EndVector()
+    b.StartObject(1)  # FixedAnchorsSchema
+    b.PrependUOffsetTRelativeSlot(0, vector, 0)
+    fixed = b.EndObject()
+    b.StartObject(1)  # SsdAnchorsOptions
+    b.PrependUOffsetTRelativeSlot(0, fixed, 0)
+    ssd = b.EndObject()
+    b.StartObject(12)  # TensorsDecodingOptions
+    for slot, value in enumerate((classes, len(anchors), 4, 0, 0, 2)):  # no keypoints (2 values each, as required)
+        b.PrependInt32Slot(slot, value, 0)
+    x, y, w, h = decoding.scales
+    for slot, value in zip((6, 7, 8, 9), (x, y, w, h)):
+        b.PrependFloat32Slot(slot, float(value), 0.0)
+    b.PrependBoolSlot(10, True, False)  # sizes are exp(offset / scale) x anchor size
+    b.PrependBoolSlot(11, sigmoid, False)
+    decoding_options = b.EndObject()
+    b.StartObject(3)  # ObjectDetectorOptions
+    b.PrependUOffsetTRelativeSlot(1, ssd, 0)
+    b.PrependUOffsetTRelativeSlot(2, decoding_options, 0)
+    b.Finish(b.EndObject(), file_identifier=b"V001")
+    return bytes(b.Output())
+
+
+def _ends_in_probabilities(model: Path, tensor_name: str) -> bool:
+    """Whether the output comes from a sigmoid or softmax (through reshapes and the like): MediaPipe applies a
+    sigmoid itself only to scores that are logits."""
+    ops, inputs = op_outputs(model), op_inputs(model)
+    made_by = {name: i for i, (_, _, name) in enumerate(ops)}
+    index_of = {tensor: name for _, tensor, name in ops}
+    name = tensor_name
+    while name in made_by:
+        kind, i = ops[made_by[name]][0], made_by[name]
+        if kind in ("LOGISTIC", "SOFTMAX"):
+            return True
+        if kind not in PASS_THROUGH or inputs[i][0] not in index_of:
+            return False
+        name = index_of[inputs[i][0]]
+    return False
+
+
+def write_metadata(
+    model: Path,
+    name: str,
+    description: str,
+    contract: dict,
+    mode: str,
+    labels_file: Path | None,
+    detector: SsdDecoding | None = None,
+):
     """Embed metadata (and the labels file, if any) in `model`, replacing it atomically. The writer follows the task:
-    the image classifier's for a classifier, the image segmenter's for a one-output segmenter, otherwise the generic
-    one with every output described (name, kind, layout, quantization) as in the contract."""
+    the image classifier's for a classifier, the image segmenter's for a one-output segmenter, MediaPipe's object
+    detector's for a `detector` with SSD offsets, otherwise the generic one with every output described (name, kind,
+    layout, quantization) as in the contract."""
     schema, _, writers, info = _library()
     summary = inspect_tflite(model)
     t_in = summary.inputs[0]
@@ -132,12 +212,56 @@ def write_metadata(model: Path, name: str, description: str, contract: dict, mod
         ]
         if task == "segment" and len(outputs) == 1:
             writer = writers["segment"].create_from_metadata_info(buffer, general_md, input_md, outputs[0])
+        elif detector is not None:
+            writer = _detector_writer(model, buffer, general_md, input_md, outputs, entries, detector, label_files)
         else:
             files = [str(labels_file)] if label_files else None
             writer = writers["any"].create_from_metadata_info(buffer, general_md, [input_md], outputs, files)
     tmp = model.with_name(f".{model.name}.metadata")
     tmp.write_bytes(_without_zip_times(writer.populate()))
     tmp.replace(model)
+
+
+def _detector_writer(model, buffer, general_md, input_md, outputs, entries, detector: SsdDecoding, label_files):
+    """The generic writer's metadata with MediaPipe's names for the two outputs ("location": boxes as relative
+    boundaries, "score") and its DETECTOR_METADATA."""
+    schema, _, writers, info = _library()
+    from tensorflow_lite_support.metadata.python import metadata as populator
+
+    names = [entry["onnx_name"] for entry in entries]
+    tensors = []
+    for md, onnx_name in zip(outputs, names):
+        tensor = md.create_metadata()
+        if onnx_name == detector.boxes:
+            tensor.name = "location"
+            box = schema.BoundingBoxPropertiesT()
+            box.index, box.type = [1, 0, 3, 2], schema.BoundingBoxType.BOUNDARIES
+            box.coordinateType = schema.CoordinateType.RATIO
+            tensor.content = schema.ContentT()
+            tensor.content.contentPropertiesType = schema.ContentProperties.BoundingBoxProperties
+            tensor.content.contentProperties = box
+        elif onnx_name == detector.scores:
+            tensor.name = "score"
+            if label_files:
+                tensor.associatedFiles = [f.create_metadata() for f in label_files]
+                tensor.associatedFiles[0].type = schema.AssociatedFileType.TENSOR_AXIS_LABELS
+        tensors.append(tensor)
+    scores = next(e for e in entries if e["onnx_name"] == detector.scores)
+    custom = schema.CustomMetadataT()
+    custom.name = DETECTOR_METADATA
+    sigmoid = not _ends_in_probabilities(model, scores["name"])
+    custom.data = list(_detector_options(detector, int(scores["shape"][-1]), sigmoid))
+    subgraph = schema.SubGraphMetadataT()
+    subgraph.inputTensorMetadata, subgraph.outputTensorMetadata = [input_md.create_metadata()], tensors
+    subgraph.customMetadata = [custom]
+    metadata = general_md.create_metadata()
+    metadata.subgraphMetadata = [subgraph]
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    b.Finish(metadata.Pack(b), populator.MetadataPopulator.METADATA_FILE_IDENTIFIER)
+    files = [f.file_path for f in label_files] if label_files else None
+    return writers["any"](buffer, b.Output(), files)
 
 
 _LOCAL_HEADER, _CENTRAL_HEADER = b"PK\x03\x04", b"PK\x01\x02"

@@ -20,6 +20,7 @@ from mobile_vision_export.export.layout_pass import rewrite_layout
 from mobile_vision_export.export.metadata import (
     LABELS_FILE,
     MetadataError,
+    SsdDecoding,
     disagreements,
     read_metadata,
     write_metadata,
@@ -33,6 +34,7 @@ from mobile_vision_export.export.onnx_graph import (
     fix_input_size,
     load_onnx,
     match_outputs,
+    read_anchors,
     simplify_onnx,
     with_task,
 )
@@ -380,6 +382,21 @@ VARIANT_TEXT = {
 }
 
 
+def ssd_decoding(graph: OnnxModel) -> SsdDecoding | None:
+    """What MediaPipe's ObjectDetector needs to decode a detector's SSD offsets itself: only TensorFlow's order
+    (anchor-yxhw), the one it reads. Anchors are taken as relative to the input image when every value lies within
+    [-2, 2], otherwise as the input's pixels, and divided by its size."""
+    detection = graph.detection
+    if graph.task != "detect" or detection.box_format != "anchor-yxhw":
+        return None
+    anchors = read_anchors(detection.anchors)
+    if np.abs(anchors).max() > 2:
+        height, width = graph.input_size
+        anchors = anchors / np.array([width, height, width, height], np.float64)
+    rows = tuple(tuple(float(v) for v in row) for row in anchors)
+    return SsdDecoding(detection.boxes, detection.scores, rows, detection.box_scales)
+
+
 def embed_metadata(job: Job) -> Job:
     """labels.txt, and TFLite Metadata (normalization, image size, every output, labels if any) inside every
     .tflite, read back with the official reader and checked against the contract preprocess.json will state."""
@@ -393,9 +410,10 @@ def embed_metadata(job: Job) -> Job:
     contract = preprocess_contract(
         source.input_size, source.mean, source.std, job.tflites.summaries(), graph, source.folded
     )
+    detector = ssd_decoding(graph)
     for mode, path in job.tflites.files.items():
         description = f"{source.name}, {VARIANT_TEXT[mode]}, from {source.description}; {what}.{caveat}"
-        write_metadata(path, f"{source.name} ({mode})", description, contract, mode, packed)
+        write_metadata(path, f"{source.name} ({mode})", description, contract, mode, packed, detector)
         problems = disagreements(read_metadata(path), contract, job.labels)
         if problems:
             raise MetadataError(f"{path.name}: its metadata disagrees with preprocess.json ({problems[0]})")

@@ -1,6 +1,6 @@
-"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, ImageSegmenter and ImageEmbedder,
-run in their own venv (scripts/setup_clients.sh), on every variant over the held-out photos, pre-cropped as the
-contract says."""
+"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, ImageSegmenter, ImageEmbedder and
+ObjectDetector, run in their own venv (scripts/setup_clients.sh), on every variant over the held-out photos,
+pre-cropped as the contract says."""
 
 import json
 
@@ -15,6 +15,7 @@ from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.validate.clients import ClientError, answers
 from mobile_vision_export.validate.gpu import parse_analysis
+from mobile_vision_export.validate.metrics import BoxDecoding
 from mobile_vision_export.validate.runners import run_tflite, run_tflite_outputs
 from tests.conftest import ROOT, run_cli
 
@@ -116,3 +117,32 @@ def test_mediapipe_segments_and_embeds_as_our_runtime(tmp_path):
         (ours,) = run_tflite_outputs(model, crops).values()
         embeddings = answers("mediapipe", "embed", model, pixel_codes(crops))
         np.testing.assert_allclose(embeddings, ours, atol=1e-5 * np.abs(ours).max(), err_msg=mode)
+
+
+@pytest.mark.slow
+def test_mediapipe_detects_as_our_decoding(tmp_path):
+    """ObjectDetector takes a detector with SSD offsets in TensorFlow's order once the metadata carries its anchors
+    (MediaPipe decodes the raw outputs itself): its best detection per photo is the box, class and score our own
+    decoding of the same file gives, on every variant (int8 with float outputs: MediaPipe refuses int8 ones)."""
+    grid = (np.arange(8) + 0.5) / 8  # one anchor per cell of the head's 8 x 8 map, row by row
+    anchors = np.array([[x, y, 0.1, 0.1] for y in grid for x in grid])
+    np.savetxt(tmp_path / "anchors.txt", anchors)
+    flags = ["--box-format", "anchor-yxhw", "--anchors", "anchors.txt", "--int8-output", "float", "--quant", "all"]
+    out = _export(tmp_path, f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:det_raw", 64, *flags)
+    decoding = BoxDecoding("anchor-yxhw", anchors, (10.0, 10.0, 5.0, 5.0))
+    crops = heldout_batch(heldout_photos()[:12], 64)
+    for mode in VARIANTS:
+        model = out / f"vision_models_det_raw_{mode}.tflite"
+        outputs = run_tflite_outputs(model, crops)
+        boxes, logits = outputs["output_0"], outputs["output_1"]
+        found = answers("mediapipe", "detect", model, pixel_codes(crops))
+        compared = 0
+        for i, (x, y, w, h, category, score) in enumerate(found):
+            box, kind = np.unravel_index(np.argmax(logits[i]), logits[i].shape)
+            corners = decoding.corners(boxes[i : i + 1])[0, box]
+            assert category == kind and score == pytest.approx(1 / (1 + np.exp(-logits[i, box, kind])), abs=1e-4)
+            if corners.min() >= 0 and corners.max() <= 1:  # MediaPipe clips boxes to the image
+                compared += 1
+                pixels = np.array([corners[0], corners[1], corners[2] - corners[0], corners[3] - corners[1]]) * 64
+                np.testing.assert_allclose([x, y, w, h], pixels, atol=1.5, err_msg=mode)  # it truncates to ints
+        assert compared >= len(crops) // 2, mode

@@ -15,7 +15,7 @@ from mobile_vision_export.errors import UserError
 
 CLIENTS = ("mediapipe",)
 _SCRIPTS = {"mediapipe": Path(__file__).resolve().parent / "mediapipe_tasks.py"}
-CLIENT_TASKS = ("classify", "segment", "embed")
+CLIENT_TASKS = ("classify", "segment", "embed", "detect")
 
 
 class ClientError(UserError, RuntimeError):
@@ -35,7 +35,8 @@ def client_python(client: str) -> Path:
 
 def answers(client: str, task: str, model: Path, crops_uint8: np.ndarray) -> np.ndarray:
     """What `client` answers for each crop (NHWC uint8, already resized and cropped as the contract says): classify,
-    the top-1 class; segment, the category mask (N x H x W, at the crop's size); embed, the embedding (N x D)."""
+    the top-1 class; segment, the category mask (N x H x W, at the crop's size); embed, the embedding (N x D);
+    detect, the best detection (N x 6: x, y, width, height in pixels, category index, score)."""
     if task not in CLIENT_TASKS:
         raise ClientError(f"{client} is run here for {', '.join(CLIENT_TASKS)}, not {task}")
     python = client_python(client)

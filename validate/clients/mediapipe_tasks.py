@@ -1,7 +1,8 @@
 """Run inside the MediaPipe client venv (scripts/setup_clients.sh), never imported by the project: one of MediaPipe
 Tasks' vision tasks on crops already made as the contract says. argv: TASK MODEL CROPS_NPY ANSWERS_NPY, with crops
 N x H x W x 3 uint8. Writes the answers (classify: top-1 class per crop; segment: the category mask per crop,
-N x H x W; embed: the embedding per crop, N x D) and prints one JSON line: {"answers": N} or {"error": "..."}."""
+N x H x W; embed: the embedding per crop, N x D; detect: the best detection per crop, N x 6: x, y, width, height in
+pixels, category index, score) and prints one JSON line: {"answers": N} or {"error": "..."}."""
 
 import json
 import sys
@@ -27,7 +28,18 @@ def _embed(vision, options, images):
         return [task.embed(image).embeddings[0].embedding for image in images]
 
 
-TASKS = {"classify": _classify, "segment": _segment, "embed": _embed}
+def _detect(vision, options, images):
+    options = vision.ObjectDetectorOptions(base_options=options, max_results=1, score_threshold=0.0)
+    with vision.ObjectDetector.create_from_options(options) as task:
+        best = [task.detect(image).detections[0] for image in images]
+    return [
+        [d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width, d.bounding_box.height]
+        + [-1 if d.categories[0].index is None else d.categories[0].index, d.categories[0].score]
+        for d in best
+    ]
+
+
+TASKS = {"classify": _classify, "segment": _segment, "embed": _embed, "detect": _detect}
 
 
 def main() -> None:
