@@ -133,7 +133,7 @@ def _detector_options(decoding: SsdDecoding, classes: int, sigmoid: bool) -> byt
     return bytes(b.Output())
 
 
-def _ends_in_probabilities(model: Path, tensor_name: str) -> bool:
+def ends_in_probabilities(model: Path, tensor_name: str) -> bool:
     """Whether the output comes from a sigmoid or softmax (through reshapes and the like): MediaPipe applies a
     sigmoid itself only to scores that are logits."""
     ops, inputs = op_outputs(model), op_inputs(model)
@@ -249,7 +249,7 @@ def _detector_writer(model, buffer, general_md, input_md, outputs, entries, dete
     scores = next(e for e in entries if e["onnx_name"] == detector.scores)
     custom = schema.CustomMetadataT()
     custom.name = DETECTOR_METADATA
-    sigmoid = not _ends_in_probabilities(model, scores["name"])
+    sigmoid = not ends_in_probabilities(model, scores["name"])
     custom.data = list(_detector_options(detector, int(scores["shape"][-1]), sigmoid))
     subgraph = schema.SubGraphMetadataT()
     subgraph.inputTensorMetadata, subgraph.outputTensorMetadata = [input_md.create_metadata()], tensors

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mobile_vision_export.export.images import heldout_batch, heldout_photos
-from mobile_vision_export.export.metadata import read_metadata
+from mobile_vision_export.export.metadata import ends_in_probabilities, read_metadata
 from mobile_vision_export.export.onnx_graph import (
     Detection,
     OnnxError,
@@ -216,6 +216,8 @@ def test_a_two_output_detector_head_is_compared_per_output(tmp_path):
     for mode in ("fp32", "int8"):  # generic metadata: the image input and every output under its ONNX name
         metadata = read_metadata(out / f"vision_models_det_{mode}.tflite")
         assert set(metadata.outputs) == names and metadata.size == (64, 64) and metadata.labels == []
+        for entry in contract["variants"][mode]["outputs"]:  # both heads end in a sigmoid, then reshapes
+            assert ends_in_probabilities(out / f"vision_models_det_{mode}.tflite", entry["name"]), entry
 
 
 @pytest.mark.slow
@@ -237,6 +239,8 @@ def test_the_tuning_trains_every_output_of_a_two_output_head(tmp_path):
     assert model["task"] == "detect" and tuning["steps"] >= min(CHECKS)
     assert abs(tuning["replica_checks"][0][1] - ranges) < 1
     (int8,) = [r for r in record["parity"] if r["variant"] == "int8"]
+    int8_outputs = json.loads((out / "preprocess.json").read_text())["variants"]["int8"]["outputs"]
+    assert not any(ends_in_probabilities(out / "vision_models_det_raw_int8.tflite", o["name"]) for o in int8_outputs)
     scores = int8["outputs"]["output_1"]
     assert scores["reference_detections"] > 0 and 0.5 < scores["detections_reproduced"] <= 1
     contract = json.loads((out / "preprocess.json").read_text())["output"]
