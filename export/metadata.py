@@ -12,6 +12,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import flatbuffers
+
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.provenance import TOOL_NAME, tool_version
 from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite, op_inputs, op_outputs
@@ -98,8 +100,6 @@ PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION
 def _detector_options(decoding: SsdDecoding, classes: int, sigmoid: bool) -> bytes:
     """MediaPipe's ObjectDetectorOptions flatbuffer (tasks/metadata/object_detector_metadata_schema.fbs, file
     identifier V001): the fixed anchors and how to decode the two raw outputs."""
-    import flatbuffers
-
     b = flatbuffers.Builder(0)
     anchors = []
     for values in decoding.anchors:  # FixedAnchor: x_center, y_center, width, height
@@ -225,9 +225,7 @@ def write_metadata(
 def _detector_writer(model, buffer, general_md, input_md, outputs, entries, detector: SsdDecoding, label_files):
     """The generic writer's metadata with MediaPipe's names for the two outputs ("location": boxes as relative
     boundaries, "score") and its DETECTOR_METADATA."""
-    schema, _, writers, info = _library()
-    from tensorflow_lite_support.metadata.python import metadata as populator
-
+    schema, reader, writers, _ = _library()
     names = [entry["onnx_name"] for entry in entries]
     tensors = []
     for md, onnx_name in zip(outputs, names):
@@ -256,10 +254,8 @@ def _detector_writer(model, buffer, general_md, input_md, outputs, entries, dete
     subgraph.customMetadata = [custom]
     metadata = general_md.create_metadata()
     metadata.subgraphMetadata = [subgraph]
-    import flatbuffers
-
     b = flatbuffers.Builder(0)
-    b.Finish(metadata.Pack(b), populator.MetadataPopulator.METADATA_FILE_IDENTIFIER)
+    b.Finish(metadata.Pack(b), reader.MetadataPopulator.METADATA_FILE_IDENTIFIER)
     files = [f.file_path for f in label_files] if label_files else None
     return writers["any"](buffer, b.Output(), files)
 
