@@ -16,7 +16,7 @@ import flatbuffers
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.provenance import TOOL_NAME, tool_version
-from mobile_vision_export.export.tflite_inspect import TensorInfo, inspect_tflite, op_inputs, op_outputs
+from mobile_vision_export.export.tflite_inspect import TensorInfo, graph_edges, inspect_tflite, op_outputs
 
 LABELS_FILE = "labels.txt"
 PIXEL_MAX = 255.0  # metadata normalizes raw 0..255 pixels; the contract normalizes pixel / 255
@@ -136,17 +136,16 @@ def _detector_options(decoding: SsdDecoding, classes: int, sigmoid: bool) -> byt
 def ends_in_probabilities(model: Path, tensor_name: str) -> bool:
     """Whether the output comes from a sigmoid or softmax (through reshapes and the like): MediaPipe applies a
     sigmoid itself only to scores that are logits."""
-    ops, inputs = op_outputs(model), op_inputs(model)
-    made_by = {name: i for i, (_, _, name) in enumerate(ops)}
-    index_of = {tensor: name for _, tensor, name in ops}
-    name = tensor_name
-    while name in made_by:
-        kind, i = ops[made_by[name]][0], made_by[name]
+    ops = op_outputs(model)
+    inputs, producer = graph_edges(model)
+    tensor = next((t for _, t, name in ops if name == tensor_name), None)
+    while tensor in producer:
+        kind = ops[producer[tensor]][0]
         if kind in ("LOGISTIC", "SOFTMAX"):
             return True
-        if kind not in PASS_THROUGH or inputs[i][0] not in index_of:
+        if kind not in PASS_THROUGH:
             return False
-        name = index_of[inputs[i][0]]
+        tensor = inputs[producer[tensor]][0]
     return False
 
 

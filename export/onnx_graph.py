@@ -214,11 +214,9 @@ def _detector_outputs(model: OnnxModel, asked: Detection) -> Detection | None:
             f"boxes '{boxes}' {list(b)} and scores '{scores}' {list(c)} are not [1, N, 4] and [1, N, C] with the same "
             "N: name the right outputs with --boxes and --scores"
         )
-    if asked.anchors is not None and len(read_anchors(asked.anchors)) != b[1]:
-        raise OnnxError(
-            f"{asked.anchors} has {len(read_anchors(asked.anchors))} anchors and '{boxes}' {b[1]} boxes: give one "
-            "anchor per box"
-        )
+    count = len(read_anchors(asked.anchors)) if asked.anchors is not None else b[1]
+    if count != b[1]:
+        raise OnnxError(f"{asked.anchors} has {count} anchors and '{boxes}' {b[1]} boxes: give one anchor per box")
     return replace(asked, boxes=boxes, scores=scores)
 
 

@@ -119,6 +119,11 @@ def op_inputs(path: Path) -> list[list[int]]:
     return [[int(t) for t in graph.Operators(i).InputsAsNumpy()] for i in range(graph.OperatorsLength())]
 
 
+def graph_edges(path: Path) -> tuple[list[list[int]], dict[int, int]]:
+    """Each op's input tensors, and the op producing each tensor (main subgraph)."""
+    return op_inputs(path), {tensor: i for i, (_, tensor, _) in enumerate(op_outputs(path))}
+
+
 def _name_parts(name: str) -> set[str]:
     """The op names the converter fused into one tensor name ("a/Add;b/convolution;Const_5"), constants left out."""
     return {part for part in name.split(";") if part and not part.startswith("Const")}

@@ -39,10 +39,9 @@ def _floats(text: str, names: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != len(names.split(",")):
-        raise argparse.ArgumentTypeError(
-            f"expected {len(names.split(','))} comma-separated numbers {names}, got '{text}'"
-        )
+    count = names.count(",") + 1
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers {names}, got '{text}'")
     return values
 
 

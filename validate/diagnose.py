@@ -11,9 +11,8 @@ from ai_edge_litert.interpreter import Interpreter
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.tflite_inspect import (
     LayerPair,
+    graph_edges,
     inspect_tflite,
-    op_inputs,
-    op_outputs,
     paired_layers,
     quantize,
     tensor_keeping_interpreter,
@@ -55,15 +54,10 @@ def _pairs(float_model: Path, int8_model: Path) -> list[LayerPair]:
     return pairs
 
 
-def _graph_edges(int8_model: Path) -> tuple[list[list[int]], dict[int, int]]:
-    """Each op's input tensors, and the op producing each tensor."""
-    return op_inputs(int8_model), {tensor: i for i, (_, tensor, _) in enumerate(op_outputs(int8_model))}
-
-
 def _feeding_layers(int8_model: Path, compared: list[int]) -> dict[int, set[int]]:
     """For each compared op, the compared ops whose outputs reach its inputs through ops that are not compared: in
     a graph that branches (a detector's two heads, ShuffleNet's halves) the op before it is not what it reads."""
-    inputs, producer = _graph_edges(int8_model)
+    inputs, producer = graph_edges(int8_model)
     kept, sources = set(compared), {}
 
     def from_op(i: int) -> set[int]:  # the compared ops op i stands for
@@ -82,7 +76,7 @@ def ancestors(int8_model: Path, output: str) -> set[int]:
     named = dict(zip(inspect_tflite(int8_model).output_names, read_model(int8_model).subgraphs[0].outputs))
     if output not in named:
         raise DiagnoseError(f"{int8_model.name} has no output '{output}': it has {', '.join(sorted(named))}")
-    inputs, producer = _graph_edges(int8_model)
+    inputs, producer = graph_edges(int8_model)
     found, todo = set(), [int(named[output])]
     while todo:
         i = producer.get(todo.pop())
