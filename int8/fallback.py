@@ -271,6 +271,7 @@ def reach_targets(
     min_top1: float | None,
     cost: Callable[[Path], Cost],
     classifier: bool = True,
+    ship: Callable[[Path, Path], object] | None = None,
 ) -> Fallback:
     """Move int8 layers of `int8` (in place) with the ops reading their output to float activations, a form kept only
     if it gains MIN_GAIN_DB against the float twin on `judge`, until `min_sqnr` dB and `min_top1` agreement hold
@@ -279,10 +280,18 @@ def reach_targets(
     were fitted around its error), but the error that builds up towards the output can still be taken out. Each
     time dynamic-range form first, float32 after; `cost` measures what each file costs. The held-out parity then
     checks the targets on other photos. Several outputs: by the worst one's SQNR, as parity gates them; top-1 agreement
-    only for a `classifier`."""
+    only for a `classifier`. `ship(src, dst)` is what a later step makes of the file (float outputs): each file is
+    judged and costed as it will ship."""
     names = inspect_tflite(int8).output_names
     reference = outputs_in_order(float_twin, judge.images, names)
     aim = None if min_top1 is None else min_top1 + agreement_margin(min_top1, len(judge.images))
+    shipped = int8.with_name(f".{int8.name}.shipped")
+
+    def measured(path: Path) -> tuple[float, float | None, Cost]:
+        if ship is not None:
+            ship(path, shipped)
+            path = shipped
+        return (*score(path), cost(path))
 
     def score(path: Path) -> tuple[float, float | None]:
         out = outputs_in_order(path, judge.images, names)
@@ -295,9 +304,10 @@ def reach_targets(
     def reached(sqnr: float, top1: float | None) -> bool:
         return (min_sqnr is None or sqnr >= min_sqnr) and (aim is None or top1 >= aim)
 
-    best, agreement = score(int8)
-    steps = [FallbackStep(None, None, [], best, agreement, True, cost(int8))]
+    best, agreement, paid = measured(int8)
+    steps = [FallbackStep(None, None, [], best, agreement, True, paid)]
     if reached(best, agreement):
+        shipped.unlink(missing_ok=True)
         return Fallback(min_sqnr, min_top1, aim, judge.description, steps, reached=True)
     ops = op_outputs(int8)
     readers: dict[int, set[int]] = {}
@@ -316,9 +326,9 @@ def reach_targets(
         if (tried, tried_dynamic) == (chosen, dynamic):
             return False
         fall_back(int8, float_twin, tried, trial, tried_dynamic)
-        sqnr, top1 = score(trial)
+        sqnr, top1, paid = measured(trial)
         kept = sqnr >= best + MIN_GAIN_DB  # a form that does not help is not paid for
-        steps.append(FallbackStep(layer, form, sorted(tried), sqnr, top1, kept, cost(trial), tail))
+        steps.append(FallbackStep(layer, form, sorted(tried), sqnr, top1, kept, paid, tail))
         if kept:
             chosen, dynamic, best, agreement = tried, tried_dynamic, sqnr, top1
             trial.replace(candidate)
@@ -340,6 +350,7 @@ def reach_targets(
                 break
             attempt(None, form, set(paired[-length:]), tail=length)
     trial.unlink(missing_ok=True)
+    shipped.unlink(missing_ok=True)
     if not chosen:
         return Fallback(min_sqnr, min_top1, aim, judge.description, steps, reached=False)
     candidate.replace(int8)

@@ -80,6 +80,7 @@ def _in_float(model: schema.ModelT, out: int, names: dict[int, str]) -> tuple[in
     out_t.name += b"/int8"
     if layer == "QUANTIZE":  # the output layer already runs in float (--min-sqnr): take its float output
         how, float_out = "float", int(op.inputs[0])
+        graph.tensors[float_out].name = graph.tensors[out].name.removesuffix(b"/int8")
         del graph.operators[index]
     elif layer in HYBRID_OPS and len(op.inputs) == 3 and op.inputs[2] >= 0:
         how = "dynamic-range"

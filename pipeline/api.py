@@ -16,6 +16,7 @@ from mobile_vision_export.pipeline.checks import (
     check_input_size,
     check_normalization,
     check_request,
+    int8_output_for,
 )
 from mobile_vision_export.pipeline.int8_steps import SWITCHES
 from mobile_vision_export.pipeline.progress import StageTimer
@@ -70,7 +71,7 @@ def export_model(
     out: Path = Path("artifacts"),
     min_sqnr: float | None = None,
     min_top1: float | None = None,
-    int8_output: str = "int8",
+    int8_output: str | None = None,
     int8_io: str = "uint8",
     task: str = "auto",
     boxes: str | None = None,
@@ -153,7 +154,7 @@ def export_model(
             int8_off=frozenset(name for name, on in int8_switches.items() if not on),
             min_sqnr=min_sqnr,
             min_top1=min_top1,
-            int8_output=int8_output,
+            int8_output=int8_output_for(int8_output, min_sqnr, min_top1),
             int8_io=int8_io,
             task=task,
             detection=detection,

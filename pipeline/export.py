@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8-output",
         choices=["int8", "float"],
-        default="int8",
-        help="the int8 file's outputs: quantized (default) or float32, each from a dynamic-range output layer where "
-        "a fully-connected or convolution layer produces it (else dequantized)",
+        help="the int8 file's outputs: quantized, or float32, each from a dynamic-range output layer where a "
+        "fully-connected or convolution layer produces it (else dequantized); default: int8, and float with "
+        "--min-sqnr or --min-top1, whose fallback then judges the file with float outputs",
     )
     p.add_argument(
         "--no-fold-normalization",

@@ -95,8 +95,9 @@ def _fallback(job: Job):
         judge = Judge(selection, f"{len(selection)} selection crops (no calibration photo unread)")
     targets = request.min_sqnr, request.min_top1
     classifier = job.graphs.simplified.task == "classify"
+    ship = float_output if request.int8_output == "float" else None  # FLOAT_OUTPUT runs after this step
     summary = reach_targets(
-        job.int8_file, job.tflites.float_twin, job.crops, judge, *targets, _host_cost(job), classifier
+        job.int8_file, job.tflites.float_twin, job.crops, judge, *targets, _host_cost(job), classifier, ship
     )
     return summary, job
 
@@ -121,7 +122,9 @@ def _no_target(request: ExportRequest) -> str | None:
 
 
 def _int8_output(request: ExportRequest) -> str | None:
-    return None if request.int8_output == "float" else "int8 output (the default)"
+    if request.int8_output == "float":
+        return None
+    return "outputs stay int8 (--int8-output int8, the default without a target)"
 
 
 def _int8_io(request: ExportRequest) -> str | None:

@@ -1,6 +1,7 @@
 """Range equalization keeps the float model and evens out channel ranges; bias correction removes a bias error."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from mobile_vision_export.int8.activation_ranges import (
     narrow_ranges,
 )
 from mobile_vision_export.int8.bias_correction import shift_biases
-from mobile_vision_export.int8.crops import SELECTION_IMAGES
+from mobile_vision_export.int8.crops import SELECTION_IMAGES, Crops
 from mobile_vision_export.int8.equalize import channel_stats, equalize_onnx
-from mobile_vision_export.int8.fallback import fall_back
+from mobile_vision_export.int8.fallback import Cost, Judge, fall_back, reach_targets
 from mobile_vision_export.int8.output import float_output
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
 from mobile_vision_export.validate.metrics import sqnr_db
@@ -251,8 +252,9 @@ def test_min_sqnr_falls_back_worst_layers(tiny_model, tmp_path):
     of the graph, until the steps run out; judged on calibration photos no crop came from; every step's cost is
     reported, and parity fails."""
     # without the fitted rounding and the tuning, so int8 keeps an error a layer in float can still reduce (with the
-    # fitted rounding: 48.2 dB, and the int8 output step caps what any layer gains)
-    flags = ("--min-sqnr", "90", "--no-fitted-rounding", "--no-tuning")
+    # fitted rounding: 48.2 dB, and the int8 output step caps what any layer gains); int8 outputs asked for, so the
+    # app contract stays int8 in and out
+    flags = ("--min-sqnr", "90", "--no-fitted-rounding", "--no-tuning", "--int8-output", "int8")
     returncode, folder = _export_unbalanced(tiny_model, tmp_path, *flags)
     assert returncode == 1
     info = json.loads((folder / "parity.json").read_text())
@@ -282,6 +284,22 @@ def test_min_sqnr_falls_back_worst_layers(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_target_makes_the_outputs_float_first(tiny_model, tmp_path):
+    """Under a target, unless --int8-output int8 says otherwise, the outputs are float32: the fallback judged the file
+    with them, and a target they reach moves no layer."""
+    returncode, folder = _export_unbalanced(tiny_model, tmp_path, "--min-sqnr", "10")
+    assert returncode == 0
+    record = json.loads((folder / "parity.json").read_text())["model"]
+    fallback = record["int8_fallback"]
+    assert fallback["reached"] and not fallback["applied"] and len(fallback["steps"]) == 1
+    assert fallback["steps"][0]["sqnr_db"] >= 10
+    assert record["int8_output"]["outputs"][0]["how"] == "dequantize"  # this model's output comes from a MEAN
+    summary = inspect_tflite(folder / "tiny_model_build_unbalanced_int8.tflite")
+    assert summary.inputs[0].dtype == "uint8" and summary.outputs[0].dtype == "float32"
+    assert json.loads((folder / "preprocess.json").read_text())["variants"]["int8"]["output"]["dtype"] == "float32"
+
+
+@pytest.mark.slow
 def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
@@ -307,6 +325,51 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
     heldout = heldout_batch(heldout_photos()[:16], 224)
     reference = run_tflite(twin, heldout)
     assert sqnr_db(reference, run_tflite(dst, heldout)) > sqnr_db(reference, run_tflite(int8, heldout)) - 1
+
+
+@pytest.mark.slow
+def test_float_outputs_after_a_fallback_keep_the_output_name(tiny_model, tmp_path):
+    """A high target ends with the output layer in float32: its float output becomes the model's, under the name the
+    int8 output had, which apps may look it up by. (With int8 outputs the output step caps the SQNR below 90 dB.)"""
+    flags = ("--min-sqnr", "90", "--no-fitted-rounding", "--no-tuning")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "plain").mkdir()
+    returncode, folder = _export_unbalanced(tiny_model, tmp_path / "target", *flags)
+    assert returncode == 0  # reached: nothing quantizes the output any more
+    assert json.loads((folder / "parity.json").read_text())["model"]["int8_output"]["outputs"][0]["how"] == "float"
+    _, plain = _export_unbalanced(tiny_model, tmp_path / "plain")
+    files = [f / "tiny_model_build_unbalanced_int8.tflite" for f in (folder, plain)]
+    floated, quantized = (read_model(path).subgraphs[0] for path in files)
+    assert [inspect_tflite(path).outputs[0].dtype for path in files] == ["float32", "uint8"]
+    assert floated.tensors[floated.outputs[0]].name == quantized.tensors[quantized.outputs[0]].name
+
+
+@pytest.mark.slow
+def test_the_fallback_judges_the_file_as_it_will_ship(shufflenet_variants, tmp_path):
+    """With float outputs to come (--int8-output float), each file is judged and costed with them: a target that the
+    float logits alone reach moves no layer, though the file with int8 logits misses it."""
+    int8 = tmp_path / "int8.tflite"
+    shutil.copyfile(shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite", int8)
+    twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"
+    images = heldout_batch(heldout_photos()[:24], 224)
+    reference = run_tflite(twin, images)
+    floated = tmp_path / "floated.tflite"
+    float_output(int8, floated)
+    plain, shipped = (float(sqnr_db(reference, run_tflite(path, images))) for path in (int8, floated))
+    assert shipped > plain + 0.005  # without the int8 output step
+
+    def cost(path):
+        return Cost(path.stat().st_size, 1.0)
+
+    before = int8.read_bytes()
+    target = (plain + shipped) / 2
+    crops = Crops(images, reference[:8])
+    judge = Judge(images, "24 held-out photos")
+    result = reach_targets(int8, twin, crops, judge, target, None, cost, True, float_output)
+    assert result.reached and len(result.steps) == 1 and not result.applied
+    assert abs(result.steps[0].sqnr_db - shipped) < 1e-3 and result.steps[0].cost.bytes == floated.stat().st_size
+    assert int8.read_bytes() == before  # the float outputs are the later step's to write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["floated.tflite", "int8.tflite"]
 
 
 @pytest.mark.slow
