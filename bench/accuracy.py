@@ -1,9 +1,9 @@
 """int8 accuracy: plain onnx2tf int8 vs this project's default int8 (and its options), in one run.
 
-For each model, exports int8 with pipeline.export six ways (plain: --no-equalize --no-percentile-ranges
+For each model, exports int8 with pipeline.export seven ways (plain: --no-equalize --no-percentile-ranges
 --no-fitted-rounding --no-bias-correction --no-tuning --no-optimize; no_fitted_rounding: --no-fitted-rounding
---no-tuning; no_tuning; default: no flags; float_output: --int8-output float; min_top1_95: --min-top1 0.95, which makes the logits float32;
-min_top1_95_int8_output: the same with --int8-output int8) and, as
+--no-tuning; no_tuning; default: no flags; float_output: --int8-output float; min_top1_95: --min-top1 0.95, which
+makes the logits float32; min_top1_95_int8_output: the same with --int8-output int8) and, as
 a reference, dynamic-range int8 (float activations), then measures on the held-out photos against ONNX Runtime on
 the unmodified simplified ONNX: float and int8 top-1 / top-5 on the labelled photos, top-1 agreement, mean cosine
 and SQNR (on all photos and per set: labelled ImageNet, natural full-resolution photos, upscaled CIFAR-10), file
