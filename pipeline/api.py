@@ -93,6 +93,8 @@ def export_model(
     off by its switch, e.g. `tuning=False` (the switches: pipeline.int8_steps.SWITCHES). A detector's `boxes` and
     `scores` outputs are found by their shapes or named; with `box_format` (xyxy, cxcywh, or offsets from `anchors`
     scaled by `box_scales`: anchor-xywh, anchor-yxhw) parity decodes them (NMS, scores from `score_threshold`).
+    `int8_output` ("int8" or "float"; unset: float under `min_sqnr` / `min_top1`, else int8) is the int8 file's
+    outputs' type.
     `reproducible=True` (the same int8 bytes on any x86-64 machine) needs a process started with
     export.reproducible.ENVIRONMENT. Raises the tool's one-line errors (mobile_vision_export.errors.UserError) on bad
     input."""

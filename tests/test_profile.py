@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mobile_vision_export.errors import UserError
@@ -19,6 +20,7 @@ from mobile_vision_export.profiling.device import DeviceError, parse_benchmark_o
 from mobile_vision_export.profiling.devices import Cluster, Device, UnknownDeviceError, parse_devices
 from mobile_vision_export.profiling.emulated import find_environment, read_windows, run_guest
 from mobile_vision_export.profiling.estimate import calibration, estimate
+from mobile_vision_export.profiling.run import compare_outputs
 from mobile_vision_export.profiling.symbols import FAMILIES, executable_mappings, family_of
 from mobile_vision_export.profiling.traffic import CacheTraffic
 from mobile_vision_export.report.document import Report, read_report
@@ -51,6 +53,17 @@ def test_core_names_and_kernel_families():
         "5500001000-5500002000 rw-p 00000000 00:00 0 [heap]\n"
     )
     assert [(m.start, m.path) for m in executable_mappings(maps)] == [(0x5500000000, "/lib/libfoo.so")]
+
+
+def test_arm_outputs_are_compared_by_what_the_kernels_guarantee():
+    rng = np.random.default_rng(0)
+    x86 = rng.normal(size=1000).astype(np.float32)
+    codes = np.arange(10, dtype=np.int8)
+    assert compare_outputs(codes, codes.copy())["match"] and not compare_outputs(codes, codes + 1)["match"]
+    assert compare_outputs(x86 + 1e-5, x86)["match"] and not compare_outputs(x86 + 1e-2, x86)["match"]
+    nearby = x86 + 0.03 * rng.normal(size=1000).astype(np.float32)  # 30 dB: activations quantized another way
+    assert compare_outputs(nearby, x86, runtime_quantized=True)["match"]
+    assert not compare_outputs(rng.permutation(x86), x86, runtime_quantized=True)["match"]  # another function
 
 
 def test_profile_bad_input(tmp_path, capsys):
@@ -119,7 +132,7 @@ def test_missing_arm_setup_names_the_fix(tmp_path, capsys, shufflenet_variants):
 
 @pytest.mark.slow
 def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shufflenet_variants):
-    models = [shufflenet_variants / f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "int8")]
+    models = [shufflenet_variants / f"shufflenet_v2_x0_5_{v}.tflite" for v in ("fp32", "int8", "dynamic")]
     code = profile_main(
         [
             *map(str, models),
@@ -138,7 +151,9 @@ def test_emulated_arm_profile_is_exact_and_repeatable(tmp_path, arm_cache, shuff
     )
     assert code == 0
     data = json.loads((tmp_path / "profile.json").read_text())
-    fp32, int8 = data["models"]
+    fp32, int8, dynamic = data["models"]
+    for arm in dynamic["arm"]:  # its layers quantize activations per inference: ARM and x86 may round apart
+        assert arm["output_check"]["match"] and "SQNR" in arm["output_check"]["rule"], arm["output_check"]
     for model in (fp32, int8):
         assert [h["threads"] for h in model["host"]] == [1, 2] and model["host"][0]["median_ms"] > 0
         for arm in model["arm"]:
