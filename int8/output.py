@@ -66,7 +66,7 @@ class FloatOutput:
         return {"outputs": [dict(o.__dict__) for o in self.outputs]}
 
     def markdown(self) -> list[str]:
-        lines = ["## int8 outputs in float (--int8-output float)", ""]
+        lines = ["## int8 outputs in float (--int8-output float, the default under --min-sqnr or --min-top1)", ""]
         return lines + [f"- {o.sentence()}" for o in self.outputs] + ["", "The input stays int8."]
 
 
