@@ -119,17 +119,17 @@ def op_inputs(path: Path) -> list[list[int]]:
     return [[int(t) for t in graph.Operators(i).InputsAsNumpy()] for i in range(graph.OperatorsLength())]
 
 
-def runtime_quantized_ops(path: Path) -> int:
-    """How many ops take a float32 activation with int8 weights (dynamic-range layers): their kernels quantize the
-    activation per inference, and x86 and ARM kernels may round a value to different codes."""
+def has_dynamic_range_layers(path: Path) -> bool:
+    """Whether an op takes a float32 activation with int8 weights: its kernel quantizes the activation per
+    inference, and x86 and ARM kernels may round a value to different codes."""
     graph = schema.Model.GetRootAs(Path(path).read_bytes(), 0).Subgraphs(0)
-    count = 0
     for i in range(graph.OperatorsLength()):
         inputs = graph.Operators(i).InputsAsNumpy()
         if len(inputs) > 1 and inputs[0] >= 0 and inputs[1] >= 0:
             x, w = graph.Tensors(int(inputs[0])).Type(), graph.Tensors(int(inputs[1])).Type()
-            count += x == schema.TensorType.FLOAT32 and w == schema.TensorType.INT8
-    return count
+            if x == schema.TensorType.FLOAT32 and w == schema.TensorType.INT8:
+                return True
+    return False
 
 
 def graph_edges(path: Path) -> tuple[list[list[int]], dict[int, int]]:

@@ -95,7 +95,7 @@ def _fallback(job: Job):
         judge = Judge(selection, f"{len(selection)} selection crops (no calibration photo unread)")
     targets = request.min_sqnr, request.min_top1
     classifier = job.graphs.simplified.task == "classify"
-    ship = float_output if request.int8_output == "float" else None  # FLOAT_OUTPUT runs after this step
+    ship = float_output if FLOAT_OUTPUT.asked(request) is None else None  # the step after this one
     summary = reach_targets(
         job.int8_file, job.tflites.float_twin, job.crops, judge, *targets, _host_cost(job), classifier, ship
     )

@@ -12,7 +12,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mobile_vision_export.export.contract import normalization_beside
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, normalize
 from mobile_vision_export.export.provenance import sha256_array, tool_versions
-from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, runtime_quantized_ops
+from mobile_vision_export.export.tflite_inspect import has_dynamic_range_layers, inspect_tflite, quantize
 from mobile_vision_export.export.tflite_model import multiply_accumulates, read_model
 from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.profiling import device
@@ -29,7 +29,7 @@ from mobile_vision_export.validate.metrics import sqnr_db
 FP32_RTOL = 1e-4  # ARM vs x86 float results may differ by rounding: |a - b| <= 1e-4 * max(1, max|x86|)
 # a file with dynamic-range layers quantizes activations per inference, and the host's and the emulated LiteRT
 # (different releases) do it differently: mobilenet_v2's files agreed at 32.7-60.5 dB; another function reads near 0
-RUNTIME_QUANTIZED_MIN_SQNR_DB = 20.0
+DYNAMIC_RANGE_MIN_SQNR_DB = 20.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,9 @@ def host_output(model: Path, x: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def compare_outputs(arm: np.ndarray, x86: np.ndarray, runtime_quantized: bool = False) -> dict:
+def compare_outputs(arm: np.ndarray, x86: np.ndarray, dynamic_range: bool = False) -> dict:
     """Integer outputs must be bit-identical; float outputs equal within FP32_RTOL of the output range, or, from a
-    file with dynamic-range layers (`runtime_quantized`), at least RUNTIME_QUANTIZED_MIN_SQNR_DB apart."""
+    file with dynamic-range layers (`dynamic_range`), at least DYNAMIC_RANGE_MIN_SQNR_DB apart."""
     if arm.dtype != x86.dtype or arm.shape != x86.shape:
         return {
             "match": False,
@@ -93,10 +93,10 @@ def compare_outputs(arm: np.ndarray, x86: np.ndarray, runtime_quantized: bool = 
         differing = int(np.count_nonzero(arm != x86))
         return {"match": differing == 0, "rule": "bit-exact", "differing_elements": differing}
     max_diff = float(np.max(np.abs(arm.astype(np.float64) - x86)))
-    if runtime_quantized:
+    if dynamic_range:
         sqnr = float(sqnr_db(x86, arm))
-        rule = f"SQNR of arm against x86 >= {RUNTIME_QUANTIZED_MIN_SQNR_DB:g} dB (dynamic-range layers)"
-        return {"match": sqnr >= RUNTIME_QUANTIZED_MIN_SQNR_DB, "rule": rule, "sqnr_db": sqnr, "max_abs_diff": max_diff}
+        rule = f"SQNR of arm against x86 >= {DYNAMIC_RANGE_MIN_SQNR_DB:g} dB (dynamic-range layers)"
+        return {"match": sqnr >= DYNAMIC_RANGE_MIN_SQNR_DB, "rule": rule, "sqnr_db": sqnr, "max_abs_diff": max_diff}
     limit = FP32_RTOL * max(1.0, float(np.max(np.abs(x86))))
     return {"match": max_diff <= limit, "rule": f"max |arm - x86| <= {limit:.3g}", "max_abs_diff": max_diff}
 
@@ -141,7 +141,7 @@ def profile_model(model: Path, request: ProfileRequest) -> dict:
             caches = core.name in request.device_cores
             run = run_emulated(model, x, core, env, llvm, caches=caches, runs=max(request.arm_runs, 1 + caches))
             cycles[core.name], traffic[core.name] = run.cycles, run.traffic
-            check = compare_outputs(run.output, reference, runtime_quantized_ops(model) > 0)
+            check = compare_outputs(run.output, reference, has_dynamic_range_layers(model))
             result["arm"].append(
                 {
                     "core": core.name,

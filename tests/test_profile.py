@@ -62,8 +62,8 @@ def test_arm_outputs_are_compared_by_what_the_kernels_guarantee():
     assert compare_outputs(codes, codes.copy())["match"] and not compare_outputs(codes, codes + 1)["match"]
     assert compare_outputs(x86 + 1e-5, x86)["match"] and not compare_outputs(x86 + 1e-2, x86)["match"]
     nearby = x86 + 0.03 * rng.normal(size=1000).astype(np.float32)  # 30 dB: activations quantized another way
-    assert compare_outputs(nearby, x86, runtime_quantized=True)["match"]
-    assert not compare_outputs(rng.permutation(x86), x86, runtime_quantized=True)["match"]  # another function
+    assert compare_outputs(nearby, x86, dynamic_range=True)["match"]
+    assert not compare_outputs(rng.permutation(x86), x86, dynamic_range=True)["match"]  # another function
 
 
 def test_profile_bad_input(tmp_path, capsys):
