@@ -10,6 +10,7 @@ with straight-through gradients on the float twin's logits for the calibration c
 - each bias, on its int32 grid;
 - each activation scale (learned step size, Esser et al. 2020), one per group of tensors that must share it; zero
   points, the model's input and its output stay as they are.
+Float ops between a DEQUANTIZE and a QUANTIZE (the converter's L2 norm) are computed in float, as the file does.
 The learned levels, biases and scales are written into the file, each bias re-expressed in its input's new scale.
 The result is kept only if the model's output on the selection crops, which it never trained on, comes closer to
 ONNX Runtime's; a training whose replica has not come closer on them by the last of CHECKS stops there and pays a
@@ -127,6 +128,59 @@ def _depthwise(x_nhwc: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride, d
     return y
 
 
+_BINARY = {
+    "ADD": torch.add,
+    "SUB": torch.sub,
+    "MUL": torch.mul,
+    "DIV": torch.div,
+    "MAXIMUM": torch.maximum,
+    "MINIMUM": torch.minimum,
+}
+_UNARY = {
+    "RELU": torch.relu,
+    "RELU6": lambda x: x.clamp(0, 6),
+    "RELU_0_TO_1": lambda x: x.clamp(0, 1),
+    "RELU_N1_TO_1": lambda x: x.clamp(-1, 1),
+    "HARD_SWISH": lambda x: x * (x + 3).clamp(0, 6) / 6,
+    "SQUARE": torch.square,
+    "SQRT": lambda x: torch.sqrt(x.clamp(min=1e-12)),  # finite gradients at 0 (an L2 norm's zero vector)
+    "RSQRT": lambda x: torch.rsqrt(x.clamp(min=1e-12)),
+}
+_FUSED_FLOAT = {
+    schema.ActivationFunctionType.RELU: torch.relu,
+    schema.ActivationFunctionType.RELU6: lambda x: x.clamp(0, 6),
+    schema.ActivationFunctionType.RELU_N1_TO_1: lambda x: x.clamp(-1, 1),
+}
+
+
+def _source_rows(size: int, out: int, kind: str, align_corners: bool, half_pixel: bool):
+    """TFLite's resize sampling along one axis: (lower index, upper index, weight of the upper) per output row;
+    nearest neighbour takes the lower with weight 0."""
+    scale = (size - 1) / (out - 1) if align_corners and out > 1 else size / out
+    dst = np.arange(out, dtype=np.float64)
+    src = (dst + 0.5) * scale - (0.5 if kind == "RESIZE_BILINEAR" else 0.0) if half_pixel else dst * scale
+    if kind == "RESIZE_NEAREST_NEIGHBOR":
+        index = np.minimum(np.round(src) if align_corners else np.floor(src), size - 1).astype(int)
+        return index, index, np.zeros(out)
+    floor = np.floor(src)
+    lower = np.clip(floor, 0, size - 1).astype(int)
+    upper = np.minimum(np.ceil(src), size - 1).astype(int)
+    return lower, upper, src - floor
+
+
+def _resize(x_nhwc: torch.Tensor, size: tuple[int, int], kind: str, options) -> torch.Tensor:
+    """RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR with the kernels' sampling (align corners, half pixel centres)."""
+    align, half = bool(options.alignCorners), bool(options.halfPixelCenters)
+    for axis, out in ((1, size[0]), (2, size[1])):
+        lower, upper, weight = _source_rows(x_nhwc.shape[axis], out, kind, align, half)
+        shape = [1, 1, 1, 1]
+        shape[axis] = out
+        w = torch.tensor(weight, dtype=x_nhwc.dtype).reshape(shape)
+        low = x_nhwc.index_select(axis, torch.from_numpy(lower))
+        x_nhwc = low + (x_nhwc.index_select(axis, torch.from_numpy(upper)) - low) * w
+    return x_nhwc
+
+
 @dataclass
 class _Layer:
     """A conv, depthwise conv or fully-connected op's trainable constants and where they are written back."""
@@ -149,6 +203,23 @@ class Replica(torch.nn.Module):
     OPS = (
         *BIASED_OPS,
         "ADD",
+        "SUB",
+        "MUL",
+        "DIV",
+        "MAXIMUM",
+        "MINIMUM",
+        "SQUARE",
+        "SQRT",
+        "RSQRT",
+        "SUM",
+        "HARD_SWISH",
+        "RELU6",
+        "RELU_0_TO_1",
+        "RELU_N1_TO_1",
+        "QUANTIZE",
+        "DEQUANTIZE",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
         "PAD",
         "MEAN",
         "RELU",
@@ -237,15 +308,27 @@ class Replica(torch.nn.Module):
         return levels * layer.weight_scale, _round(layer.bias_units / ratio) * step
 
     def _output(self, y: torch.Tensor, op: schema.OperatorT) -> torch.Tensor:
-        """The op's output on its int8 grid, clamped by its fused activation as the int8 kernels do."""
+        """The op's output on its int8 grid, clamped by its fused activation as the int8 kernels do (a float
+        output, between a DEQUANTIZE and a QUANTIZE, only clamped)."""
         activation = getattr(op.builtinOptions, "fusedActivationFunction", 0) if op.builtinOptions else 0
         t = int(op.outputs[0])
+        if t not in self.zero:
+            return _FUSED_FLOAT.get(activation, lambda v: v)(y)
         z, low, high = self.zero[t], -128, 127
         if activation in (RELU, RELU6):
             low = max(low, z)
         if activation == RELU6:
             high = min(high, z + int(torch.round(6.0 / self.scale(t)).item()))
         return self._quantize(y, t, low, high)
+
+    def _operand(self, tensors: dict[int, torch.Tensor], t: int) -> torch.Tensor:
+        """An op's second input: computed, or a constant (dequantized when int8)."""
+        if t in tensors:
+            return tensors[t]
+        values = self._values(t).astype(np.float32)
+        if t in self.zero:
+            values = (values - self.zero[t]) * self.scale0[t]
+        return torch.from_numpy(values)
 
     def _values(self, t: int) -> np.ndarray:
         """A constant input of an op without weights (paddings, axes, permutation, slice bounds)."""
@@ -263,7 +346,7 @@ class Replica(torch.nn.Module):
         given = given or {}
         for index, op in enumerate(graph.operators):
             kind, options = self.kinds[index], op.builtinOptions
-            x = tensors[int(op.inputs[0])]
+            x = self._operand(tensors, int(op.inputs[0]))
             if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
                 w, b = self._constants(index)
                 stride = (options.strideH, options.strideW)
@@ -283,17 +366,22 @@ class Replica(torch.nn.Module):
             elif kind == "FULLY_CONNECTED":
                 w, b = self._constants(index)
                 y = x.reshape(x.shape[0], -1) @ w.reshape(w.shape[0], -1).T + b
-            elif kind == "ADD":
-                y = x + tensors[int(op.inputs[1])]
-            elif kind == "RELU":
-                y = torch.relu(x)
+            elif kind in _BINARY:
+                y = _BINARY[kind](x, self._operand(tensors, int(op.inputs[1])))
+            elif kind in _UNARY:
+                y = _UNARY[kind](x)
+            elif kind in ("QUANTIZE", "DEQUANTIZE"):  # onto the output's grid, or off the int8 grid into float
+                y = x
+            elif kind in ("MEAN", "SUM"):
+                axes = [int(a) for a in self._values(op.inputs[1]).reshape(-1)]
+                reduce = torch.mean if kind == "MEAN" else torch.sum
+                y = reduce(x, dim=axes, keepdim=bool(options.keepDims))
+            elif kind.startswith("RESIZE_"):
+                y = _resize(x, tuple(int(d) for d in graph.tensors[op.outputs[0]].shape[1:3]), kind, options)
             elif kind == "LOGISTIC":  # its output grid is the kernel's (1/256, -128): frozen in activation_groups
                 y = torch.sigmoid(x)
             elif kind == "PAD":
                 y = F.pad(x, [int(v) for pair in self._values(op.inputs[1])[::-1] for v in pair])
-            elif kind == "MEAN":
-                axes = [int(a) for a in self._values(op.inputs[1]).reshape(-1)]
-                y = x.mean(dim=axes, keepdim=bool(options.keepDims))
             elif kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
                 y = self._pool(kind, x, options)
             elif kind == "CONCATENATION":

@@ -114,6 +114,23 @@ def test_replica_computes_sigmoid_heads_as_the_int8_kernels(tmp_path):
 
 
 @pytest.mark.slow
+def test_replica_computes_mobilenet_v3_ops_as_the_int8_kernels(tmp_path):
+    """Hard-swish, squeeze-excitation (MUL, RELU_0_TO_1), both resizes and an L2 norm (float ops between DEQUANTIZE
+    and QUANTIZE, and an int8 SUM): op by op as the interpreter, so the tuning runs on such graphs."""
+    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:mobile_heads"
+    args = ["--model", model, "--input-size", "64", "--quant", "int8", "--int8-io", "int8"]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "vision_models_mobile_heads"
+    int8 = out / "vision_models_mobile_heads_int8.tflite"
+    kinds, differing, total = _op_by_op(int8, heldout_batch(heldout_photos()[:4], 64).astype(np.float32))
+    assert {"HARD_SWISH", "MUL", "RELU_0_TO_1", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SUM"} <= kinds
+    assert differing < 0.005 * total
+    tuning = json.loads((out / "parity.json").read_text())["model"]["int8_tuning"]
+    assert tuning["skipped"] is None and tuning["steps"] >= 20
+
+
+@pytest.mark.slow
 def test_tuning_repairs_a_deliberately_wide_range(shufflenet_variants, tmp_path):
     int8 = shufflenet_variants / "shufflenet_v2_x0_5_int8.tflite"
     twin = shufflenet_variants / "shufflenet_v2_x0_5_fp32.tflite"  # not equalized: fp32 is the int8 graph's twin

@@ -1,6 +1,7 @@
-"""Small non-classifiers for tests of --model file.py:factory (a segmenter, a two-output detector head) and for
-third-party-style ONNX files (a text detector's dense probability map)."""
+"""Small non-classifiers for tests of --model file.py:factory (a segmenter, a two-output detector head,
+MobileNetV3-style heads) and for third-party-style ONNX files (a text detector's dense probability map)."""
 
+import torch
 from torch import nn
 
 
@@ -80,3 +81,31 @@ class Embedder(nn.Module):
 
 def embedder():
     return Embedder()
+
+
+class MobileHeads(nn.Module):
+    """MobileNetV3's ops beside a segmentation and an embedding head: hard-swish, squeeze-excitation (hard sigmoid),
+    a nearest-neighbour upsampled skip, a bilinear upsampled class map [1, 4, H/2, W/2] and a 32-d L2-normalised
+    embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.expand = nn.Sequential(nn.Conv2d(16, 48, 1), nn.Hardswish(), nn.Conv2d(48, 48, 3, 2, 1, groups=48))
+        self.squeeze = nn.Sequential(nn.Conv2d(48, 12, 1), nn.ReLU(), nn.Conv2d(12, 48, 1), nn.Hardsigmoid())
+        self.project = nn.Conv2d(48, 16, 1)
+        self.classes = nn.Conv2d(16, 4, 1)
+        self.embed = nn.Linear(16, 32)
+
+    def forward(self, x):
+        skip = self.stem(x)
+        f = self.expand(skip)
+        f = self.project(f * self.squeeze(f.mean((2, 3), keepdim=True)))
+        f = skip + nn.functional.interpolate(f, scale_factor=2, mode="nearest")
+        classes = nn.functional.interpolate(self.classes(f), scale_factor=2, mode="bilinear", align_corners=False)
+        return classes, nn.functional.normalize(self.embed(f.mean((2, 3))), dim=1)
+
+
+def mobile_heads():
+    torch.manual_seed(0)
+    return MobileHeads().eval()
