@@ -224,6 +224,10 @@ class Replica(torch.nn.Module):
         "MEAN",
         "RELU",
         "LOGISTIC",
+        "TANH",
+        "SOFTMAX",
+        "LEAKY_RELU",
+        "PRELU",
         "MAX_POOL_2D",
         "AVERAGE_POOL_2D",
         "CONCATENATION",
@@ -325,9 +329,14 @@ class Replica(torch.nn.Module):
         """An op's second input: computed, or a constant (dequantized when int8)."""
         if t in tensors:
             return tensors[t]
-        values = self._values(t).astype(np.float32)
-        if t in self.zero:
-            values = (values - self.zero[t]) * self.scale0[t]
+        tensor, values = self.graph.tensors[t], self._values(t).astype(np.float32)
+        q = tensor.quantization
+        if tensor.type != schema.TensorType.FLOAT32 and q is not None and q.scale is not None and len(q.scale):
+            shape = [1] * values.ndim
+            if len(q.scale) > 1:  # per channel, along the quantized dimension
+                shape[q.quantizedDimension] = -1
+            scale, zero = np.reshape(q.scale, shape), np.reshape(q.zeroPoint, shape)
+            values = ((values - zero) * scale).astype(np.float32)
         return torch.from_numpy(values)
 
     def _values(self, t: int) -> np.ndarray:
@@ -380,6 +389,14 @@ class Replica(torch.nn.Module):
                 y = _resize(x, tuple(int(d) for d in graph.tensors[op.outputs[0]].shape[1:3]), kind, options)
             elif kind == "LOGISTIC":  # its output grid is the kernel's (1/256, -128): frozen in activation_groups
                 y = torch.sigmoid(x)
+            elif kind == "TANH":  # the kernel's grid (1/128, 0), frozen as LOGISTIC's
+                y = torch.tanh(x)
+            elif kind == "SOFTMAX":  # the kernel's grid (1/256, -128)
+                y = torch.softmax(x * options.beta, dim=-1)
+            elif kind == "LEAKY_RELU":
+                y = F.leaky_relu(x, options.alpha)
+            elif kind == "PRELU":
+                y = torch.where(x >= 0, x, x * self._operand(tensors, int(op.inputs[1])))
             elif kind == "PAD":
                 y = F.pad(x, [int(v) for pair in self._values(op.inputs[1])[::-1] for v in pair])
             elif kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):

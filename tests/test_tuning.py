@@ -114,17 +114,24 @@ def test_replica_computes_sigmoid_heads_as_the_int8_kernels(tmp_path):
 
 
 @pytest.mark.slow
-def test_replica_computes_mobilenet_v3_ops_as_the_int8_kernels(tmp_path):
-    """Hard-swish, squeeze-excitation (MUL, RELU_0_TO_1), both resizes and an L2 norm (float ops between DEQUANTIZE
-    and QUANTIZE, and an int8 SUM): op by op as the interpreter, so the tuning runs on such graphs."""
-    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:mobile_heads"
+@pytest.mark.parametrize(
+    "factory, ops",
+    [  # MobileNetV3's hard-swish and squeeze-excitation (MUL, RELU_0_TO_1), both resizes and an L2 norm (float ops
+        # between DEQUANTIZE and QUANTIZE, and an int8 SUM); the activations with options or constants, and softmax
+        ("mobile_heads", {"HARD_SWISH", "MUL", "RELU_0_TO_1", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SUM"}),
+        ("activations", {"PRELU", "LEAKY_RELU", "TANH", "SOFTMAX"}),
+    ],
+)
+def test_replica_computes_more_ops_as_the_int8_kernels(tmp_path, factory, ops):
+    """Op by op as the interpreter, so the tuning runs on such graphs."""
+    model = f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:{factory}"
     args = ["--model", model, "--input-size", "64", "--quant", "int8", "--int8-io", "int8"]
     proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "vision_models_mobile_heads"
-    int8 = out / "vision_models_mobile_heads_int8.tflite"
+    out = tmp_path / "out" / f"vision_models_{factory}"
+    int8 = out / f"vision_models_{factory}_int8.tflite"
     kinds, differing, total = _op_by_op(int8, heldout_batch(heldout_photos()[:4], 64).astype(np.float32))
-    assert {"HARD_SWISH", "MUL", "RELU_0_TO_1", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SUM"} <= kinds
+    assert ops <= kinds
     assert differing < 0.005 * total
     tuning = json.loads((out / "parity.json").read_text())["model"]["int8_tuning"]
     assert tuning["skipped"] is None and tuning["steps"] >= 20

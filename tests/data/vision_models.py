@@ -109,3 +109,28 @@ class MobileHeads(nn.Module):
 def mobile_heads():
     torch.manual_seed(0)
     return MobileHeads().eval()
+
+
+class Activations(nn.Module):
+    """A 10-class classifier through PReLU, LeakyReLU and tanh, ending in softmax (probabilities, not logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.PReLU(16),
+            nn.Conv2d(16, 16, 3, 2, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(16, 16, 1),
+            nn.Tanh(),
+        )
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(self.body(x).mean((2, 3))), dim=1)
+
+
+def activations():
+    torch.manual_seed(0)
+    return Activations().eval()
