@@ -146,10 +146,8 @@ _UNARY = {
     "SQRT": lambda x: torch.sqrt(x.clamp(min=1e-12)),  # finite gradients at 0 (an L2 norm's zero vector)
     "RSQRT": lambda x: torch.rsqrt(x.clamp(min=1e-12)),
 }
-_FUSED_FLOAT = {
-    schema.ActivationFunctionType.RELU: torch.relu,
-    schema.ActivationFunctionType.RELU6: lambda x: x.clamp(0, 6),
-    schema.ActivationFunctionType.RELU_N1_TO_1: lambda x: x.clamp(-1, 1),
+_FUSED_FLOAT = {  # a fused activation on a float output
+    getattr(schema.ActivationFunctionType, name): _UNARY[name] for name in ("RELU", "RELU6", "RELU_N1_TO_1")
 }
 
 
@@ -326,7 +324,7 @@ class Replica(torch.nn.Module):
         return self._quantize(y, t, low, high)
 
     def _operand(self, tensors: dict[int, torch.Tensor], t: int) -> torch.Tensor:
-        """An op's second input: computed, or a constant (dequantized when int8)."""
+        """An op's input: computed, or a constant (dequantized, per channel where it is quantized so)."""
         if t in tensors:
             return tensors[t]
         tensor, values = self.graph.tensors[t], self._values(t).astype(np.float32)
