@@ -9,7 +9,13 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")  # ops whose third input is an int32 bias
+# ops with int8 weights and an int32 bias: where their input, weights and bias are among the op's inputs
+BIASED_OPS = {
+    "CONV_2D": (0, 1, 2),
+    "DEPTHWISE_CONV_2D": (0, 1, 2),
+    "FULLY_CONNECTED": (0, 1, 2),
+    "TRANSPOSE_CONV": (2, 1, 3),  # its first input is the output shape
+}
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
@@ -57,11 +63,45 @@ def add_tensor(model: schema.ModelT, like: schema.TensorT, name: str, buffer: sc
     return len(graph.tensors) - 1
 
 
+def biased_operands(model: schema.ModelT, op: schema.OperatorT) -> tuple[int, int, int] | None:
+    """The input, weights and bias tensors of a biased op (BIASED_OPS); None for other ops and one without bias."""
+    positions = BIASED_OPS.get(op_name(model, op))
+    if positions is None or len(op.inputs) <= positions[2] or op.inputs[positions[2]] < 0:
+        return None
+    x, w, b = (int(op.inputs[p]) for p in positions)
+    return x, w, b
+
+
+def add_zero_bias(model: schema.ModelT, op: schema.OperatorT) -> int:
+    """Give a biased op without bias an int32 zero bias on its kernel's grid (input scale x weight scale), so its
+    bias can be trained and written like any other. Returns the new tensor's index."""
+    graph = model.subgraphs[0]
+    x_at, w_at, b_at = BIASED_OPS[op_name(model, op)]
+    x, w = graph.tensors[op.inputs[x_at]], graph.tensors[op.inputs[w_at]]
+    weight_scale = np.asarray(w.quantization.scale, np.float64)
+    channels = int(w.shape[-1] if op_name(model, op) == "DEPTHWISE_CONV_2D" else w.shape[0])
+    tensor = schema.TensorT()
+    tensor.shape, tensor.type = np.array([channels], np.int32), schema.TensorType.INT32
+    tensor.name = f"{w.name.decode()}/bias".encode()
+    tensor.quantization = schema.QuantizationParametersT()
+    scale = np.broadcast_to(float(x.quantization.scale[0]) * weight_scale, (channels,))
+    tensor.quantization.scale = scale.astype(np.float32)
+    tensor.quantization.zeroPoint = np.zeros(channels, np.int64)
+    model.buffers.append(schema.BufferT())
+    model.buffers[-1].data = np.zeros(channels, np.int32).view(np.uint8)
+    tensor.buffer = len(model.buffers) - 1
+    graph.tensors.append(tensor)
+    inputs = [int(t) for t in op.inputs] + [-1] * max(0, b_at + 1 - len(op.inputs))
+    inputs[b_at] = len(graph.tensors) - 1
+    op.inputs = np.array(inputs, np.int32)
+    return inputs[b_at]
+
+
 def add_float_bias(model: schema.ModelT, op: schema.OperatorT) -> int:
     """A new float32 constant holding what the int32 bias of `op` (a conv or fully-connected layer) stands for:
     bias x input scale x per-channel weight scale, as a dynamic-range layer takes it. Returns its index."""
     graph = model.subgraphs[0]
-    x, w, bias = (graph.tensors[int(t)] for t in op.inputs[:3])
+    x, w, bias = (graph.tensors[t] for t in biased_operands(model, op))
     values = np.frombuffer(bytes(bytearray(model.buffers[bias.buffer].data)), np.int32).astype(np.float64)
     scale = float(x.quantization.scale[0]) * np.asarray(w.quantization.scale, np.float64)
     buffer = schema.BufferT()
@@ -210,8 +250,11 @@ def multiply_accumulates(model: schema.ModelT) -> int:
     for op in graph.operators:
         name = op_name(model, op)
         if name in BIASED_OPS:
+            x, w = (graph.tensors[op.inputs[p]].shape for p in BIASED_OPS[name][:2])
+            if name == "TRANSPOSE_CONV":  # every input value meets every weight
+                total += int(np.prod(x[1:-1])) * int(np.prod(w))
+                continue
             out = graph.tensors[op.outputs[0]].shape
-            w = graph.tensors[op.inputs[1]].shape
             per_output = int(np.prod(w[1:])) if name != "DEPTHWISE_CONV_2D" else int(np.prod(w[1:3]))
             total += int(np.prod(out[1:])) * per_output
     return total

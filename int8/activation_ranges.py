@@ -20,6 +20,7 @@ from ai_edge_litert import schema_py_generated as schema
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, quantize, tensor_keeping_interpreter
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
+    biased_operands,
     buffer_uses,
     op_name,
     own_buffer,
@@ -53,9 +54,7 @@ SHARED_QUANTIZATION_OPS = {
 }
 # Ops whose int8 kernels requantize from each input's parameters to the output's, so either side may change.
 RESCALING_OPS = {
-    "CONV_2D",
-    "DEPTHWISE_CONV_2D",
-    "FULLY_CONNECTED",
+    *BIASED_OPS,  # their biases are re-expressed in a new input scale
     "ADD",
     "SUB",
     "MUL",
@@ -180,18 +179,15 @@ def narrow_ranges(int8_path: Path, counts: dict[int, np.ndarray], percentile: fl
     biases = 0
     uses = buffer_uses(graph)
     for op in graph.operators:
-        if (
-            op_name(model, op) not in BIASED_OPS
-            or op.inputs[0] not in old_scale
-            or len(op.inputs) < 3
-            or op.inputs[2] < 0
-        ):
+        operands = biased_operands(model, op)
+        if operands is None or operands[0] not in old_scale:
             continue
-        bias_t = graph.tensors[op.inputs[2]]
+        x, w, b = operands
+        bias_t = graph.tensors[b]
         if bias_t.type != schema.TensorType.INT32:
             continue
-        old_in, new_in = old_scale[op.inputs[0]], float(graph.tensors[op.inputs[0]].quantization.scale[0])
-        weight_scale = np.asarray(graph.tensors[op.inputs[1]].quantization.scale, np.float64)
+        old_in, new_in = old_scale[x], float(graph.tensors[x].quantization.scale[0])
+        weight_scale = np.asarray(graph.tensors[w].quantization.scale, np.float64)
         old = np.frombuffer(np.asarray(model.buffers[bias_t.buffer].data, np.uint8).tobytes(), np.int32)
         new = np.clip(np.round(old.astype(np.float64) * old_in / new_in), -(2**31), 2**31 - 1).astype(np.int32)
         own_buffer(model, bias_t, uses)  # another tensor may share these values

@@ -22,7 +22,12 @@ from mobile_vision_export.export.tflite_inspect import (
     quantize,
     tensor_keeping_interpreter,
 )
-from mobile_vision_export.export.tflite_model import BIASED_OPS, buffer_uses, op_name, read_single_graph, write_model
+from mobile_vision_export.export.tflite_model import (
+    biased_operands,
+    buffer_uses,
+    read_single_graph,
+    write_model,
+)
 from mobile_vision_export.int8.crops import Crops, keep_if_closer
 from mobile_vision_export.validate.metrics import sqnr_db
 from mobile_vision_export.validate.runners import Run, run_tflite
@@ -54,9 +59,10 @@ def _layers(model: schema.ModelT, float_twin: Path, int8_path: Path) -> list[_La
     uses = buffer_uses(graph)
     layers = []
     for index, op in enumerate(graph.operators):
-        if op_name(model, op) not in BIASED_OPS or index not in twins or len(op.inputs) < 3 or op.inputs[2] < 0:
+        operands = biased_operands(model, op)
+        if operands is None or index not in twins:
             continue
-        bias_t, out_t = graph.tensors[op.inputs[2]], graph.tensors[op.outputs[0]]
+        bias_t, out_t = graph.tensors[operands[2]], graph.tensors[op.outputs[0]]
         if bias_t.type != schema.TensorType.INT32 or uses[bias_t.buffer] != 1 or out_t.quantization is None:
             continue
         buffer = model.buffers[bias_t.buffer]

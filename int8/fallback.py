@@ -32,8 +32,8 @@ from mobile_vision_export.export.tflite_model import (
     add_float_bias,
     add_opcode,
     add_tensor,
+    biased_operands,
     compact,
-    op_name,
     read_model,
     unary_op,
     write_model,
@@ -87,7 +87,8 @@ def fall_back(
     float_weights = 0
     for index in chosen:
         op, twin_op = graph.operators[index], twins[index].twin_op
-        hybrid = index in dynamic and op_name(model, op) in BIASED_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0
+        operands = biased_operands(model, op)
+        hybrid = index in dynamic and operands is not None
         new_inputs = []
         for position, t in enumerate(op.inputs):
             t = int(t)
@@ -95,9 +96,9 @@ def fall_back(
             twin_data = twin.buffers[twin_graph.tensors[twin_t].buffer].data if twin_t >= 0 else None
             if t < 0:
                 new_inputs.append(t)
-            elif hybrid and position == 1:  # int8 weights stay
+            elif hybrid and t == operands[1]:  # int8 weights stay
                 new_inputs.append(t)
-            elif hybrid and position == 2:
+            elif hybrid and t == operands[2]:
                 new_inputs.append(add_float_bias(model, op))
             elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
                 source = twin_graph.tensors[twin_t]

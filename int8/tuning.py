@@ -21,6 +21,7 @@ weight levels itself, and the fitted rounding after it does not run.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ from mobile_vision_export.export.reproducible import pinned
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, twin_layers
 from mobile_vision_export.export.tflite_model import (
     BIASED_OPS,
+    add_zero_bias,
+    biased_operands,
     buffer_uses,
     constant_view,
     multiply_accumulates,
@@ -74,6 +77,11 @@ class _RoundSTE(torch.autograd.Function):
 
 def _round(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
+
+
+def _round_away(x: torch.Tensor) -> torch.Tensor:
+    """Halves away from zero, as the kernels' fixed-point arithmetic rounds."""
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -146,9 +154,27 @@ _UNARY = {
     "SQRT": lambda x: torch.sqrt(x.clamp(min=1e-12)),  # finite gradients at 0 (an L2 norm's zero vector)
     "RSQRT": lambda x: torch.rsqrt(x.clamp(min=1e-12)),
 }
+_REQUANTIZING = ("RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1")  # kernels: z_out + requantized (q_in - z_in)
 _FUSED_FLOAT = {  # a fused activation on a float output
     getattr(schema.ActivationFunctionType, name): _UNARY[name] for name in ("RELU", "RELU6", "RELU_N1_TO_1")
 }
+
+
+def _transpose_conv(x_nhwc: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shape, options) -> torch.Tensor:
+    """TFLite's TRANSPOSE_CONV (weights O x H x W x I): the full transposed convolution, cropped to the output
+    shape by the padding the kernel computes (as for the forward conv from the output back to the input); rows
+    beyond the full output (ONNX's output padding) hold the bias alone."""
+    stride = (options.strideH, options.strideW)
+    y = F.conv_transpose2d(x_nhwc.permute(0, 3, 1, 2), w.permute(3, 0, 1, 2), stride=stride)
+    for axis, (size, kernel, step) in enumerate(zip(shape[1:3], w.shape[1:3], stride), start=2):
+        size, kernel = int(size), int(kernel)
+        forward = -(-size // step) if options.padding == schema.Padding.SAME else (size - kernel + step) // step
+        before = max((forward - 1) * step + kernel - size, 0) // 2
+        short = before + size - y.shape[axis]
+        if short > 0:
+            y = F.pad(y, [0, short] if axis == 3 else [0, 0, 0, short])
+        y = y.narrow(axis, before, size)
+    return (y + b.reshape(1, -1, 1, 1)).permute(0, 2, 3, 1)
 
 
 def _source_rows(size: int, out: int, kind: str, align_corners: bool, half_pixel: bool):
@@ -255,11 +281,14 @@ class Replica(torch.nn.Module):
         self.constants: dict[int, np.ndarray] = {}
         for index, op in enumerate(graph.operators):
             if self.kinds[index] in BIASED_OPS:
+                if biased_operands(model, op) is None:  # a zero bias to train
+                    add_zero_bias(model, op)
                 self.layers[index] = self._layer(index, op, float_weights.get(index))
 
     def _layer(self, index: int, op: schema.OperatorT, float_weights: np.ndarray | None) -> _Layer:
         graph = self.graph
-        w_t, b_t = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
+        x_index, w_index, b_index = biased_operands(self.model, op)
+        w_t, b_t = graph.tensors[w_index], graph.tensors[b_index]
         for t in (w_t, b_t):  # the converter shares equal constants (zero biases), which training makes differ
             own_buffer(self.model, t, self.uses)
         weights, bias = constant_view(self.model, w_t), constant_view(self.model, b_t)
@@ -274,7 +303,7 @@ class Replica(torch.nn.Module):
             level = float_weights / scale
             low = np.minimum(np.maximum(np.floor(level), -127), current)
             high = np.maximum(np.minimum(np.ceil(level), 127), current)
-        bias_scale = np.broadcast_to(scale.reshape(-1), bias.shape) * self.scale0[int(op.inputs[0])]
+        bias_scale = np.broadcast_to(scale.reshape(-1), bias.shape) * self.scale0[x_index]
         layer = _Layer(
             weights,
             bias,
@@ -282,7 +311,7 @@ class Replica(torch.nn.Module):
             bias_scale,
             torch.tensor(low, dtype=torch.float32),
             torch.tensor(high, dtype=torch.float32),
-            int(op.inputs[0]),
+            x_index,
             b_t,
             torch.nn.Parameter(torch.tensor(current, dtype=torch.float32)),
             torch.nn.Parameter(torch.tensor(bias.astype(np.float64), dtype=torch.float32)),
@@ -322,6 +351,21 @@ class Replica(torch.nn.Module):
         if activation == RELU6:
             high = min(high, z + int(torch.round(6.0 / self.scale(t)).item()))
         return self._quantize(y, t, low, high)
+
+    def _requantized(self, x: torch.Tensor, t_in: int, t_out: int) -> torch.Tensor:
+        """x moved so that rounding it onto t_out's grid gives the kernel's code. The kernel multiplies the input
+        code by the scale ratio in fixed point, rounding to an integer, then shifts right, rounding again: below a
+        ratio of 1/2 values round up from a quarter of a step (a ReLU whose output shares a concatenation's range)."""
+        if t_in not in self.zero or t_out not in self.zero:
+            return x
+        s_in, s_out = self.scale(t_in), self.scale(t_out)
+        mantissa, exponent = math.frexp(float(s_in / s_out))
+        if exponent >= 0:  # no right shift: one rounding
+            return x
+        with torch.no_grad():
+            code = _round_away(_round_away(torch.round(x / s_in) * mantissa) / 2.0**-exponent)
+            shift = code - torch.round(x / s_out)
+        return x + shift * s_out
 
     def _operand(self, tensors: dict[int, torch.Tensor], t: int) -> torch.Tensor:
         """An op's input: computed, or a constant (dequantized, per channel where it is quantized so)."""
@@ -370,13 +414,19 @@ class Replica(torch.nn.Module):
                     else:  # 1 x H x W x (channels x depth multiplier)
                         w, groups = w.permute(3, 0, 1, 2), x.shape[1]
                     y = F.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups).permute(0, 2, 3, 1)
+            elif kind == "TRANSPOSE_CONV":
+                w, b = self._constants(index)
+                x = self._operand(tensors, int(op.inputs[2]))
+                y = _transpose_conv(x, w, b, graph.tensors[op.outputs[0]].shape, options)
             elif kind == "FULLY_CONNECTED":
                 w, b = self._constants(index)
                 y = x.reshape(x.shape[0], -1) @ w.reshape(w.shape[0], -1).T + b
             elif kind in _BINARY:
                 y = _BINARY[kind](x, self._operand(tensors, int(op.inputs[1])))
             elif kind in _UNARY:
-                y = _UNARY[kind](x)
+                y = _UNARY[kind](
+                    self._requantized(x, int(op.inputs[0]), int(op.outputs[0])) if kind in _REQUANTIZING else x
+                )
             elif kind in ("QUANTIZE", "DEQUANTIZE"):  # onto the output's grid, or off the int8 grid into float
                 y = x
             elif kind in ("MEAN", "SUM"):
@@ -469,10 +519,10 @@ def unsupported(model: schema.ModelT) -> str | None:
     for op in graph.operators:
         name = op_name(model, op)
         if name in BIASED_OPS:
-            if len(op.inputs) < 3 or op.inputs[2] < 0:
-                return f"a {name} without bias"
-            w_t, b_t = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
-            if w_t.type != schema.TensorType.INT8 or b_t.type != schema.TensorType.INT32:
+            operands = biased_operands(model, op)
+            w_t = graph.tensors[op.inputs[BIASED_OPS[name][1]]]
+            b_t = None if operands is None else graph.tensors[operands[2]]
+            if w_t.type != schema.TensorType.INT8 or (b_t is not None and b_t.type != schema.TensorType.INT32):
                 return f"a {name} whose weights are not int8 or whose bias is not int32"
         if name == "STRIDED_SLICE":
             o = op.builtinOptions
@@ -491,10 +541,9 @@ def _float_weights(int8_path: Path, float_twin: Path) -> dict[int, np.ndarray]:
     graph = twin.subgraphs[0]
     out = {}
     for index, layer in twin_layers(float_twin, int8_path, twin).items():
-        op = layer.twin_op
-        if layer.kind not in BIASED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
+        if layer.kind not in BIASED_OPS:
             continue
-        w_t = graph.tensors[op.inputs[1]]
+        w_t = graph.tensors[layer.twin_op.inputs[BIASED_OPS[layer.kind][1]]]
         if w_t.type != schema.TensorType.FLOAT32 or twin.buffers[w_t.buffer].data is None:
             continue
         out[index] = constant_view(twin, w_t).astype(np.float64)

@@ -18,7 +18,7 @@ from mobile_vision_export.export.images import (
 )
 from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
-from mobile_vision_export.export.tflite_model import op_name, read_model, write_model
+from mobile_vision_export.export.tflite_model import biased_operands, op_name, read_model, write_model
 from mobile_vision_export.int8.activation_ranges import (
     SHARED_QUANTIZATION_OPS,
     _percentile_codes,
@@ -32,8 +32,8 @@ from mobile_vision_export.int8.fallback import Cost, Judge, fall_back, reach_tar
 from mobile_vision_export.int8.output import float_output
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
 from mobile_vision_export.validate.metrics import sqnr_db
-from mobile_vision_export.validate.runners import run_onnx, run_tflite
-from tests.conftest import run_cli
+from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_tflite_outputs
+from tests.conftest import ROOT, run_cli
 from tests.data.tiny_model import build_unbalanced
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -118,9 +118,10 @@ def test_bias_correction_removes_a_deliberate_bias_error(shufflenet_variants, tm
     assert repaired > damaged + 3
 
 
-def _widen_range(src, dst, factor: float) -> int:
-    """Rewrite the .tflite with the output range of one conv (read by exactly one depthwise conv) made `factor` times
-    wider, the reader's bias re-expressed to match: the same function, coarser int8 steps. Returns that conv's index."""
+def _widen_range(src, dst, factor: float, reader_kind: str = "DEPTHWISE_CONV_2D") -> int:
+    """Rewrite the .tflite with the output range of one conv (read by exactly one `reader_kind` op) made `factor`
+    times wider, the reader's bias re-expressed to match: the same function, coarser int8 steps. Returns that conv's
+    index."""
     model = read_model(src)
     graph = model.subgraphs[0]
     ops = op_outputs(src)
@@ -131,17 +132,17 @@ def _widen_range(src, dst, factor: float) -> int:
     conv = next(
         i
         for i, (op, tensor, _) in enumerate(ops)
-        if op == "CONV_2D" and len(readers.get(tensor, [])) == 1 and ops[readers[tensor][0]][0] == "DEPTHWISE_CONV_2D"
+        if op == "CONV_2D" and len(readers.get(tensor, [])) == 1 and ops[readers[tensor][0]][0] == reader_kind
     )
     out = graph.tensors[ops[conv][1]].quantization
     old = float(out.scale[0])
     out.scale = np.array([old * factor], np.float32)
     out.zeroPoint = np.array([-128 + round((int(out.zeroPoint[0]) + 128) / factor)], np.int64)
-    reader = graph.operators[readers[ops[conv][1]][0]]
-    bias_t = graph.tensors[reader.inputs[2]]
+    _, weights, bias_index = biased_operands(model, graph.operators[readers[ops[conv][1]][0]])
+    bias_t = graph.tensors[bias_index]
     bias = np.frombuffer(bytes(bytearray(model.buffers[bias_t.buffer].data)), np.int32)
     model.buffers[bias_t.buffer].data = np.round(bias / factor).astype(np.int32).view(np.uint8)
-    weight_scale = np.asarray(graph.tensors[reader.inputs[1]].quantization.scale, np.float64)
+    weight_scale = np.asarray(graph.tensors[weights].quantization.scale, np.float64)
     bias_t.quantization.scale = (float(out.scale[0]) * weight_scale).astype(np.float32)
     write_model(model, dst)
     return conv
@@ -392,3 +393,31 @@ def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
     assert inside.mean() > 0.99 and np.abs(floating - quantized)[inside].max() < 2 * step  # the same function
     assert np.abs(floating - quantized).max() > 0.1 * step  # without the output rounding (and clipping)
     assert sqnr_db(reference, floating) > sqnr_db(reference, quantized)
+
+
+@pytest.mark.slow
+def test_narrowed_ranges_re_express_the_biases_of_transposed_convs(tmp_path):
+    """A TRANSPOSE_CONV keeps its bias at input 3: when its input's range narrows, that bias is re-expressed in the
+    new input scale as a conv's is, so the narrowed file computes what the file did before the range was widened."""
+    args = ["--model", f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:decoder", "--input-size", "64"]
+    args += ["--quant", "int8", "--int8-io", "int8", "--no-tuning", "--no-percentile-ranges"]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    int8 = tmp_path / "out" / "vision_models_decoder" / "vision_models_decoder_int8.tflite"
+    wide, narrowed = tmp_path / "wide_int8.tflite", tmp_path / "narrowed_int8.tflite"
+    _widen_range(int8, wide, factor=64.0, reader_kind="TRANSPOSE_CONV")
+    calib = calibration_batch(calibration_photos(), 64, 16).astype(np.float32)
+    change = narrow_ranges(wide, code_counts(wide, calib), 99.999, narrowed)
+    assert change.biases > 0
+    model = read_model(narrowed)
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        if op_name(model, op) == "TRANSPOSE_CONV":
+            x, w, b = (graph.tensors[t].quantization for t in biased_operands(model, op))
+            assert np.allclose(b.scale, x.scale[0] * np.asarray(w.scale), rtol=1e-5)
+    heldout = heldout_batch(heldout_photos()[:8], 64).astype(np.float32)
+    reference = run_tflite_outputs(int8, heldout)
+    damaged, repaired = run_tflite_outputs(wide, heldout), run_tflite_outputs(narrowed, heldout)
+    gains = {name: sqnr_db(v, repaired[name]) - sqnr_db(v, damaged[name]) for name, v in reference.items()}
+    (classes,) = [name for name, v in reference.items() if v.shape[-1] == 4]  # the other: 2 saturated sigmoids
+    assert gains[classes] > 3 and min(gains.values()) > 0

@@ -1,11 +1,14 @@
 """The int8 tuning: its torch replica computes as the int8 kernels do, and training repairs a deliberate error."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ai_edge_litert.schema_py_generated import Padding
 
 from mobile_vision_export.export.images import (
     calibration_batch,
@@ -19,7 +22,7 @@ from mobile_vision_export.export.tflite_inspect import (
     quantize,
     tensor_keeping_interpreter,
 )
-from mobile_vision_export.export.tflite_model import op_name, read_model, read_single_graph
+from mobile_vision_export.export.tflite_model import op_name, read_model, read_single_graph, write_model
 from mobile_vision_export.int8.crops import Crops
 from mobile_vision_export.int8.tuning import CHECKS, MIN_EARLY_GAIN_DB, Replica, _depthwise, _FakeQuant, train
 from mobile_vision_export.validate.metrics import sqnr_db
@@ -120,6 +123,7 @@ def test_replica_computes_sigmoid_heads_as_the_int8_kernels(tmp_path):
         # between DEQUANTIZE and QUANTIZE, and an int8 SUM); the activations with options or constants, and softmax
         ("mobile_heads", {"HARD_SWISH", "MUL", "RELU_0_TO_1", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SUM"}),
         ("activations", {"PRELU", "LEAKY_RELU", "TANH", "SOFTMAX"}),
+        ("decoder", {"TRANSPOSE_CONV", "STRIDED_SLICE", "CONCATENATION"}),  # U-Net-style, two outputs
     ],
 )
 def test_replica_computes_more_ops_as_the_int8_kernels(tmp_path, factory, ops):
@@ -135,6 +139,49 @@ def test_replica_computes_more_ops_as_the_int8_kernels(tmp_path, factory, ops):
     assert differing < 0.005 * total
     tuning = json.loads((out / "parity.json").read_text())["model"]["int8_tuning"]
     assert tuning["skipped"] is None and tuning["steps"] >= 20
+
+
+_KERAS_TRANSPOSED = """
+import sys
+import numpy as np, tensorflow as tf
+inp = tf.keras.Input((9, 9, 3), batch_size=1)
+x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+x = tf.keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", activation="relu")(x)
+x = tf.keras.layers.Conv2DTranspose(5, 4, strides=2, padding="same")(x)
+y = tf.keras.layers.Conv2DTranspose(4, 3, strides=2, padding="valid")(x)
+rng = np.random.default_rng(0)
+converter = tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, y))
+converter.optimizations = [tf.lite.Optimize.DEFAULT]
+converter.representative_dataset = lambda: ([rng.normal(size=(1, 9, 9, 3)).astype(np.float32)] for _ in range(20))
+converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+converter.inference_input_type = converter.inference_output_type = tf.int8
+open(sys.argv[1], "wb").write(converter.convert())
+"""
+
+
+@pytest.mark.slow
+def test_replica_computes_transposed_convs_without_bias_as_the_int8_kernels(tmp_path):
+    """TFLite's SAME and VALID transposed convolutions (3x3 and 4x4, stride 2), as TensorFlow's converter writes
+    them: without a bias input (the zero biases dropped). The replica gives each a zero bias to train; the file it
+    writes runs in the interpreter and computes as the replica does."""
+    int8 = tmp_path / "transposed.tflite"
+    subprocess.run([sys.executable, "-c", _KERAS_TRANSPOSED, str(int8)], check=True, capture_output=True)
+    model = read_single_graph(int8)
+    ops = model.subgraphs[0].operators
+    paddings = {op.builtinOptions.padding for op in ops if op_name(model, op) == "TRANSPOSE_CONV"}
+    assert paddings == {Padding.SAME, Padding.VALID}
+    images = np.random.default_rng(1).normal(size=(4, 9, 9, 3)).astype(np.float32)
+    kinds, differing, total = _op_by_op(int8, images)
+    assert "TRANSPOSE_CONV" in kinds and differing < 0.005 * total
+    replica = Replica(model, {})
+    with torch.no_grad():
+        for layer in replica.layers.values():
+            layer.bias_units += 3.0  # trained biases, in units of their int32 step
+        ours = replica(torch.from_numpy(images))[0].numpy()
+    replica.write_back()
+    written = tmp_path / "with_biases.tflite"
+    write_model(model, written)
+    assert sqnr_db(run_tflite(written, images), ours.reshape(len(images), -1)) > 40
 
 
 @pytest.mark.slow

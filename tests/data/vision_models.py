@@ -134,3 +134,29 @@ class Activations(nn.Module):
 def activations():
     torch.manual_seed(0)
     return Activations().eval()
+
+
+class Decoder(nn.Module):
+    """A U-Net-style segmenter: transposed convolutions (3x3 with output padding, and 2x2) up to full resolution
+    over a skip, one bias-free conv, and one conv split into a 4-class map and 2 sigmoid channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.down2 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.up1 = nn.ConvTranspose2d(32, 16, 3, 2, padding=1, output_padding=1)
+        self.fuse = nn.Conv2d(32, 16, 3, 1, 1, bias=False)
+        self.up2 = nn.ConvTranspose2d(16, 8, 2, 2)
+        self.heads = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        skip = self.down1(x)
+        f = torch.relu(self.up1(self.down2(skip)))
+        f = torch.relu(self.up2(torch.relu(self.fuse(torch.cat([skip, f], 1)))))
+        classes, boxes = torch.split(self.heads(f), [4, 2], dim=1)
+        return classes, torch.sigmoid(boxes)
+
+
+def decoder():
+    torch.manual_seed(0)
+    return Decoder().eval()
