@@ -354,8 +354,9 @@ class Replica(torch.nn.Module):
 
     def _requantized(self, x: torch.Tensor, t_in: int, t_out: int) -> torch.Tensor:
         """x moved so that rounding it onto t_out's grid gives the kernel's code. The kernel multiplies the input
-        code by the scale ratio in fixed point, rounding to an integer, then shifts right, rounding again: below a
-        ratio of 1/2 values round up from a quarter of a step (a ReLU whose output shares a concatenation's range)."""
+        code by the scale ratio's mantissa in fixed point, rounding to an integer, then shifts right, rounding
+        again; below a ratio of 1/2 that second rounding moves codes (a ReLU whose output shares a concatenation's
+        range, ratio 0.3: a tenth of its codes)."""
         if t_in not in self.zero or t_out not in self.zero:
             return x
         s_in, s_out = self.scale(t_in), self.scale(t_out)
