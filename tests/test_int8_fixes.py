@@ -17,8 +17,14 @@ from mobile_vision_export.export.images import (
     normalize,
 )
 from mobile_vision_export.export.onnx_graph import export_onnx
-from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_outputs, paired_layers
-from mobile_vision_export.export.tflite_model import biased_operands, op_name, read_model, write_model
+from mobile_vision_export.export.tflite_inspect import inspect_tflite, op_outputs, paired_layers, twin_layers
+from mobile_vision_export.export.tflite_model import (
+    biased_operands,
+    constant_view,
+    op_name,
+    read_model,
+    write_model,
+)
 from mobile_vision_export.int8.activation_ranges import (
     SHARED_QUANTIZATION_OPS,
     _percentile_codes,
@@ -326,6 +332,25 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
     heldout = heldout_batch(heldout_photos()[:16], 224)
     reference = run_tflite(twin, heldout)
     assert sqnr_db(reference, run_tflite(dst, heldout)) > sqnr_db(reference, run_tflite(int8, heldout)) - 1
+
+    # the same layer with the float twin's bias instead of the one its int32 bias stands for
+    file_bias = constant_view(model, b)
+    twin_biased = tmp_path / "dynamic_float_bias_int8.tflite"
+    fall_back(int8, twin, {target}, twin_biased, dynamic={target}, float_biases={target})
+    floats = read_model(twin)
+    twin_op = next(layer.twin_op for i, layer in twin_layers(twin, int8, floats).items() if i == target)
+    expected = constant_view(floats, floats.subgraphs[0].tensors[twin_op.inputs[2]])
+    model = read_model(twin_biased)
+    (op,) = [
+        op
+        for op in model.subgraphs[0].operators
+        if op_name(model, op) == "CONV_2D"
+        and op.inputs[2] != -1
+        and model.subgraphs[0].tensors[op.inputs[0]].type == schema.TensorType.FLOAT32
+    ]
+    got = constant_view(model, model.subgraphs[0].tensors[op.inputs[2]])
+    assert np.array_equal(got, expected) and not np.array_equal(file_bias, expected)
+    assert sqnr_db(reference, run_tflite(twin_biased, heldout)) > sqnr_db(reference, run_tflite(int8, heldout)) - 1
 
 
 @pytest.mark.slow
