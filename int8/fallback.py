@@ -49,7 +49,7 @@ JUDGE_PHOTOS = 400  # unread calibration photos the steps are judged on, at most
 
 # Tried in this order for each layer. The second keeps the int8 weights but takes the float twin's biases: the
 # file's biases were shifted against the int8 activations' error (bias correction), which dynamic-range layers no
-# longer have (PP-OCRv4's detector, whole network: 10.5 dB with the file's, 19.7 dB with the twin's), unless the
+# longer have (PP-OCRv4's detector, whole network: 10.1 dB with the file's, 15.1 dB with the twin's), unless the
 # tuning trained them with their weight levels (mobilenet_v2, last 16 layers: 23.4 dB with the file's, 21.5 with
 # the twin's).
 FORMS = ("dynamic-range", "dynamic-range, float biases", "float")
