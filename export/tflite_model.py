@@ -75,11 +75,11 @@ def biased_operands(model: schema.ModelT, op: schema.OperatorT) -> tuple[int, in
 def add_zero_bias(model: schema.ModelT, op: schema.OperatorT) -> int:
     """Give a biased op without bias an int32 zero bias on its kernel's grid (input scale x weight scale), so its
     bias can be trained and written like any other. Returns the new tensor's index."""
-    graph = model.subgraphs[0]
-    x_at, w_at, b_at = BIASED_OPS[op_name(model, op)]
+    graph, name = model.subgraphs[0], op_name(model, op)
+    x_at, w_at, b_at = BIASED_OPS[name]
     x, w = graph.tensors[op.inputs[x_at]], graph.tensors[op.inputs[w_at]]
     weight_scale = np.asarray(w.quantization.scale, np.float64)
-    channels = int(w.shape[-1] if op_name(model, op) == "DEPTHWISE_CONV_2D" else w.shape[0])
+    channels = int(w.shape[-1] if name == "DEPTHWISE_CONV_2D" else w.shape[0])
     tensor = schema.TensorT()
     tensor.shape, tensor.type = np.array([channels], np.int32), schema.TensorType.INT32
     tensor.name = f"{w.name.decode()}/bias".encode()

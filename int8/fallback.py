@@ -110,7 +110,7 @@ def fall_back(
             elif hybrid and t == operands[1]:  # int8 weights stay
                 new_inputs.append(t)
             elif hybrid and t == operands[2] and not (index in float_biases and twin_data is not None):
-                new_inputs.append(add_float_bias(model, op))
+                new_inputs.append(add_float_bias(model, op))  # in `float_biases`: the twin's, as any constant below
             elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()
