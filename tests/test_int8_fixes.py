@@ -37,7 +37,7 @@ from mobile_vision_export.int8.equalize import channel_stats, equalize_onnx
 from mobile_vision_export.int8.fallback import FORMS, Cost, Judge, fall_back, reach_targets
 from mobile_vision_export.int8.output import float_output
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS
-from mobile_vision_export.validate.metrics import sqnr_db
+from mobile_vision_export.validate.metrics import expected_agreement, sqnr_db
 from mobile_vision_export.validate.runners import run_onnx, run_tflite, run_tflite_outputs
 from tests.conftest import ROOT, run_cli
 from tests.data.tiny_model import build_unbalanced
@@ -397,6 +397,16 @@ def test_the_fallback_judges_the_file_as_it_will_ship(shufflenet_variants, tmp_p
     assert abs(result.steps[0].sqnr_db - shipped) < 1e-3 and result.steps[0].cost.bytes == floated.stat().st_size
     assert int8.read_bytes() == before  # the float outputs are the later step's to write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["floated.tflite", "int8.tflite"]
+
+    # a top-1 target is judged by the expected agreement, aimed one of its standard errors higher
+    logits = run_tflite(floated, images)
+    expected, error = expected_agreement(reference, logits)
+    result = reach_targets(int8, twin, crops, judge, None, expected - error, cost, True, float_output)
+    assert result.top1_aim == pytest.approx(expected) and 0 < error < 0.1
+    assert result.reached and not result.applied
+    (step,) = result.steps
+    assert step.expected_top1 == pytest.approx(expected)
+    assert step.top1_agreement == pytest.approx(np.mean(logits.argmax(1) == reference.argmax(1)))
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mobile_vision_export.validate.metrics import compare, sqnr_db
+from mobile_vision_export.validate.metrics import compare, expected_agreement, sqnr_db
 from mobile_vision_export.validate.thresholds import DEFAULTS, failures, thresholds_for
 
 
@@ -26,6 +26,35 @@ def test_top1_and_top5():
     assert m.top1_agreement == 0.5 and m.top5_overlap == 1.0
     swapped = np.array([[0.0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]])
     assert compare(ref, swapped).top5_overlap == pytest.approx((4 / 5 + 1) / 2)
+
+
+def test_expected_agreement_is_closer_to_the_true_rate_than_a_count():
+    """Logits with noise of a known size: the agreement it causes on average (over many draws of the noise) is the
+    truth. Over ten photo sets with one draw each, counting flips misses it by about the binomial error; the expected
+    agreement, which meets every photo's margins with every photo's error, by half as much, with no bias; and its
+    standard error is about how far its value moves between photo sets."""
+    rng = np.random.default_rng(0)
+    misses: dict[str, list[float]] = {"counted": [], "expected": []}
+    values, errors = [], []
+    for _ in range(10):
+        ref = rng.normal(scale=2.0, size=(300, 20))
+        noise = lambda: rng.normal(scale=0.4, size=ref.shape)  # noqa: E731
+        truth = np.mean([np.mean((ref + noise()).argmax(1) == ref.argmax(1)) for _ in range(200)])
+        cand = ref + noise()
+        expected, error = expected_agreement(ref, cand)
+        misses["counted"].append(np.mean(cand.argmax(1) == ref.argmax(1)) - truth)
+        misses["expected"].append(expected - truth)
+        values.append(expected)
+        errors.append(error)
+    rms = {name: float(np.sqrt(np.mean(np.square(miss)))) for name, miss in misses.items()}
+    assert rms["expected"] < 0.6 * rms["counted"] and abs(np.mean(misses["expected"])) < 0.005, rms
+    assert 0.5 < np.std(values) / np.mean(errors) < 2.0
+
+
+def test_expected_agreement_of_identical_outputs_and_of_one_class():
+    ref = np.random.default_rng(1).normal(size=(16, 10))
+    assert expected_agreement(ref, ref.copy()) == (1.0, 0.0)
+    assert expected_agreement(ref[:, :1], ref[:, :1] + 1) == (1.0, 0.0)  # a single score has nothing to swap with
 
 
 def test_outputs_that_are_not_class_scores_have_no_top1_and_cannot_fail_on_it():

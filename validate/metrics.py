@@ -29,6 +29,35 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
+RIVALS = 5  # classes after the float top one whose margins `expected_agreement` weighs
+
+
+def expected_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """Top-1 agreement expected on photos like these, and its standard error. A count of agreeing photos is decided
+    by the few whose top classes nearly tie, so it moves by whole photos between files of nearly the same error
+    (mobilenet_v2 int8, 348 photos: 91.7-96.8 % at 22.3-22.8 dB). Here each photo's float margins over its next
+    RIVALS classes meet every photo's error on its own margins, scaled to the photo's own error level: the share
+    of those N x N pairings in which the top class stays on top. Its pairing with its own error is the count."""
+    n = len(reference)
+    ref = reference.reshape(n, -1).astype(np.float64)
+    error = candidate.reshape(n, -1) - ref
+    k = min(RIVALS, ref.shape[1] - 1)
+    if k < 1:
+        return 1.0, 0.0
+    order = np.argsort(-ref, axis=1, kind="stable")
+    top, rivals = order[:, :1], order[:, 1 : k + 1]
+    margins = np.take_along_axis(ref, top, 1) - np.take_along_axis(ref, rivals, 1)
+    shifts = np.take_along_axis(error, rivals, 1) - np.take_along_axis(error, top, 1)
+    level = error.std(axis=1)
+    unit = shifts / np.where(level > 0, level, 1.0)[:, None]
+    stays = np.ones((n, n), bool)  # photo i's margins under photo j's error
+    for r in range(k):
+        stays &= margins[:, r, None] >= level[:, None] * unit[None, :, r]
+    # a mean over pairs of photos: its error to first order is that of the mean of each photo's row plus column
+    spread = stays.mean(axis=1) + stays.mean(axis=0)
+    return float(stays.mean()), float(spread.std() / np.sqrt(n))
+
+
 EMPTY = 1e-6  # a photo's output whose norm is below this share of the largest photo's is empty (see _cosines)
 
 
