@@ -144,6 +144,7 @@ _NUMPY_TYPES = {
     schema.TensorType.INT32: np.int32,
     schema.TensorType.INT64: np.int64,
     schema.TensorType.FLOAT32: np.float32,
+    schema.TensorType.FLOAT16: np.float16,
 }
 
 

@@ -3,11 +3,12 @@
 The chosen ops compute on float activations. In dynamic-range form a conv, depthwise conv or fully-connected layer
 keeps its int8 weights and its int32 bias becomes the float bias it stood for; the kernel quantizes its float input
 at run time, per image, as in the converter's dynamic-range variant. In float form every chosen op runs in float32
-with the float twin's weights. Ops without weights (ADD, PAD, MEAN, ...) run in float32 either way. Int8 inputs of
-the chosen ops pass through a DEQUANTIZE, and each output that a remaining int8 op (or the model output) reads
-passes through a QUANTIZE to that tensor's exact scale and zero point; between two chosen ops the tensor stays
-float. Every other op, tensor and quantization parameter is left as it was, so the model keeps its int8 input and
-output.
+with the float twin's weights, stored as float16 behind a DEQUANTIZE as in the converter's float16 variant (half the
+bytes of float32; the same emulated A76 instructions). Ops without weights (ADD, PAD, MEAN, ...) run in float32
+either way. Int8 inputs of the chosen ops pass through a DEQUANTIZE, and each output that a remaining int8 op (or
+the model output) reads passes through a QUANTIZE to that tensor's exact scale and zero point; between two chosen
+ops the tensor stays float. Every other op, tensor and quantization parameter is left as it was, so the model keeps
+its int8 input and output.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Judge:
 @dataclass(frozen=True)
 class FallbackRewrite:
     ops: list[int]  # int8 op indices now on float activations
-    float_weights: int  # constant values now stored as float32
+    float16_weights: int  # weight values now stored as float16 (the float twin's, float32 once loaded)
 
 
 def fall_back(
@@ -95,7 +96,7 @@ def fall_back(
     float_of: dict[int, int] = {}  # int8 activation tensor -> its float stand-in
     before: dict[int, list] = {i: [] for i in chosen}
     after: dict[int, list] = {i: [] for i in chosen}
-    float_weights = 0
+    float16_weights = 0
     for index in chosen:
         op, twin_op = graph.operators[index], twins[index].twin_op
         operands = biased_operands(model, op)
@@ -115,8 +116,17 @@ def fall_back(
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()
                 buffer.data = np.array(twin_data, np.uint8)
-                new_inputs.append(add_tensor(model, source, f"{source.name.decode()}/float", buffer))
-                float_weights += int(np.prod(source.shape)) if source.type == schema.TensorType.FLOAT32 else 0
+                halved = operands is not None and t == operands[1] and source.type == schema.TensorType.FLOAT32
+                if halved:  # weights: float16 in the file, float32 once loaded
+                    buffer.data = np.frombuffer(buffer.data.tobytes(), np.float32).astype(np.float16).view(np.uint8)
+                constant = add_tensor(model, source, f"{source.name.decode()}/float", buffer)
+                if halved:
+                    graph.tensors[constant].type = schema.TensorType.FLOAT16
+                    weights = add_tensor(model, source, f"{source.name.decode()}/float32")
+                    before[index].append(unary_op(model, schema.BuiltinOperator.DEQUANTIZE, constant, weights))
+                    constant = weights
+                    float16_weights += int(np.prod(source.shape))
+                new_inputs.append(constant)
             else:
                 if t not in float_of:  # made by an op left in int8 (a chosen producer came first and made it)
                     float_of[t] = add_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
@@ -142,7 +152,7 @@ def fall_back(
     ]
     compact(model)
     write_model(model, dst)
-    return FallbackRewrite(ops=chosen, float_weights=float_weights)
+    return FallbackRewrite(ops=chosen, float16_weights=float16_weights)
 
 
 @dataclass(frozen=True)
