@@ -116,17 +116,11 @@ def fall_back(
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()
                 buffer.data = np.array(twin_data, np.uint8)
-                halved = operands is not None and t == operands[1] and source.type == schema.TensorType.FLOAT32
-                if halved:  # weights: float16 in the file, float32 once loaded
-                    buffer.data = np.frombuffer(buffer.data.tobytes(), np.float32).astype(np.float16).view(np.uint8)
-                constant = add_tensor(model, source, f"{source.name.decode()}/float", buffer)
-                if halved:
-                    graph.tensors[constant].type = schema.TensorType.FLOAT16
-                    weights = add_tensor(model, source, f"{source.name.decode()}/float32")
-                    before[index].append(unary_op(model, schema.BuiltinOperator.DEQUANTIZE, constant, weights))
-                    constant = weights
+                if operands is not None and t == operands[1] and source.type == schema.TensorType.FLOAT32:
+                    new_inputs.append(_float16_weights(model, source, buffer, before[index]))
                     float16_weights += int(np.prod(source.shape))
-                new_inputs.append(constant)
+                else:
+                    new_inputs.append(add_tensor(model, source, f"{source.name.decode()}/float", buffer))
             else:
                 if t not in float_of:  # made by an op left in int8 (a chosen producer came first and made it)
                     float_of[t] = add_tensor(model, graph.tensors[t], f"{graph.tensors[t].name.decode()}/float")
@@ -153,6 +147,18 @@ def fall_back(
     compact(model)
     write_model(model, dst)
     return FallbackRewrite(ops=chosen, float16_weights=float16_weights)
+
+
+def _float16_weights(model: schema.ModelT, source: schema.TensorT, buffer: schema.BufferT, before: list) -> int:
+    """`source`'s float32 values (in `buffer`) stored as float16 and unpacked by a DEQUANTIZE appended to `before`,
+    as the converter's float16 variant stores weights; returns the float32 tensor the op reads."""
+    name = source.name.decode()
+    buffer.data = np.frombuffer(buffer.data.tobytes(), np.float32).astype(np.float16).view(np.uint8)
+    half = add_tensor(model, source, f"{name}/float16", buffer)
+    model.subgraphs[0].tensors[half].type = schema.TensorType.FLOAT16
+    unpacked = add_tensor(model, source, f"{name}/float")
+    before.append(unary_op(model, schema.BuiltinOperator.DEQUANTIZE, half, unpacked))
+    return unpacked
 
 
 @dataclass(frozen=True)
