@@ -3,12 +3,12 @@
 The chosen ops compute on float activations. In dynamic-range form a conv, depthwise conv or fully-connected layer
 keeps its int8 weights and its int32 bias becomes the float bias it stood for; the kernel quantizes its float input
 at run time, per image, as in the converter's dynamic-range variant. In float form every chosen op runs in float32
-with the float twin's weights, stored as float16 behind a DEQUANTIZE as in the converter's float16 variant (half the
-bytes of float32; the same emulated A76 instructions). Ops without weights (ADD, PAD, MEAN, ...) run in float32
-either way. Int8 inputs of the chosen ops pass through a DEQUANTIZE, and each output that a remaining int8 op (or
-the model output) reads passes through a QUANTIZE to that tensor's exact scale and zero point; between two chosen
-ops the tensor stays float. Every other op, tensor and quantization parameter is left as it was, so the model keeps
-its int8 input and output.
+with the float twin's weights and biases, stored as float16 behind a DEQUANTIZE as in the converter's float16
+variant (half the bytes of float32; the same emulated A76 instructions). Ops without weights (ADD, PAD, MEAN, ...)
+run in float32 either way. Int8 inputs of the chosen ops pass through a DEQUANTIZE, and each output that a remaining
+int8 op (or the model output) reads passes through a QUANTIZE to that tensor's exact scale and zero point; between
+two chosen ops the tensor stays float. Every other op, tensor and quantization parameter is left as it was, so the
+model keeps its int8 input and output.
 """
 
 from __future__ import annotations
@@ -116,9 +116,14 @@ def fall_back(
                 source = twin_graph.tensors[twin_t]
                 buffer = schema.BufferT()
                 buffer.data = np.array(twin_data, np.uint8)
-                if operands is not None and t == operands[1] and source.type == schema.TensorType.FLOAT32:
+                if (
+                    not hybrid
+                    and operands is not None
+                    and t in operands[1:]
+                    and source.type == schema.TensorType.FLOAT32
+                ):
                     new_inputs.append(_float16_weights(model, source, buffer, before[index]))
-                    float16_weights += int(np.prod(source.shape))
+                    float16_weights += int(np.prod(source.shape)) if t == operands[1] else 0
                 else:
                     new_inputs.append(add_tensor(model, source, f"{source.name.decode()}/float", buffer))
             else:
@@ -151,7 +156,9 @@ def fall_back(
 
 def _float16_weights(model: schema.ModelT, source: schema.TensorT, buffer: schema.BufferT, before: list) -> int:
     """`source`'s float32 values (in `buffer`) stored as float16 and unpacked by a DEQUANTIZE appended to `before`,
-    as the converter's float16 variant stores weights; returns the float32 tensor the op reads."""
+    as the converter's float16 variant stores weights and biases; returns the float32 tensor the op reads. Weights
+    and bias go together: XNNPACK refuses (TensorFlow 2.19) or slows down (LiteRT 2.1) a float16-weight depthwise
+    conv whose bias is float32."""
     name = source.name.decode()
     buffer.data = np.frombuffer(buffer.data.tobytes(), np.float32).astype(np.float16).view(np.uint8)
     half = add_tensor(model, source, f"{name}/float16", buffer)
@@ -263,11 +270,11 @@ class Fallback:
         return lines + [
             "",
             f"Kept: {len(self.dynamic_ops)} ops in dynamic-range int8 ({len(self.float_bias_ops)} with the float "
-            f"twin's biases), {len(self.float_ops)} in float32 (weights stored as float16). Cost: "
+            f"twin's biases), {len(self.float_ops)} in float32 (weights and biases stored as float16). Cost: "
             f"{before.bytes:,} -> {after.bytes:,} bytes (x{after.bytes / before.bytes:.3f}), host latency "
             f"{before.host_ms:.2f} -> {after.host_ms:.2f} ms (x{after.host_ms / before.host_ms:.3f}). On an x86 host "
-            "LiteRT runs dynamic-range conv layers on its built-in kernels and, in these files, float16 weights "
-            "slower than float32 ones; a phone's cost is better read from `mve-profile` on an emulated ARM core.",
+            "LiteRT runs dynamic-range conv layers on its built-in kernels; a phone's cost is better read from "
+            "`mve-profile` on an emulated ARM core.",
         ]
 
 
