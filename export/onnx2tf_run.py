@@ -31,7 +31,8 @@ TURNED_AWAY = "turned away by export.onnx2tf_run: not a requested variant"
 def _unwanted_turned_away(fp16: bool, dynamic: bool):
     """While inside, TFLite conversions with a representative dataset (and dynamic-range ones unless `dynamic`)
     raise RuntimeError, which onnx2tf catches, logs and moves past; float16 ones, unless `fp16`, return no bytes
-    (onnx2tf does not catch there)."""
+    (onnx2tf does not catch there). The dynamic-range one keeps fully-connected weights per tensor: the Task
+    Library's TFLite has no per-channel dynamic-range fully-connected kernel (op version 12) and refuses the file."""
     import tensorflow as tf
     from tensorflow.lite.python import lite
 
@@ -45,6 +46,8 @@ def _unwanted_turned_away(fp16: bool, dynamic: bool):
                 return b""
             if self.representative_dataset is not None or (self.optimizations and not float16 and not dynamic):
                 raise RuntimeError(TURNED_AWAY)
+            if self.optimizations and not float16:  # dynamic range
+                self._experimental_disable_per_channel_quantization_for_dense_layers = True
             return convert(self, *args, **kwargs)
 
         return guarded

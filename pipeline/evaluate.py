@@ -19,7 +19,7 @@ from mobile_vision_export.export.provenance import tool_versions
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
 from mobile_vision_export.models.weights import sha256_file
 from mobile_vision_export.pipeline.cli import Parser, add_common_flags, prog_name, run_command
-from mobile_vision_export.validate.clients import CLIENTS, answers
+from mobile_vision_export.validate.clients import CLIENTS, answers, client_version
 from mobile_vision_export.validate.labelled import accuracy, content_hashes, read_labelled
 from mobile_vision_export.validate.runners import run_tflite
 
@@ -87,6 +87,7 @@ def _main(argv: list[str] | None) -> int:
             top1 = answers(args.client, "classify", args.model, pixel_codes(crops))
             client = {
                 "client": args.client,
+                "version": client_version(args.client),
                 "top1_agreement_with_our_runtime": float(np.mean(top1 == ours.argmax(1))),
             }
     except UserError as exc:

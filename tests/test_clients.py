@@ -1,6 +1,6 @@
-"""The files in the clients apps load them with: MediaPipe Tasks' ImageClassifier, ImageSegmenter, ImageEmbedder and
-ObjectDetector, run in their own venv (scripts/setup_clients.sh), on every variant over the held-out photos,
-pre-cropped as the contract says."""
+"""The files in the clients apps load them with: MediaPipe Tasks' and the Task Library's ImageClassifier,
+ImageSegmenter, ImageEmbedder and ObjectDetector, each run in its own venv (scripts/setup_clients.sh), on every
+variant over the held-out photos, pre-cropped as the contract says."""
 
 import json
 
@@ -13,7 +13,7 @@ from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, pixel_codes
 from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
-from mobile_vision_export.validate.clients import ClientError, answers
+from mobile_vision_export.validate.clients import CLIENTS, ClientError, answers
 from mobile_vision_export.validate.gpu import parse_analysis
 from mobile_vision_export.validate.metrics import BoxDecoding
 from mobile_vision_export.validate.runners import run_tflite, run_tflite_outputs
@@ -22,8 +22,17 @@ from tests.conftest import ROOT, run_cli
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 
+# Each client's own TFLite runs dynamic-range layers with other kernels (it quantizes activations per image its own
+# way). Measured on mobilenet_v2's 194 held-out photos: top-1 equal to our runtime's on 96.9 % (MediaPipe) and
+# 94.3 % (Task Library), as close to float as ours within 2.5 points (MediaPipe 95.9 %, Task Library 92.3 %, ours
+# 94.8 %).
+DYNAMIC_AGREEMENT = {"mediapipe": 0.95, "task_library": 0.92}
+DYNAMIC_SLACK = {"mediapipe": 0.02, "task_library": 0.04}
+
+
 @pytest.mark.slow
-def test_mediapipe_answers_as_our_runtime_on_every_variant(mobilenet_imagenet):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_clients_answer_as_our_runtime_on_every_variant(mobilenet_imagenet, client):
     _, out = mobilenet_imagenet
     crops = heldout_batch(heldout_photos(), 224)  # 0..1 RGB: the files take pixel / 255 (or the pixels, int8)
     ours = {mode: run_tflite(out / f"mobilenet_v2_{mode}.tflite", crops).argmax(1) for mode in VARIANTS}
@@ -32,21 +41,32 @@ def test_mediapipe_answers_as_our_runtime_on_every_variant(mobilenet_imagenet):
     assert abs(int8.inputs[0].scale * 255 - 1) < 1e-6 and int8.outputs[0].dtype == "uint8"
     agreement, with_float = {}, {}
     for mode in VARIANTS:
-        top1 = answers("mediapipe", "classify", out / f"mobilenet_v2_{mode}.tflite", pixel_codes(crops))
+        top1 = answers(client, "classify", out / f"mobilenet_v2_{mode}.tflite", pixel_codes(crops))
         reference = ours["fp32"] if mode in ("fp32", "fp16") else ours[mode]
         agreement[mode], with_float[mode] = (
             float(np.mean(top1 == reference)),
             float(np.mean(top1 == ours["fp32"])),
         )
     assert min(agreement["fp32"], agreement["fp16"], agreement["int8"]) >= 0.99, agreement
-    # MediaPipe's own TFLite runs dynamic-range layers with other kernels (it quantizes activations per image its
-    # own way): measured 96.9 % equal to our runtime's answer, and as close to float as ours (95.9 against 95.0 %)
-    assert agreement["dynamic"] >= 0.95, agreement
-    assert with_float["dynamic"] >= float(np.mean(ours["dynamic"] == ours["fp32"])) - 0.02, with_float
+    assert agreement["dynamic"] >= DYNAMIC_AGREEMENT[client], agreement
+    ours_with_float = float(np.mean(ours["dynamic"] == ours["fp32"]))
+    assert with_float["dynamic"] >= ours_with_float - DYNAMIC_SLACK[client], with_float
     parity = {r["variant"]: r for r in json.loads((out / "parity.json").read_text())["parity"]}
     assert parity["int8"]["metrics"]["top1_agreement"] == pytest.approx(
         float(np.mean(ours["int8"] == ours["fp32"])), abs=0.01
     )
+
+
+@pytest.mark.slow
+def test_evaluate_compares_a_client_and_records_its_version(mobilenet_imagenet, tmp_path):
+    folder, out = mobilenet_imagenet
+    model = out / "mobilenet_v2_int8.tflite"
+    args = [str(model), "--val-dir", str(folder / "val"), "--client", "task_library", "--out", str(tmp_path)]
+    proc = run_cli("pipeline.evaluate", *args, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "task_library: top-1 equal to our runtime's on 100.0% of photos" in proc.stdout
+    record = json.loads((tmp_path / "evaluate.json").read_text())["client"]
+    assert record["version"] == "tflite-support==0.4.4" and record["top1_agreement_with_our_runtime"] == 1.0
 
 
 def test_a_client_that_is_not_set_up_names_the_fix(tmp_path, monkeypatch):
@@ -91,10 +111,13 @@ def _export(tmp_path, model: str, size: int, *flags: str):
 
 
 @pytest.mark.slow
-def test_mediapipe_segments_and_embeds_as_our_runtime(tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_clients_segment_and_embed_as_our_runtime(tmp_path, client):
     """ImageSegmenter takes every variant of a segmenter (the float ones need the metadata's normalization) and finds
-    the labels packed in it; its category mask is our class map resized to the photo (bilinear, corners aligned)
-    and then argmax. ImageEmbedder gives the embedding our runtime computes."""
+    the labels packed in it; MediaPipe's category mask is our class map resized to the photo (bilinear, corners
+    aligned) and then argmax, the Task Library's the argmax at the output's own size, except that it reads scores
+    as probabilities: where every class scores below 0 it gives class 0 (2.7 % of this model's pixels). ImageEmbedder
+    gives the embedding our runtime computes."""
     (tmp_path / "labels.txt").write_text("background\nroad\nsky\ncar\nperson\n")
     out = _export(
         tmp_path, f"{ROOT / 'tests' / 'data' / 'vision_models.py'}:seg", 64, "--labels", "labels.txt", "--quant", "all"
@@ -105,9 +128,13 @@ def test_mediapipe_segments_and_embeds_as_our_runtime(tmp_path):
         model = out / f"vision_models_seg_{mode}.tflite"
         (class_map,) = run_tflite_outputs(model, crops).values()
         logits = torch.from_numpy(class_map.astype(np.float32)).permute(0, 3, 1, 2)
-        ours = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=True).argmax(1).numpy()
-        masks = answers("mediapipe", "segment", model, pixel_codes(crops))
-        assert masks.shape == ours.shape and float(np.mean(masks == ours)) >= 0.999, mode
+        if client == "mediapipe":
+            ours = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=True).argmax(1).numpy()
+        else:
+            ours = np.where(class_map.max(-1) < 0, 0, class_map.argmax(-1))
+        masks = answers(client, "segment", model, pixel_codes(crops))
+        # int8: the Task Library breaks ties between equal int8 scores its own way (0.3 % of pixels)
+        assert masks.shape == ours.shape and float(np.mean(masks == ours)) >= 0.995, mode
     out = _export(
         tmp_path, f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build", 32, "--task", "embed", "--quant", "all"
     )
@@ -115,7 +142,7 @@ def test_mediapipe_segments_and_embeds_as_our_runtime(tmp_path):
     for mode in VARIANTS:
         model = out / f"tiny_model_build_{mode}.tflite"
         (ours,) = run_tflite_outputs(model, crops).values()
-        embeddings = answers("mediapipe", "embed", model, pixel_codes(crops))
+        embeddings = answers(client, "embed", model, pixel_codes(crops))
         np.testing.assert_allclose(embeddings, ours, atol=1e-5 * np.abs(ours).max(), err_msg=mode)
 
 

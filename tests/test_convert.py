@@ -1,4 +1,5 @@
-"""export.onnx2tf_run: onnx2tf's files, byte for byte, without the files nobody asked for."""
+"""export.onnx2tf_run: onnx2tf's files, byte for byte (the dynamic-range one with fully-connected weights per tensor),
+without the files nobody asked for."""
 
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from torch import nn
 
 from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.export.tflite_convert import convert_tflite, write_onnx2tf_sample
+from mobile_vision_export.export.tflite_model import op_name, read_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -21,11 +23,11 @@ def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
         nn.Conv2d(3, 8, 3, 2, 1),
         nn.ReLU(),
         nn.MaxPool2d(3, 2, 1),
-        nn.Conv2d(8, 16, 1),
+        nn.Conv2d(8, 64, 1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(16, 10),
+        nn.Linear(64, 32),  # over 1024 weights: the converter's dynamic range quantizes it
     ).eval()
     onnx_model = export_onnx(model, 64, tmp_path / "m.onnx")
     codes = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)  # as the export passes them
@@ -41,7 +43,20 @@ def test_same_bytes_as_onnx2tf_oiqt(tmp_path):
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
     suffix = {"fp32": "float32", "dynamic": "dynamic_range_quant", "int8": "full_integer_quant"}
     for mode, path in ours.files.items():
-        assert path.read_bytes() == (tmp_path / "alone" / f"m_{suffix[mode]}.tflite").read_bytes(), mode
+        alone = tmp_path / "alone" / f"m_{suffix[mode]}.tflite"
+        if mode != "dynamic":
+            assert path.read_bytes() == alone.read_bytes(), mode
+    # dynamic range: the one fully-connected layer per tensor (op version 9, which older runtimes run), not per
+    # channel (12), and everything else as onnx2tf builds it
+    fully_connected = {}
+    for name, path in (("ours", ours.files["dynamic"]), ("alone", tmp_path / "alone" / "m_dynamic_range_quant.tflite")):
+        model = read_model(path)
+        ops = [op_name(model, op) for op in model.subgraphs[0].operators]
+        (fc,) = [op for op in model.subgraphs[0].operators if op_name(model, op) == "FULLY_CONNECTED"]
+        scales = len(model.subgraphs[0].tensors[fc.inputs[1]].quantization.scale)
+        fully_connected[name] = (model.operatorCodes[fc.opcodeIndex].version, scales, ops)
+    assert fully_connected["ours"][:2] == (9, 1) and fully_connected["alone"][:2] == (12, 32)
+    assert fully_connected["ours"][2] == fully_connected["alone"][2]
     built = {p.name for p in ours.files["int8"].parent.glob("*.tflite")}
     assert built == {"m_float32.tflite", "m_dynamic_range_quant.tflite", "m_full_integer_quant.tflite"}  # no float16
 

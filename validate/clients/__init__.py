@@ -13,8 +13,9 @@ import numpy as np
 
 from mobile_vision_export.errors import UserError
 
-CLIENTS = ("mediapipe",)
-_SCRIPTS = {"mediapipe": Path(__file__).resolve().parent / "mediapipe_tasks.py"}
+CLIENTS = ("mediapipe", "task_library")
+_HERE = Path(__file__).resolve().parent
+_SCRIPTS = {"mediapipe": _HERE / "mediapipe_tasks.py", "task_library": _HERE / "task_library.py"}
 CLIENT_TASKS = ("classify", "segment", "embed", "detect")
 
 
@@ -31,6 +32,11 @@ def client_python(client: str) -> Path:
     if not python.is_file():
         raise ClientError(f"the {client} client is not set up in {python.parent.parent}: run scripts/setup_clients.sh")
     return python
+
+
+def client_version(client: str) -> str:
+    """What scripts/setup_clients.sh installed for `client` (e.g. "mediapipe==1.2.3"), for the reports."""
+    return (client_python(client).parent.parent / ".installed").read_text().strip()
 
 
 def answers(client: str, task: str, model: Path, crops_uint8: np.ndarray) -> np.ndarray:
