@@ -33,9 +33,11 @@ def op_name(model: schema.ModelT, op: schema.OperatorT) -> str:
 
 
 def add_opcode(model: schema.ModelT, builtin: int, version: int = 1) -> int:
-    """The index of an operator code for `builtin` (at least `version`), added if the model has none."""
+    """The index of the operator code for `builtin` at `version`, added if the model has none. The version is the
+    one TFLite's converter gives the op's types: older runtimes refuse a version they lack rather than run a kernel
+    that does not handle the op (a per-channel dynamic-range layer written as an int8 one would run wrong)."""
     for index, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version == version:
             return index
     code = schema.OperatorCodeT()
     code.builtinCode = builtin
@@ -111,10 +113,35 @@ def add_float_bias(model: schema.ModelT, op: schema.OperatorT) -> int:
     return index
 
 
+# Op versions as TFLite's converter writes them (tensorflow/lite/tools/versioning/op_version.cc).
+_DEQUANTIZE_VERSIONS = {schema.TensorType.INT8: 2, schema.TensorType.INT16: 3, schema.TensorType.FLOAT16: 3}
+_HYBRID_VERSIONS = {  # float input, int8 weights (asymmetric input quantization): (per tensor, per channel)
+    "CONV_2D": (2, 5),
+    "DEPTHWISE_CONV_2D": (4, 6),
+    "FULLY_CONNECTED": (9, 12),
+}
+
+
+def hybrid_version(model: schema.ModelT, op: schema.OperatorT) -> int:
+    """The op version of `op` (BIASED_OPS) as a dynamic-range op with its int8 weights. A transposed conv keeps its
+    int8 version: its version follows its bias and activation, not its types."""
+    name = op_name(model, op)
+    if name not in _HYBRID_VERSIONS:
+        return model.operatorCodes[op.opcodeIndex].version
+    weights = model.subgraphs[0].tensors[biased_operands(model, op)[1]]
+    per_channel = weights.quantization is not None and len(weights.quantization.scale) > 1
+    return _HYBRID_VERSIONS[name][per_channel]
+
+
 def unary_op(model: schema.ModelT, builtin: int, source: int, target: int) -> schema.OperatorT:
     """A new one-input, one-output op (QUANTIZE, DEQUANTIZE) from tensor `source` to `target`."""
+    tensors = model.subgraphs[0].tensors
+    if builtin == schema.BuiltinOperator.DEQUANTIZE:
+        version = _DEQUANTIZE_VERSIONS.get(tensors[source].type, 1)
+    else:
+        version = 2 if tensors[target].type == schema.TensorType.INT16 else 1
     op = schema.OperatorT()
-    op.opcodeIndex = add_opcode(model, builtin)
+    op.opcodeIndex = add_opcode(model, builtin, version)
     op.inputs = np.array([source], np.int32)
     op.outputs = np.array([target], np.int32)
     return op

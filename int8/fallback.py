@@ -35,6 +35,8 @@ from mobile_vision_export.export.tflite_model import (
     add_tensor,
     biased_operands,
     compact,
+    hybrid_version,
+    op_name,
     read_model,
     unary_op,
     write_model,
@@ -139,6 +141,8 @@ def fall_back(
             replacement = copy.copy(op)
             if hasattr(replacement.builtinOptions, "asymmetricQuantizeInputs"):
                 replacement.builtinOptions.asymmetricQuantizeInputs = True
+            builtin = getattr(schema.BuiltinOperator, op_name(model, op))
+            replacement.opcodeIndex = add_opcode(model, builtin, hybrid_version(model, op))
         else:
             replacement = copy.copy(twin_op)
             code = twin.operatorCodes[twin_op.opcodeIndex]

@@ -332,6 +332,10 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
     x, w, b = (tensors[t] for t in hybrid[0].inputs)
     out = tensors[hybrid[0].outputs[0]]
     assert w.type == schema.TensorType.INT8 and len(w.quantization.scale) == int(w.shape[0])  # int8 per channel
+    # the op versions TFLite's converter writes for these types: a runtime without such kernels refuses the file
+    assert model.operatorCodes[hybrid[0].opcodeIndex].version == 5  # dynamic-range conv, per-channel weights
+    (unpack,) = [op for op in graph.operators if op.outputs[0] == hybrid[0].inputs[0]]
+    assert op_name(model, unpack) == "DEQUANTIZE" and model.operatorCodes[unpack.opcodeIndex].version == 2  # int8
     assert b.type == schema.TensorType.FLOAT32 and out.type == schema.TensorType.FLOAT32
     before, after = inspect_tflite(int8), inspect_tflite(dst)
     assert after.ops["DEQUANTIZE"] == before.ops.get("DEQUANTIZE", 0) + 1
@@ -399,7 +403,7 @@ def test_a_float_form_depthwise_layer_loads_in_tensorflows_runtime(shufflenet_va
     ]
     for position in (1, 2):  # weights, bias
         (unpack,) = [op for op in graph.operators if op.outputs[0] == depthwise.inputs[position]]
-        assert op_name(model, unpack) == "DEQUANTIZE"
+        assert op_name(model, unpack) == "DEQUANTIZE" and model.operatorCodes[unpack.opcodeIndex].version == 3
         assert graph.tensors[unpack.inputs[0]].type == schema.TensorType.FLOAT16
 
     interpreter = tf.lite.Interpreter(model_path=str(floated))
