@@ -1,11 +1,7 @@
 """Run inside the MediaPipe client venv (scripts/setup_clients.sh), never imported by the project: one of MediaPipe
-Tasks' vision tasks on crops already made as the contract says. argv: TASK MODEL CROPS_NPY ANSWERS_NPY, with crops
-N x H x W x 3 uint8. Writes the answers (classify: top-1 class per crop; segment: the category mask per crop,
-N x H x W; embed: the embedding per crop, N x D; detect: the best detection per crop, N x 6: x, y, width, height in
-pixels, category index, score) and prints one JSON line: {"answers": N} or {"error": "..."}."""
-
-import json
-import sys
+Tasks' vision tasks on crops already made as the contract says (command line: client_main.py). The answers:
+classify, the top-1 class per crop; segment, the category mask per crop, N x H x W; embed, the embedding per crop,
+N x D; detect, the best detection per crop, N x 6: x, y, width, height in pixels, category index, score."""
 
 import numpy as np
 
@@ -42,20 +38,15 @@ def _detect(vision, options, images):
 TASKS = {"classify": _classify, "segment": _segment, "embed": _embed, "detect": _detect}
 
 
-def main() -> None:
-    task, model, crops, answers = sys.argv[1], sys.argv[2], np.load(sys.argv[3]), sys.argv[4]
-    try:
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+def _run(task, model, crops):
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
 
-        images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(c)) for c in crops]
-        result = np.asarray(TASKS[task](vision, BaseOptions(model_asset_path=model), images))
-    except Exception as exc:  # the client's refusal is the answer: report it as one line
-        print(json.dumps({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"}))
-        return
-    np.save(answers, result)
-    print(json.dumps({"answers": len(result)}))
+    images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(c)) for c in crops]
+    return TASKS[task](vision, BaseOptions(model_asset_path=model), images)
 
 
 if __name__ == "__main__":
-    main()
+    from client_main import main  # beside this script, which runs as a file
+
+    main(_run)

@@ -1,9 +1,6 @@
 """Run inside the Task Library client venv (scripts/setup_clients.sh), never imported by the project: one of the
 TensorFlow Lite Task Library's vision tasks (tflite-support, with its own TFLite runtime) on crops already made as
-the contract says. The same arguments and answers as mediapipe_tasks.py: argv TASK MODEL CROPS_NPY ANSWERS_NPY."""
-
-import json
-import sys
+the contract says. The same answers as mediapipe_tasks.py (command line: client_main.py)."""
 
 import numpy as np
 
@@ -50,20 +47,14 @@ def _detect(vision, processor, options, images):
 TASKS = {"classify": _classify, "segment": _segment, "embed": _embed, "detect": _detect}
 
 
-def main() -> None:
-    task, model, crops, answers = sys.argv[1], sys.argv[2], np.load(sys.argv[3]), sys.argv[4]
-    try:
-        from tflite_support.task import core, processor, vision
+def _run(task, model, crops):
+    from tflite_support.task import core, processor, vision
 
-        images = [vision.TensorImage.create_from_array(np.ascontiguousarray(c)) for c in crops]
-        options = core.BaseOptions(file_name=model, num_threads=1)
-        result = np.asarray(TASKS[task](vision, processor, options, images))
-    except Exception as exc:  # the client's refusal is the answer: report it as one line
-        print(json.dumps({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"}))
-        return
-    np.save(answers, result)
-    print(json.dumps({"answers": len(result)}))
+    images = [vision.TensorImage.create_from_array(np.ascontiguousarray(c)) for c in crops]
+    return TASKS[task](vision, processor, core.BaseOptions(file_name=model, num_threads=1), images)
 
 
 if __name__ == "__main__":
-    main()
+    from client_main import main  # beside this script, which runs as a file
+
+    main(_run)
