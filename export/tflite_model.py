@@ -122,6 +122,29 @@ _HYBRID_VERSIONS = {  # float input, int8 weights (asymmetric input quantization
 }
 
 
+def dynamic_range_weights(model: schema.ModelT, op: schema.OperatorT) -> int:
+    """The weight tensor `op` (BIASED_OPS) reads in dynamic-range form. A fully-connected layer's per-channel int8
+    weights go onto one per-tensor grid (the widest channel's scale), as the converter's dynamic-range variant
+    writes them here: runtimes without per-channel dynamic-range fully-connected kernels (op version 12; the Task
+    Library's TFLite) refuse the layer otherwise. Take the float bias (add_float_bias) before: it needs the
+    per-channel scales."""
+    w_index = biased_operands(model, op)[1]
+    weights = model.subgraphs[0].tensors[w_index]
+    q = weights.quantization
+    if op_name(model, op) != "FULLY_CONNECTED" or q is None or len(q.scale) < 2 or q.quantizedDimension != 0:
+        return w_index
+    scales = np.asarray(weights.quantization.scale, np.float64)
+    levels = np.frombuffer(bytes(bytearray(model.buffers[weights.buffer].data)), np.int8).reshape(len(scales), -1)
+    scale = float(scales.max())
+    buffer = schema.BufferT()
+    buffer.data = np.clip(np.rint(levels * (scales[:, None] / scale)), -127, 127).astype(np.int8).ravel().view(np.uint8)
+    index = add_tensor(model, weights, f"{weights.name.decode()}/per_tensor", buffer)
+    quantization = schema.QuantizationParametersT()
+    quantization.scale, quantization.zeroPoint = np.array([scale], np.float32), np.array([0], np.int64)
+    model.subgraphs[0].tensors[index].quantization = quantization
+    return index
+
+
 def hybrid_version(model: schema.ModelT, op: schema.OperatorT) -> int:
     """The op version of `op` (BIASED_OPS) as a dynamic-range op with its int8 weights. A transposed conv keeps its
     int8 version: its version follows its bias and activation, not its types."""

@@ -35,6 +35,7 @@ from mobile_vision_export.export.tflite_model import (
     add_tensor,
     biased_operands,
     compact,
+    dynamic_range_weights,
     hybrid_version,
     op_name,
     read_model,
@@ -111,7 +112,7 @@ def fall_back(
             if t < 0:
                 new_inputs.append(t)
             elif hybrid and t == operands[1]:  # int8 weights stay
-                new_inputs.append(t)
+                new_inputs.append(dynamic_range_weights(model, op))
             elif hybrid and t == operands[2] and not (index in float_biases and twin_data is not None):
                 new_inputs.append(add_float_bias(model, op))  # in `float_biases`: the twin's, as any constant below
             elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
@@ -137,18 +138,17 @@ def fall_back(
         float_of[out] = add_tensor(model, graph.tensors[out], f"{graph.tensors[out].name.decode()}/float")
         if out in outputs or not consumers.get(out, set()) <= op_indices:
             after[index].append(unary_op(model, schema.BuiltinOperator.QUANTIZE, float_of[out], out))
+        replacement = copy.copy(op if hybrid else twin_op)
+        replacement.inputs = np.array(new_inputs, np.int32)
+        replacement.outputs = np.array([float_of[out]], np.int32)
         if hybrid:
-            replacement = copy.copy(op)
             if hasattr(replacement.builtinOptions, "asymmetricQuantizeInputs"):
                 replacement.builtinOptions.asymmetricQuantizeInputs = True
             builtin = getattr(schema.BuiltinOperator, op_name(model, op))
-            replacement.opcodeIndex = add_opcode(model, builtin, hybrid_version(model, op))
+            replacement.opcodeIndex = add_opcode(model, builtin, hybrid_version(model, replacement))
         else:
-            replacement = copy.copy(twin_op)
             code = twin.operatorCodes[twin_op.opcodeIndex]
             replacement.opcodeIndex = add_opcode(model, max(code.builtinCode, code.deprecatedBuiltinCode), code.version)
-        replacement.inputs = np.array(new_inputs, np.int32)
-        replacement.outputs = np.array([float_of[out]], np.int32)
         graph.operators[index] = replacement
     graph.operators = [
         new for index, op in enumerate(graph.operators) for new in [*before.get(index, []), op, *after.get(index, [])]

@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from ai_edge_litert import schema_py_generated as schema
 from torch.nn import functional as F
 
 from mobile_vision_export.errors import UserError
 from mobile_vision_export.export.images import heldout_batch, heldout_photos, pixel_codes
 from mobile_vision_export.export.metadata import read_metadata
 from mobile_vision_export.export.tflite_inspect import inspect_tflite
+from mobile_vision_export.export.tflite_model import read_model
 from mobile_vision_export.validate.clients import CLIENTS, ClientError, answers
 from mobile_vision_export.validate.gpu import parse_analysis
 from mobile_vision_export.validate.metrics import BoxDecoding
@@ -144,6 +146,31 @@ def test_clients_segment_and_embed_as_our_runtime(tmp_path, client):
         (ours,) = run_tflite_outputs(model, crops).values()
         embeddings = answers(client, "embed", model, pixel_codes(crops))
         np.testing.assert_allclose(embeddings, ours, atol=1e-5 * np.abs(ours).max(), err_msg=mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_clients_run_a_float_output_layer_as_our_runtime(tmp_path, client):
+    """--int8-output float runs the output's fully-connected layer in dynamic-range form on its int8 weights, put on
+    one per-tensor grid at the converter's op version for that (9). Written per channel under its int8 version (4),
+    the Task Library loaded it and answered one class for every photo (mobilenet_v2); per channel at 12 it refuses
+    the file."""
+    out = _export(
+        tmp_path,
+        f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build",
+        32,
+        *("--task", "embed", "--quant", "int8", "--int8-output", "float"),
+    )
+    model = out / "tiny_model_build_int8.tflite"
+    codes = read_model(model).operatorCodes
+    used = {model_op.opcodeIndex for model_op in read_model(model).subgraphs[0].operators}
+    fully_connected = [codes[i].version for i in used if codes[i].builtinCode == schema.BuiltinOperator.FULLY_CONNECTED]
+    assert fully_connected == [9]
+    crops = heldout_batch(heldout_photos()[:16], 32)
+    (ours,) = run_tflite_outputs(model, crops).values()
+    assert ours.dtype == np.float32
+    embeddings = answers(client, "embed", model, pixel_codes(crops))
+    np.testing.assert_allclose(embeddings, ours, atol=1e-5 * np.abs(ours).max())
 
 
 @pytest.mark.slow
