@@ -244,8 +244,14 @@ def write_model(model: schema.ModelT, dst: Path) -> None:
 
 
 def compact(model: schema.ModelT) -> None:
-    """Drop tensors and buffers nothing refers to any more, renumbering the rest."""
+    """Drop tensors, buffers and operator codes nothing refers to any more, renumbering the rest (a runtime may
+    resolve every operator code in the file, used or not)."""
     g = model.subgraphs[0]
+    if len(model.subgraphs) == 1:
+        codes = sorted({int(op.opcodeIndex) for op in g.operators})
+        model.operatorCodes = [model.operatorCodes[i] for i in codes]
+        for op in g.operators:
+            op.opcodeIndex = codes.index(int(op.opcodeIndex))
     used = sorted(
         {int(t) for op in g.operators for t in [*op.inputs, *op.outputs] if t >= 0}
         | {int(t) for t in g.inputs}
