@@ -126,14 +126,14 @@ def dynamic_range_weights(model: schema.ModelT, op: schema.OperatorT) -> int:
     """The weight tensor `op` (BIASED_OPS) reads in dynamic-range form. A fully-connected layer's per-channel int8
     weights go onto one per-tensor grid (the widest channel's scale), as the converter's dynamic-range variant
     writes them here: runtimes without per-channel dynamic-range fully-connected kernels (op version 12; the Task
-    Library's TFLite) refuse the layer otherwise. Take the float bias (add_float_bias) before: it needs the
-    per-channel scales."""
+    Library's TFLite) refuse the layer otherwise. Make the float bias (add_float_bias) while the op still reads the
+    per-channel weights: it needs their scales."""
     w_index = biased_operands(model, op)[1]
     weights = model.subgraphs[0].tensors[w_index]
     q = weights.quantization
     if op_name(model, op) != "FULLY_CONNECTED" or q is None or len(q.scale) < 2 or q.quantizedDimension != 0:
         return w_index
-    scales = np.asarray(weights.quantization.scale, np.float64)
+    scales = np.asarray(q.scale, np.float64)
     levels = np.frombuffer(bytes(bytearray(model.buffers[weights.buffer].data)), np.int8).reshape(len(scales), -1)
     scale = float(scales.max())
     buffer = schema.BufferT()
