@@ -81,7 +81,8 @@ def _in_float(model: schema.ModelT, out: int, names: dict[int, str]) -> tuple[in
     step, layer = float(out_t.quantization.scale[0]), op_name(model, op)
     float_out = add_tensor(model, out_t, out_t.name.decode())  # keeps the name apps may look the output up by
     out_t.name += b"/int8"
-    if layer == "QUANTIZE":  # the output layer already runs in float (--min-sqnr): take its float output
+    if layer == "QUANTIZE" and graph.tensors[int(op.inputs[0])].type == schema.TensorType.FLOAT32:
+        # the output layer already runs in float (--min-sqnr): take its float output
         how, float_out = "float", int(op.inputs[0])
         graph.tensors[float_out].name = graph.tensors[out].name.removesuffix(b"/int8")
         del graph.operators[index]

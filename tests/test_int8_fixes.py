@@ -504,6 +504,32 @@ def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
 
 
 @pytest.mark.slow
+def test_float_output_of_a_requantized_output_dequantizes_it(tmp_path):
+    """An output a QUANTIZE makes from int8 (the uint8 output apps get) is not a float layer: it gets a DEQUANTIZE,
+    and the float output is the uint8 one's value."""
+    proc = run_cli(
+        "pipeline.export",
+        "--model",
+        f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build",
+        "--input-size",
+        "32",
+        "--quant",
+        "int8",
+        "--out",
+        "out",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    int8 = tmp_path / "out" / "tiny_model_build" / "tiny_model_build_int8.tflite"
+    assert inspect_tflite(int8).outputs[0].dtype == "uint8"
+    dst = tmp_path / "float_output.tflite"
+    (result,) = float_output(int8, dst).outputs
+    assert result.how == "dequantize" and inspect_tflite(dst).outputs[0].dtype == "float32"
+    crops = heldout_batch(heldout_photos()[:8], 32)
+    np.testing.assert_allclose(run_tflite(dst, crops), run_tflite(int8, crops), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_narrowed_ranges_re_express_the_biases_of_transposed_convs(tmp_path):
     """A TRANSPOSE_CONV keeps its bias at input 3: when its input's range narrows, that bias is re-expressed in the
     new input scale as a conv's is, so the narrowed file computes what the file did before the range was widened."""
