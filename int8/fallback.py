@@ -1,14 +1,14 @@
 """Fallback for chosen layers of a full-integer .tflite: dynamic-range int8 first, float32 if that does not help.
 
-The chosen ops compute on float activations. In dynamic-range form a conv, depthwise conv or fully-connected layer
-keeps its int8 weights and its int32 bias becomes the float bias it stood for; the kernel quantizes its float input
-at run time, per image, as in the converter's dynamic-range variant. In float form every chosen op runs in float32
-with the float twin's weights and biases, stored as float16 behind a DEQUANTIZE as in the converter's float16
-variant (half the bytes of float32; the same emulated A76 instructions). Ops without weights (ADD, PAD, MEAN, ...)
-run in float32 either way. Int8 inputs of the chosen ops pass through a DEQUANTIZE, and each output that a remaining
-int8 op (or the model output) reads passes through a QUANTIZE to that tensor's exact scale and zero point; between
-two chosen ops the tensor stays float. Every other op, tensor and quantization parameter is left as it was, so the
-model keeps its int8 input and output.
+The chosen ops compute on float activations. In dynamic-range form a conv, depthwise conv or fully-connected layer keeps
+its int8 weights and its int32 bias becomes the float bias it stood for; the kernel quantizes its float input at run
+time (LiteRT 2.1 per pixel, older runtimes per image), as in the converter's dynamic-range variant. In float form every
+chosen op runs in float32 with the float twin's weights and biases, stored as float16 behind a DEQUANTIZE as in the
+converter's float16 variant (half the bytes of float32; the same emulated A76 instructions). Ops without weights (ADD,
+PAD, MEAN, ...) run in float32 either way. Int8 inputs of the chosen ops pass through a DEQUANTIZE, and each output that
+a remaining int8 op (or the model output) reads passes through a QUANTIZE to that tensor's exact scale and zero point;
+between two chosen ops the tensor stays float. Every other op, tensor and quantization parameter is left as it was, so
+the model keeps its int8 input and output.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     assert len((out / "labels.txt").read_text().splitlines()) == 1000
     report = (out / "report.md").read_text()
     assert "PASSED" in report and "| TRANSPOSE |" in report and "onnx2tf: 1.29.24" in report
+    assert "Dynamic-range layers" not in report  # int8 in and out: no layer quantizes at run time
     # ShuffleNet V2's only NCHW islands are channel shuffles, which the layout pass keeps (cheaper in XNNPACK).
     assert parity["model"]["graph_optimization"]["int8"]["islands_rewritten"] == 0
     assert "onnx2tf -> int8" in proc.stderr  # the progress display names each stage

@@ -85,7 +85,8 @@ def test_gpu_delegate_readiness_is_reported_for_every_variant(shufflenet_variant
     for mode, readiness in record.items():
         summary = inspect_tflite(shufflenet_variants / f"shufflenet_v2_x0_5_{mode}.tflite")
         assert readiness["ops"] == summary.op_count and readiness["analyzer"].startswith("TensorFlow Lite analyzer")
-    assert "## GPU delegate readiness" in (shufflenet_variants / "report.md").read_text()
+    report = (shufflenet_variants / "report.md").read_text()
+    assert "## GPU delegate readiness" in report and "Dynamic-range layers (dynamic) quantize" in report
     assert "<h2>GPU delegate readiness</h2>" in (shufflenet_variants / "report.html").read_text()
 
 
@@ -165,6 +166,7 @@ def test_clients_run_a_float_output_layer_as_our_runtime(tmp_path, client):
     codes = read_model(model).operatorCodes  # only the codes the ops use: the int8 layer's (4) is gone
     fully_connected = [code.version for code in codes if code.builtinCode == schema.BuiltinOperator.FULLY_CONNECTED]
     assert fully_connected == [9]
+    assert "Dynamic-range layers (int8) quantize their float input at run time" in (out / "report.md").read_text()
     crops = heldout_batch(heldout_photos()[:16], 32)
     (ours,) = run_tflite_outputs(model, crops).values()
     assert ours.dtype == np.float32
