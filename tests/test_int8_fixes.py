@@ -507,18 +507,8 @@ def test_float_output_drops_the_int8_output_step(shufflenet_variants, tmp_path):
 def test_float_output_of_a_requantized_output_dequantizes_it(tmp_path):
     """An output a QUANTIZE makes from int8 (the uint8 output apps get) is not a float layer: it gets a DEQUANTIZE,
     and the float output is the uint8 one's value."""
-    proc = run_cli(
-        "pipeline.export",
-        "--model",
-        f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build",
-        "--input-size",
-        "32",
-        "--quant",
-        "int8",
-        "--out",
-        "out",
-        tmp_path=tmp_path,
-    )
+    args = ["--model", f"{ROOT / 'tests' / 'data' / 'tiny_model.py'}:build", "--input-size", "32", "--quant", "int8"]
+    proc = run_cli("pipeline.export", *args, "--out", "out", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     int8 = tmp_path / "out" / "tiny_model_build" / "tiny_model_build_int8.tflite"
     assert inspect_tflite(int8).outputs[0].dtype == "uint8"
