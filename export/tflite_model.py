@@ -122,12 +122,24 @@ _HYBRID_VERSIONS = {  # float input, int8 weights (asymmetric input quantization
 }
 
 
-def dynamic_range_weights(model: schema.ModelT, op: schema.OperatorT) -> int:
-    """The weight tensor `op` (BIASED_OPS) reads in dynamic-range form. A fully-connected layer's per-channel int8
-    weights go onto one per-tensor grid (the widest channel's scale), as the converter's dynamic-range variant
-    writes them here: runtimes without per-channel dynamic-range fully-connected kernels (op version 12; the Task
-    Library's TFLite) refuse the layer otherwise. Make the float bias (add_float_bias) while the op still reads the
-    per-channel weights: it needs their scales."""
+def make_dynamic_range(model: schema.ModelT, op: schema.OperatorT) -> None:
+    """Turn `op` (BIASED_OPS), already reading a float input and a float bias (add_float_bias, made while it still
+    read its per-channel weights), into a dynamic-range op on its int8 weights: asymmetric input quantization, and
+    the op version TFLite's converter gives those types."""
+    weights_at = BIASED_OPS[op_name(model, op)][1]
+    inputs = np.array(op.inputs, np.int32)
+    inputs[weights_at] = _dynamic_range_weights(model, op)
+    op.inputs = inputs
+    if hasattr(op.builtinOptions, "asymmetricQuantizeInputs"):
+        op.builtinOptions.asymmetricQuantizeInputs = True
+    op.opcodeIndex = add_opcode(model, getattr(schema.BuiltinOperator, op_name(model, op)), hybrid_version(model, op))
+
+
+def _dynamic_range_weights(model: schema.ModelT, op: schema.OperatorT) -> int:
+    """The weight tensor `op` reads in dynamic-range form. A fully-connected layer's per-channel int8 weights go onto
+    one per-tensor grid (the widest channel's scale), as the converter's dynamic-range variant writes them here:
+    runtimes without per-channel dynamic-range fully-connected kernels (op version 12; the Task Library's TFLite)
+    refuse the layer otherwise."""
     w_index = biased_operands(model, op)[1]
     weights = model.subgraphs[0].tensors[w_index]
     q = weights.quantization
@@ -250,8 +262,9 @@ def compact(model: schema.ModelT) -> None:
     if len(model.subgraphs) == 1:
         codes = sorted({int(op.opcodeIndex) for op in g.operators})
         model.operatorCodes = [model.operatorCodes[i] for i in codes]
+        code_map = {old: new for new, old in enumerate(codes)}
         for op in g.operators:
-            op.opcodeIndex = codes.index(int(op.opcodeIndex))
+            op.opcodeIndex = code_map[int(op.opcodeIndex)]
     used = sorted(
         {int(t) for op in g.operators for t in [*op.inputs, *op.outputs] if t >= 0}
         | {int(t) for t in g.inputs}

@@ -35,9 +35,7 @@ from mobile_vision_export.export.tflite_model import (
     add_tensor,
     biased_operands,
     compact,
-    dynamic_range_weights,
-    hybrid_version,
-    op_name,
+    make_dynamic_range,
     read_model,
     unary_op,
     write_model,
@@ -112,7 +110,7 @@ def fall_back(
             if t < 0:
                 new_inputs.append(t)
             elif hybrid and t == operands[1]:  # int8 weights stay
-                new_inputs.append(dynamic_range_weights(model, op))
+                new_inputs.append(t)
             elif hybrid and t == operands[2] and not (index in float_biases and twin_data is not None):
                 new_inputs.append(add_float_bias(model, op))  # in `float_biases`: the twin's, as any constant below
             elif twin_data is not None and len(twin_data):  # a constant: take the twin's (float) value
@@ -142,10 +140,7 @@ def fall_back(
         replacement.inputs = np.array(new_inputs, np.int32)
         replacement.outputs = np.array([float_of[out]], np.int32)
         if hybrid:
-            if hasattr(replacement.builtinOptions, "asymmetricQuantizeInputs"):
-                replacement.builtinOptions.asymmetricQuantizeInputs = True
-            builtin = getattr(schema.BuiltinOperator, op_name(model, op))
-            replacement.opcodeIndex = add_opcode(model, builtin, hybrid_version(model, replacement))
+            make_dynamic_range(model, replacement)
         else:
             code = twin.operatorCodes[twin_op.opcodeIndex]
             replacement.opcodeIndex = add_opcode(model, max(code.builtinCode, code.deprecatedBuiltinCode), code.version)

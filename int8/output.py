@@ -19,11 +19,9 @@ from ai_edge_litert import schema_py_generated as schema
 
 from mobile_vision_export.export.tflite_model import (
     add_float_bias,
-    add_opcode,
     add_tensor,
     compact,
-    dynamic_range_weights,
-    hybrid_version,
+    make_dynamic_range,
     op_name,
     read_single_graph,
     unary_op,
@@ -91,11 +89,9 @@ def _in_float(model: schema.ModelT, out: int, names: dict[int, str]) -> tuple[in
         x_index = int(op.inputs[0])
         float_bias = add_float_bias(model, op)
         float_x = add_tensor(model, graph.tensors[x_index], f"{graph.tensors[x_index].name.decode()}/float")
-        op.inputs = np.array([float_x, dynamic_range_weights(model, op), float_bias], np.int32)
+        op.inputs = np.array([float_x, int(op.inputs[1]), float_bias], np.int32)
         op.outputs = np.array([float_out], np.int32)
-        if layer == "FULLY_CONNECTED":
-            op.builtinOptions.asymmetricQuantizeInputs = True
-        op.opcodeIndex = add_opcode(model, getattr(schema.BuiltinOperator, layer), hybrid_version(model, op))
+        make_dynamic_range(model, op)
         graph.operators.insert(index, unary_op(model, schema.BuiltinOperator.DEQUANTIZE, x_index, float_x))
     else:
         how = "dequantize"
