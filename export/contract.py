@@ -145,5 +145,8 @@ def preprocess_contract(
         "outputs": [
             {"name": spec.name, "onnx_shape": list(spec.shape), "kind": graph.kind(spec.name)} for spec in graph.outputs
         ],
-        "variants": {mode: {"file": s.path.name, **_io(s, graph)} for mode, s in summaries.items()},
+        "variants": {
+            mode: {"file": s.path.name, "min_runtime_version": s.min_runtime_version, **_io(s, graph)}
+            for mode, s in summaries.items()
+        },
     }

@@ -12,7 +12,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.tflite_model import op_type_name
+from mobile_vision_export.export.tflite_model import RUNTIME_VERSION_KEY, op_type_name
 from mobile_vision_export.export.threads import runtime_threads
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -40,6 +40,7 @@ class TfliteSummary:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     output_names: list[str] = field(default_factory=list)  # each output's signature name: the ONNX output's
+    min_runtime_version: str | None = None  # the oldest TFLite runtime the file says it needs
 
     @property
     def op_count(self) -> int:
@@ -86,9 +87,19 @@ def inspect_tflite(path: Path) -> TfliteSummary:
         if not inputs or not outputs:
             raise ValueError("no input or output tensors")
         _check_buffers(model, len(data))
+        runtime = _min_runtime_version(model)
     except Exception:  # the flatbuffer reader fails in many ways on a cut or damaged file
         raise NotTfliteError(f"{path} is a truncated or damaged TFLite file: copy or export it again") from None
-    return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs, names)
+    return TfliteSummary(Path(path), len(data), dict(ops.most_common()), inputs, outputs, names, runtime)
+
+
+def _min_runtime_version(model) -> str | None:
+    for k in range(model.MetadataLength()):
+        entry = model.Metadata(k)
+        if entry.Name() == RUNTIME_VERSION_KEY:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return bytes(data).rstrip(b"\0").decode() if isinstance(data, np.ndarray) else ""
+    return None
 
 
 def _check_buffers(model, size: int) -> None:

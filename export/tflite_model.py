@@ -122,6 +122,54 @@ _HYBRID_VERSIONS = {  # float input, int8 weights (asymmetric input quantization
 }
 
 
+# The oldest TFLite runtime with each (op, version) the rewrites here write, from the converter's table
+# (tensorflow/lite/tools/versioning/runtime_version.cc); the converter's own ops are in its value already.
+_MIN_RUNTIME = {
+    ("CONV_2D", 2): "1.14.0",
+    ("CONV_2D", 5): "2.4.0",
+    ("DEPTHWISE_CONV_2D", 4): "2.2.0",
+    ("DEPTHWISE_CONV_2D", 6): "2.3.0",
+    ("FULLY_CONNECTED", 9): "2.3.0",
+    ("DEQUANTIZE", 2): "1.14.0",
+    ("DEQUANTIZE", 3): "1.15.0",
+    ("QUANTIZE", 1): "1.14.0",
+    ("QUANTIZE", 2): "1.15.0",
+}
+RUNTIME_VERSION_KEY = b"min_runtime_version"  # the metadata entry naming the oldest runtime for the file
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def _runtime_buffer(model: schema.ModelT) -> schema.BufferT | None:
+    entry = next((m for m in model.metadata or [] if m.name == RUNTIME_VERSION_KEY), None)
+    return None if entry is None else model.buffers[entry.buffer]
+
+
+def min_runtime_version(model: schema.ModelT) -> str | None:
+    """The oldest TFLite runtime the file says it runs on (its `min_runtime_version` metadata), if it says."""
+    buffer = _runtime_buffer(model)
+    if buffer is None:
+        return None
+    return bytes(bytearray(buffer.data if buffer.data is not None else b"")).rstrip(b"\0").decode()
+
+
+def raise_min_runtime_version(model: schema.ModelT) -> None:
+    """Raise the file's `min_runtime_version` metadata to what its rewritten ops need: the converter computed it
+    for its own ops, and a tool that reads it should not offer the file to a runtime without these kernels."""
+    buffer, current = _runtime_buffer(model), min_runtime_version(model)
+    if buffer is None:
+        return
+    needed = [
+        _MIN_RUNTIME.get((op_type_name(c.builtinCode, c.deprecatedBuiltinCode), c.version)) for c in model.operatorCodes
+    ]
+    highest = max([current, *filter(None, needed)], key=_version_key)
+    if highest != current:
+        size = max(16, len(buffer.data) if buffer.data is not None else 0)
+        buffer.data = np.frombuffer(highest.encode().ljust(size, b"\0"), np.uint8).copy()
+
+
 def make_dynamic_range(model: schema.ModelT, op: schema.OperatorT) -> None:
     """Turn `op` (BIASED_OPS), already reading a float input and a float bias (add_float_bias, made while it still
     read its per-channel weights), into a dynamic-range op on its int8 weights: asymmetric input quantization, and
@@ -249,7 +297,9 @@ def buffer_spans(data: bytes) -> list[tuple[int, int]]:
 
 
 def write_model(model: schema.ModelT, dst: Path) -> None:
-    """Serialize `model` to `dst` through a temporary file, so `dst` is never half-written."""
+    """Serialize `model` to `dst` through a temporary file, so `dst` is never half-written, with the runtime version
+    its ops need."""
+    raise_min_runtime_version(model)
     tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
     tmp.write_bytes(serialize(model))
     tmp.replace(dst)

@@ -73,6 +73,7 @@ def test_default_model_exports_to_validated_int8_offline(tmp_path):
     contract = json.loads((out / "preprocess.json").read_text())
     assert contract["layout"] == "NHWC" and contract["color_order"] == "RGB" and contract["input_size"] == [224, 224]
     variant = contract["variants"]["int8"]
+    assert variant["min_runtime_version"] == "2.9.0"  # as the converter wrote it for its ops
     interpreter = Interpreter(model_path=str(out / variant["file"]))
     interpreter.allocate_tensors()
     photos = heldout_photos()

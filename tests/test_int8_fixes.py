@@ -30,6 +30,7 @@ from mobile_vision_export.export.tflite_inspect import (
 from mobile_vision_export.export.tflite_model import (
     biased_operands,
     constant_view,
+    min_runtime_version,
     op_name,
     read_model,
     write_model,
@@ -338,6 +339,13 @@ def test_a_fallback_layer_runs_as_dynamic_range_int8(shufflenet_variants, tmp_pa
     assert model.operatorCodes[hybrid[0].opcodeIndex].version == 5  # dynamic-range conv, per-channel weights
     (unpack,) = [op for op in graph.operators if op.outputs[0] == hybrid[0].inputs[0]]
     assert op_name(model, unpack) == "DEQUANTIZE" and model.operatorCodes[unpack.opcodeIndex].version == 2  # int8
+    # and the file says so: that conv needs TFLite 2.4 (shufflenet's int8 file needs 2.9 already)
+    assert min_runtime_version(read_model(int8)) == min_runtime_version(model) == "2.9.0"
+    model.buffers[next(m.buffer for m in model.metadata if m.name == b"min_runtime_version")].data = b"1.14.0".ljust(
+        16, b"\0"
+    )
+    write_model(model, tmp_path / "older.tflite")
+    assert min_runtime_version(read_model(tmp_path / "older.tflite")) == "2.4.0"
     assert b.type == schema.TensorType.FLOAT32 and out.type == schema.TensorType.FLOAT32
     before, after = inspect_tflite(int8), inspect_tflite(dst)
     assert after.ops["DEQUANTIZE"] == before.ops.get("DEQUANTIZE", 0) + 1
