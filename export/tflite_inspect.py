@@ -12,7 +12,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mobile_vision_export.errors import UserError
-from mobile_vision_export.export.tflite_model import RUNTIME_VERSION_KEY, op_type_name
+from mobile_vision_export.export.tflite_model import INT8_SUFFIX, RUNTIME_VERSION_KEY, op_type_name
 from mobile_vision_export.export.threads import runtime_threads
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -174,19 +174,22 @@ class TwinLayer:
 
 
 def paired_layers(float_model: Path, int8_model: Path) -> list[LayerPair]:
-    """Each op present in both graphs: by position when the op lists match, otherwise by output tensor name, or by
-    the one same-type op sharing a fused name."""
+    """Each op present in both graphs: by position when the op lists match, otherwise the same-type op with its
+    output tensor's name, or the one same-type op sharing a fused name. An int8 output that a uint8 or float one
+    took the place of goes by its old name (the QUANTIZE or DEQUANTIZE behind it has that name now, and computes
+    no layer)."""
     f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
     if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
         return [LayerPair(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
-    by_name = {name: tensor for _, tensor, name in f_ops}
+    by_name = {(op, name): tensor for op, tensor, name in f_ops}
     by_part: dict[tuple[str, str], set[int]] = {}
     for op, tensor, name in f_ops:
         for part in _name_parts(name):
             by_part.setdefault((op, part), set()).add(tensor)
     pairs = []
     for i, (op, tensor, name) in enumerate(q_ops):
-        candidates = {by_name[name]} if name in by_name else set()
+        name = name.removesuffix(INT8_SUFFIX)
+        candidates = {by_name[op, name]} if (op, name) in by_name else set()
         if not candidates:
             candidates = set().union(*(by_part.get((op, part), set()) for part in _name_parts(name)))
         if len(candidates) == 1:

@@ -16,6 +16,9 @@ BIASED_OPS = {
     "FULLY_CONNECTED": (0, 1, 2),
     "TRANSPOSE_CONV": (2, 1, 3),  # its first input is the output shape
 }
+# appended to the name of an int8 tensor that a uint8 or float32 tensor takes the place of as the model's input or
+# output (the uint8 I/O and float-output steps): the new tensor keeps the name apps look it up by
+INT8_SUFFIX = "/int8"
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from mobile_vision_export.export.tflite_model import add_tensor, compact, read_single_graph, unary_op, write_model
+from mobile_vision_export.export.tflite_model import (
+    INT8_SUFFIX,
+    add_tensor,
+    compact,
+    read_single_graph,
+    unary_op,
+    write_model,
+)
 
 PIXEL_SCALE = 1.0 / 255.0
 
@@ -85,7 +92,7 @@ def uint8_io(int8_path: Path, dst: Path) -> IoTypes:
         raise ValueError(f"{int8_path.name}: the input is not int8")
     input_was = (float(x_t.quantization.scale[0]), int(x_t.quantization.zeroPoint[0]))
     pixels = _uint8_twin(model, x, x_t.name.decode())  # keeps the name apps may look the input up by
-    x_t.name += b"/int8"
+    x_t.name += INT8_SUFFIX.encode()
     pixel_q = graph.tensors[pixels].quantization
     pixel_q.scale, pixel_q.zeroPoint = np.array([PIXEL_SCALE], np.float32), np.array([0], np.int64)
     graph.operators.insert(0, unary_op(model, schema.BuiltinOperator.QUANTIZE, pixels, x))
@@ -98,7 +105,7 @@ def uint8_io(int8_path: Path, dst: Path) -> IoTypes:
             outputs.append(y)
             continue
         out = _uint8_twin(model, y, y_t.name.decode())
-        y_t.name += b"/int8"
+        y_t.name += INT8_SUFFIX.encode()
         graph.operators.append(unary_op(model, schema.BuiltinOperator.QUANTIZE, y, out))
         _repoint(model, "outputs", y, out)
         outputs.append(out)

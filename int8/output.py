@@ -18,6 +18,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from mobile_vision_export.export.tflite_model import (
+    INT8_SUFFIX,
     add_float_bias,
     add_tensor,
     compact,
@@ -78,11 +79,11 @@ def _in_float(model: schema.ModelT, out: int, names: dict[int, str]) -> tuple[in
     out_t = graph.tensors[out]
     step, layer = float(out_t.quantization.scale[0]), op_name(model, op)
     float_out = add_tensor(model, out_t, out_t.name.decode())  # keeps the name apps may look the output up by
-    out_t.name += b"/int8"
+    out_t.name += INT8_SUFFIX.encode()
     if layer == "QUANTIZE" and graph.tensors[int(op.inputs[0])].type == schema.TensorType.FLOAT32:
         # the output layer already runs in float (--min-sqnr): take its float output
         how, float_out = "float", int(op.inputs[0])
-        graph.tensors[float_out].name = graph.tensors[out].name.removesuffix(b"/int8")
+        graph.tensors[float_out].name = graph.tensors[out].name.removesuffix(INT8_SUFFIX.encode())
         del graph.operators[index]
     elif layer in HYBRID_OPS and len(op.inputs) == 3 and op.inputs[2] >= 0:
         how = "dynamic-range"

@@ -15,6 +15,7 @@ from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.export.tflite_convert import convert_tflite
 from mobile_vision_export.export.tflite_inspect import op_outputs
 from mobile_vision_export.export.tflite_model import read_model, write_model
+from mobile_vision_export.int8.io_types import uint8_io
 from mobile_vision_export.pipeline.diagnose import main as diagnose_main
 from mobile_vision_export.validate.diagnose import DiagnoseError, ancestors, diagnose
 from tests.conftest import ROOT, run_cli
@@ -98,3 +99,16 @@ def test_a_branch_is_diagnosed_on_its_own_and_drops_count_from_what_a_layer_read
     assert all(after[i].drop_db == pytest.approx(healthy[i].drop_db) for i in healthy)  # the break is not read
     with pytest.raises(DiagnoseError, match="has no output 'nope': it has output_0, output_1"):
         diagnose(float_model, int8_model, x, output="nope")
+
+
+@pytest.mark.slow
+def test_a_uint8_file_is_diagnosed_layer_for_layer_as_its_int8_graph(tiny_variants, tmp_path):
+    """The uint8 input/output step puts a QUANTIZE behind the last layer under that layer's output name: the layer
+    is still the one diagnosed, and the QUANTIZE computes none."""
+    float_model, int8_model = tiny_variants
+    uint8_io(int8_model, tmp_path / "tiny_int8.tflite")
+    x = heldout_batch(heldout_photos()[:4], 64)  # pixels / 255: what a uint8 input at scale 1/255 takes
+    plain, shipped = diagnose(float_model, int8_model, x), diagnose(float_model, tmp_path / "tiny_int8.tflite", x)
+    assert [la.op for la in shipped.layers] == [la.op for la in plain.layers]
+    assert [la.index for la in shipped.layers] == [la.index + 1 for la in plain.layers]  # after the input QUANTIZE
+    assert shipped.layers[-1].sqnr_db == pytest.approx(plain.layers[-1].sqnr_db, abs=0.5)
