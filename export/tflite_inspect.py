@@ -94,11 +94,12 @@ def inspect_tflite(path: Path) -> TfliteSummary:
 
 
 def _min_runtime_version(model) -> str | None:
+    """The file's `min_runtime_version` metadata; a bad entry is no reason to refuse a file that runs."""
     for k in range(model.MetadataLength()):
         entry = model.Metadata(k)
-        if entry.Name() == RUNTIME_VERSION_KEY:
+        if entry.Name() == RUNTIME_VERSION_KEY and entry.Buffer() < model.BuffersLength():
             data = model.Buffers(entry.Buffer()).DataAsNumpy()
-            return bytes(data).rstrip(b"\0").decode() if isinstance(data, np.ndarray) else ""
+            return bytes(data).rstrip(b"\0").decode(errors="replace") if isinstance(data, np.ndarray) else ""
     return None
 
 
@@ -173,19 +174,22 @@ class TwinLayer:
     twin_op: schema.OperatorT  # in the twin's ModelT, with its (float) constants
 
 
-def paired_layers(float_model: Path, int8_model: Path) -> list[LayerPair]:
+def paired_layers(float_model: Path, int8_model: Path, float_run_layers: bool = False) -> list[LayerPair]:
     """Each op present in both graphs: by position when the op lists match, otherwise the same-type op with its
     output tensor's name, or the one same-type op sharing a fused name. An int8 output that a uint8 or float one
     took the place of goes by its old name (the QUANTIZE or DEQUANTIZE behind it has that name now, and computes
-    no layer)."""
+    no layer). With `float_run_layers` (diagnosis), a layer the int8 file runs in float and that is not paired
+    itself is paired through the QUANTIZE that puts its output on the int8 grid under its name."""
     f_ops, q_ops = op_outputs(float_model), op_outputs(int8_model)
     if [op for op, _, _ in f_ops] == [op for op, _, _ in q_ops]:
         return [LayerPair(i, f[0], f[1], q[1], q[2]) for i, (f, q) in enumerate(zip(f_ops, q_ops))]
     by_name = {(op, name): tensor for op, tensor, name in f_ops}
+    any_type = {name: (op, tensor) for op, tensor, name in f_ops}
     by_part: dict[tuple[str, str], set[int]] = {}
     for op, tensor, name in f_ops:
         for part in _name_parts(name):
             by_part.setdefault((op, part), set()).add(tensor)
+    from_float = _quantizes_of_float(int8_model) if float_run_layers else set()
     pairs = []
     for i, (op, tensor, name) in enumerate(q_ops):
         name = name.removesuffix(INT8_SUFFIX)
@@ -194,7 +198,23 @@ def paired_layers(float_model: Path, int8_model: Path) -> list[LayerPair]:
             candidates = set().union(*(by_part.get((op, part), set()) for part in _name_parts(name)))
         if len(candidates) == 1:
             pairs.append(LayerPair(i, op, candidates.pop(), tensor, name))
+        elif i in from_float and name in any_type and any_type[name][1] not in {p.float_tensor for p in pairs}:
+            pairs.append(LayerPair(i, any_type[name][0], any_type[name][1], tensor, name))
     return pairs
+
+
+def _quantizes_of_float(path: Path) -> set[int]:
+    """The QUANTIZE ops of the main subgraph that read a float32 tensor."""
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    found = set()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        kind = op_type_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())
+        if kind == "QUANTIZE" and graph.Tensors(int(op.Inputs(0))).Type() == schema.TensorType.FLOAT32:
+            found.add(i)
+    return found
 
 
 def twin_layers(float_twin: Path, int8_model: Path, twin: schema.ModelT) -> dict[int, TwinLayer]:

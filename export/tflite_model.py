@@ -147,7 +147,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _runtime_buffer(model: schema.ModelT) -> schema.BufferT | None:
     entry = next((m for m in model.metadata or [] if m.name == RUNTIME_VERSION_KEY), None)
-    return None if entry is None else model.buffers[entry.buffer]
+    return None if entry is None or entry.buffer >= len(model.buffers) else model.buffers[entry.buffer]
 
 
 def min_runtime_version(model: schema.ModelT) -> str | None:
@@ -155,7 +155,7 @@ def min_runtime_version(model: schema.ModelT) -> str | None:
     buffer = _runtime_buffer(model)
     if buffer is None:
         return None
-    return bytes(bytearray(buffer.data if buffer.data is not None else b"")).rstrip(b"\0").decode()
+    return bytes(bytearray(buffer.data if buffer.data is not None else b"")).rstrip(b"\0").decode(errors="replace")
 
 
 def raise_min_runtime_version(model: schema.ModelT) -> None:

@@ -15,6 +15,7 @@ from mobile_vision_export.export.onnx_graph import export_onnx
 from mobile_vision_export.export.tflite_convert import convert_tflite
 from mobile_vision_export.export.tflite_inspect import op_outputs
 from mobile_vision_export.export.tflite_model import read_model, write_model
+from mobile_vision_export.int8.fallback import fall_back
 from mobile_vision_export.int8.io_types import uint8_io
 from mobile_vision_export.pipeline.diagnose import main as diagnose_main
 from mobile_vision_export.validate.diagnose import DiagnoseError, ancestors, diagnose
@@ -112,3 +113,17 @@ def test_a_uint8_file_is_diagnosed_layer_for_layer_as_its_int8_graph(tiny_varian
     assert [la.op for la in shipped.layers] == [la.op for la in plain.layers]
     assert [la.index for la in shipped.layers] == [la.index + 1 for la in plain.layers]  # after the input QUANTIZE
     assert shipped.layers[-1].sqnr_db == pytest.approx(plain.layers[-1].sqnr_db, abs=0.5)
+
+
+@pytest.mark.slow
+def test_a_layer_run_in_float_is_diagnosed_through_its_quantize(tiny_variants, tmp_path):
+    """A layer the int8 file runs in float (the converter's L2 norm, the fallback's layers) is reached by the name of
+    the QUANTIZE that puts its output on the int8 grid: it is still diagnosed, under its own op type."""
+    float_model, int8_model = tiny_variants
+    ops = [op for op, _, _ in op_outputs(int8_model)]
+    last = len(ops) - 1  # the output layer
+    fall_back(int8_model, float_model, {last}, tmp_path / "tiny_int8.tflite")
+    x = normalize(heldout_batch(heldout_photos()[:4], 64), MEAN, STD)
+    plain, floated = diagnose(float_model, int8_model, x), diagnose(float_model, tmp_path / "tiny_int8.tflite", x)
+    assert [la.op for la in floated.layers] == [la.op for la in plain.layers] and ops[last] == plain.layers[-1].op
+    assert op_outputs(tmp_path / "tiny_int8.tflite")[floated.layers[-1].index][0] == "QUANTIZE"

@@ -48,7 +48,7 @@ class Diagnosis:
 
 
 def _pairs(float_model: Path, int8_model: Path) -> list[LayerPair]:
-    pairs = paired_layers(float_model, int8_model)
+    pairs = paired_layers(float_model, int8_model, float_run_layers=True)
     if not pairs:
         raise DiagnoseError(f"{float_model.name} and {int8_model.name} share no layers: export both from one ONNX file")
     return pairs
