@@ -68,7 +68,7 @@ VARIANTS = {  # name: (--quant, flags)
 LATENCY_ROUNDS = 9  # measure the variants in turn this many times, 40 timed runs each
 
 
-def _export(model: str, quant: str, flags: list[str], out: Path) -> Path:
+def export(model: str, quant: str, flags: list[str], out: Path) -> Path:
     cmd = [sys.executable, "-m", "pipeline.export", "--model", model, "--quant", quant, "--out", str(out), *flags]
     if model in WEIGHTS:
         cmd += ["--weights", WEIGHTS[model]]
@@ -98,7 +98,7 @@ def _latencies(files: dict[str, Path]) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _a76_instructions(path: Path, arm) -> int | None:
+def a76_instructions(path: Path, arm) -> int | None:
     """Instructions per inference on an emulated Cortex-A76 (one run after a warm-up), or None without qemu."""
     if arm is None:
         return None
@@ -112,7 +112,7 @@ def _int8_steps(parity_json: Path) -> dict[str, dict]:
 
 
 def measure_model(model: str, work: Path) -> dict:
-    dirs = {variant: _export(model, quant, flags, work / variant) for variant, (quant, flags) in VARIANTS.items()}
+    dirs = {variant: export(model, quant, flags, work / variant) for variant, (quant, flags) in VARIANTS.items()}
     onnx_files = {v: d / f"{model}_simplified.onnx" for v, d in dirs.items()}
     contract = json.loads((dirs["default"] / "preprocess.json").read_text())
     size, mean, std = contract["input_size"], contract["mean"], contract["std"]
@@ -148,8 +148,8 @@ def measure_model(model: str, work: Path) -> dict:
     for variant, path in files.items():
         logits = run_tflite(path, heldout)
         metrics = compare(reference, logits)
-        by_set = {name: _set_figures(reference[mask], logits[mask]) for name, mask in sets.items()}
-        by_set["unread_calibration"] = _set_figures(unread_reference, run_tflite(path, unread))
+        by_set = {name: set_figures(reference[mask], logits[mask]) for name, mask in sets.items()}
+        by_set["unread_calibration"] = set_figures(unread_reference, run_tflite(path, unread))
         result[variant] = {
             "top1": _topk_accuracy(logits, labels, 1),
             "top5": _topk_accuracy(logits, labels, 5),
@@ -166,7 +166,7 @@ def measure_model(model: str, work: Path) -> dict:
             ),
             "bytes": path.stat().st_size,
             "host_median_ms_1thread": latency[variant],
-            "a76_instructions": _a76_instructions(path, arm),
+            "a76_instructions": a76_instructions(path, arm),
             "int8_steps": _int8_steps(dirs[variant] / "parity.json"),
             "ops": inspect_tflite(path).op_count,
             "sha256": sha256_file(path),
@@ -183,7 +183,7 @@ def measure_model(model: str, work: Path) -> dict:
     return result
 
 
-def _set_figures(reference: np.ndarray, logits: np.ndarray) -> dict:
+def set_figures(reference: np.ndarray, logits: np.ndarray) -> dict:
     expected, stderr = expected_agreement(reference, logits)
     metrics = compare(reference, logits)
     return {

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from accuracy import WEIGHTS, a76_instructions, export, set_figures  # noqa: E402  (bench/, the script's folder)
+
 from mobile_vision_export.export import images as imgs  # noqa: E402
 from mobile_vision_export.export.files import write_text_atomic  # noqa: E402
 from mobile_vision_export.export.provenance import tool_versions  # noqa: E402
@@ -34,22 +35,11 @@ from mobile_vision_export.export.tflite_model import BIASED_OPS  # noqa: E402
 from mobile_vision_export.int8.fallback import fall_back  # noqa: E402
 from mobile_vision_export.pipeline.request import CALIBRATION_CROPS  # noqa: E402
 from mobile_vision_export.profiling.arm_setup import default_cache  # noqa: E402
-from mobile_vision_export.profiling.cores import CORES  # noqa: E402
-from mobile_vision_export.profiling.emulated import EmulationError, find_environment, run_emulated  # noqa: E402
-from mobile_vision_export.profiling.run import model_input  # noqa: E402
-from mobile_vision_export.validate.metrics import compare, expected_agreement  # noqa: E402
+from mobile_vision_export.profiling.emulated import EmulationError, find_environment  # noqa: E402
 from mobile_vision_export.validate.runners import run_onnx, run_tflite  # noqa: E402
 
-MODEL, WEIGHTS = "mobilenet_v2", "imagenet"
+MODEL = "mobilenet_v2"  # with its ImageNet weights (accuracy.WEIGHTS)
 FORMS = ("dynamic-range", "float")
-
-
-def _export(out: Path) -> Path:
-    cmd = [sys.executable, "-m", "pipeline.export", "--model", MODEL, "--weights", WEIGHTS, "--quant", "all"]
-    proc = subprocess.run([*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode not in (0, 1):  # 1: a parity threshold missed, which is a result here
-        raise SystemExit(f"export failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return out / MODEL
 
 
 def _photo_sets(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -69,21 +59,8 @@ def _photo_sets(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _figures(path: Path, sets: dict, arm) -> dict:
-    result = {"bytes": path.stat().st_size, "by_set": {}}
-    for name, (x, reference) in sets.items():
-        logits = run_tflite(path, x)
-        expected, stderr = expected_agreement(reference, logits)
-        metrics = compare(reference, logits)
-        result["by_set"][name] = {
-            "photos": len(x),
-            "sqnr_db": metrics.sqnr_db,
-            "top1_agreement": metrics.top1_agreement,
-            "expected_agreement": expected,
-            "expected_agreement_stderr": stderr,
-        }
-    instructions = run_emulated(path, model_input(path)[0], CORES["a76"], arm, runs=1).instructions[0] if arm else None
-    result["a76_instructions"] = None if instructions is None else int(instructions)
-    return result
+    by_set = {name: set_figures(reference, run_tflite(path, x)) for name, (x, reference) in sets.items()}
+    return {"bytes": path.stat().st_size, "by_set": by_set, "a76_instructions": a76_instructions(path, arm)}
 
 
 def main() -> None:
@@ -98,7 +75,7 @@ def main() -> None:
         print(f"no emulated A76 figures: {exc}")
         arm = None
     with tempfile.TemporaryDirectory(prefix="mve-frontier-") as tmp:
-        folder = args.export or _export(Path(tmp))
+        folder = args.export or export(MODEL, "all", [], Path(tmp))
         int8, twin = folder / f"{MODEL}_int8.tflite", folder / f"{MODEL}_int8_float_twin.tflite"
         sets = _photo_sets(folder)
         paired = sorted(pair[0] for pair in paired_layers(twin, int8))
@@ -111,7 +88,7 @@ def main() -> None:
                 dst = Path(tmp) / f"tail{length}_{form}.tflite"
                 fall_back(int8, twin, tail, dst, dynamic=tail & weighted if form == "dynamic-range" else set())
                 rows[f"last {length} layers, {form}"] = _figures(dst, sets, arm)
-    print(f"{MODEL} ({WEIGHTS}): int8 file with its last layers on float activations")
+    print(f"{MODEL} ({WEIGHTS[MODEL]}): int8 file with its last layers on float activations")
     for name, row in rows.items():
         row["size_ratio"] = row["bytes"] / base["bytes"]
         row["a76_ratio"] = row["a76_instructions"] / base["a76_instructions"] if arm else None

@@ -190,16 +190,20 @@ def paired_layers(float_model: Path, int8_model: Path, float_run_layers: bool = 
         for part in _name_parts(name):
             by_part.setdefault((op, part), set()).add(tensor)
     from_float = _quantizes_of_float(int8_model) if float_run_layers else set()
-    pairs = []
+    pairs, paired_floats = [], set()
     for i, (op, tensor, name) in enumerate(q_ops):
         name = name.removesuffix(INT8_SUFFIX)
         candidates = {by_name[op, name]} if (op, name) in by_name else set()
         if not candidates:
             candidates = set().union(*(by_part.get((op, part), set()) for part in _name_parts(name)))
         if len(candidates) == 1:
-            pairs.append(LayerPair(i, op, candidates.pop(), tensor, name))
-        elif i in from_float and name in any_type and any_type[name][1] not in {p.float_tensor for p in pairs}:
-            pairs.append(LayerPair(i, any_type[name][0], any_type[name][1], tensor, name))
+            pair = LayerPair(i, op, candidates.pop(), tensor, name)
+        elif i in from_float and name in any_type and any_type[name][1] not in paired_floats:
+            pair = LayerPair(i, *any_type[name], tensor, name)
+        else:
+            continue
+        pairs.append(pair)
+        paired_floats.add(pair.float_tensor)
     return pairs
 
 

@@ -161,9 +161,10 @@ def min_runtime_version(model: schema.ModelT) -> str | None:
 def raise_min_runtime_version(model: schema.ModelT) -> None:
     """Raise the file's `min_runtime_version` metadata to what its rewritten ops need: the converter computed it
     for its own ops, and a tool that reads it should not offer the file to a runtime without these kernels."""
-    buffer, current = _runtime_buffer(model), min_runtime_version(model)
-    if buffer is None:
+    current = min_runtime_version(model)
+    if current is None:
         return
+    buffer = _runtime_buffer(model)
     needed = [
         _MIN_RUNTIME.get((op_type_name(c.builtinCode, c.deprecatedBuiltinCode), c.version)) for c in model.operatorCodes
     ]
